@@ -1,0 +1,264 @@
+"""App: registration, ``boot()`` / ``serve()`` / ``shutdown()``, ``--help`` and the exit status."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, TextIO, TypeVar
+
+import anyio
+
+from ._components import DEFAULT, Initializer, Options, TimeoutOption
+from ._config import Config, mask_values
+from ._describe import describe
+from ._errors import ComponentError, ConfigError, RegistrationError, SettingError
+from ._health import Health
+from ._inject import Injector, settings_models
+from ._lifecycle import Entry, Runner
+from ._logging import make_logger
+from ._services import PerComponent, ServiceContainer
+from ._settings import AppSettings
+
+__all__ = ["App"]
+
+C = TypeVar("C", bound=Initializer)
+Backend = Literal["asyncio", "trio"]
+
+
+def _env_prefix(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_").upper() + "_"
+
+
+class App:
+    """An application: register components, then ``boot()`` (blocking) or ``await serve()``.
+
+    ``name`` sets the env prefix (``App("example")`` reads ``EXAMPLE_X``, then
+    ``X``). ``logger`` replaces the structlog logger built from settings (tests
+    pass ``structlog.get_logger()`` to use ``structlog.testing.capture_logs``);
+    ``log_stream`` redirects the built one (default stderr). Signals are handled
+    only when serving on the main thread and ``handle_signals`` is true.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        env_prefix: str | None = None,
+        env_file: str | Path | None = None,
+        secrets_dir: str | Path | None = None,
+        logger: Any = None,
+        log_stream: TextIO | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        if not isinstance(name, str) or not re.search(r"[0-9A-Za-z]", name):
+            raise RegistrationError(f"App(name): a name with at least one letter or digit is required, got {name!r}")
+        if env_prefix is not None and not isinstance(env_prefix, str):
+            raise RegistrationError(f"App(env_prefix): a string is required, got {env_prefix!r}")
+        self.name = name
+        self.config = Config(
+            _env_prefix(name) if env_prefix is None else env_prefix, env_file=env_file, secrets_dir=secrets_dir
+        )
+        self.services = ServiceContainer()
+        self.health = Health()
+        self._given_logger = logger
+        self._log_stream = log_stream
+        self._handle_signals = handle_signals
+        self._registered: list[tuple[Initializer, Options]] = []
+        self._runner: Runner | None = None
+        self._state: Literal["new", "serving", "done"] = "new"
+        self._early_shutdown = False
+        self._errors: list[ComponentError] = []
+        self.logger: Any = logger
+        self.services.set("services", self.services)
+        self.services.set("config", self.config)
+        self.services.set("health", PerComponent(self.health.for_component))
+        self.services.set("logger", PerComponent(self._component_logger))
+
+    # -- registration ---------------------------------------------------------------
+
+    def register(
+        self,
+        component: C,
+        *,
+        name: str | None = None,
+        priority: int = 0,
+        start_timeout: TimeoutOption = DEFAULT,
+        shutdown_timeout: TimeoutOption = DEFAULT,
+        init_timeout: TimeoutOption = DEFAULT,
+        finalize_timeout: TimeoutOption = DEFAULT,
+        silent_exit: bool = False,
+    ) -> C:
+        """Register an ``Initializer`` or ``Process`` instance; returns it.
+
+        Lower priorities initialise (and become healthy) first and stop last.
+        Timeouts are seconds; ``None`` means no limit, and an omitted one takes
+        the app-wide default from settings. Raises ``RegistrationError`` for a
+        non-component, a duplicate name or instance, or an invalid option.
+        """
+        if self._state != "new":
+            raise RegistrationError(f"{name or type(component).__name__}: cannot register after the app has started")
+        if isinstance(component, type):
+            raise RegistrationError(
+                f"register() takes an instance, got the class {component.__name__}; use {component.__name__}()"
+            )
+        if not isinstance(component, Initializer):
+            raise RegistrationError(
+                f"{name or type(component).__name__}: {type(component).__name__} is not a component; "
+                "subclass nacelle_py.Initializer or nacelle_py.Process"
+            )
+        options = Options(
+            name=type(component).__name__ if name is None else name,
+            priority=priority,
+            start_timeout=start_timeout,
+            shutdown_timeout=shutdown_timeout,
+            init_timeout=init_timeout,
+            finalize_timeout=finalize_timeout,
+            silent_exit=silent_exit,
+        )
+        for other, other_options in self._registered:
+            if other_options.name == options.name:
+                hint = "" if name is not None else " (the default name is the class name; pass name=...)"
+                raise RegistrationError(f"duplicate component name {options.name!r}{hint}")
+            if other is component:
+                raise RegistrationError(
+                    f"{options.name}: this instance is already registered as {other_options.name!r}; "
+                    "register a new instance"
+                )
+        self._registered.append((component, options))
+        return component
+
+    # -- running --------------------------------------------------------------------
+
+    @property
+    def errors(self) -> tuple[ComponentError, ...]:
+        """Every error of the last ``serve()``, in the order they happened."""
+        return tuple(self._errors)
+
+    def describe(self) -> str:
+        """The ``--help`` text: every setting the registered components read."""
+        users: dict[Any, list[str]] = {AppSettings: ["nacelle_py"]}
+        for component, options in self._registered:
+            for model in settings_models(component):
+                users.setdefault(model, []).append(options.name)
+        return describe(self.name, self.config, users)
+
+    def boot(self, argv: Sequence[str] | None = None, *, backend: Backend = "asyncio") -> int:
+        """Run the app to completion (blocking) and return the exit status: 0 clean, 1 on any failure.
+
+        ``--help`` / ``-h`` in ``argv`` (default ``sys.argv[1:]``) prints every
+        setting and returns 0 without starting anything.
+        """
+        args = sys.argv[1:] if argv is None else list(argv)
+        if "--help" in args or "-h" in args:
+            sys.stdout.write(self.describe())
+            sys.stdout.flush()
+            return 0
+        if backend not in ("asyncio", "trio"):
+            raise RegistrationError(f"boot(backend=...): 'asyncio' or 'trio', got {backend!r}")
+        return anyio.run(self.serve, backend=backend)
+
+    def shutdown(self) -> None:
+        """Request a graceful unwind; safe from any task or thread, and before or after serving."""
+        if self._runner is None:
+            self._early_shutdown = True
+        else:
+            self._runner.request_stop("shutdown() called")
+
+    async def serve(self) -> int:
+        """Run the whole lifecycle in the current event loop; returns the exit status.
+
+        Works on asyncio and trio. Signals (SIGINT/SIGTERM) are handled when
+        running on the main thread. ``errors`` lists every failure afterwards.
+        """
+        if self._state != "new":
+            raise RuntimeError(f"{self.name}: an App serves once; build a new App to serve again")
+        self._state = "serving"
+        try:
+            if not self._load_settings():
+                return 1
+            entries = self._entries()
+            runner = Runner(
+                app_name=self.name,
+                entries=entries,
+                injector=Injector(self.services, self.config),
+                health=self.health,
+                logger=self.logger,
+                handle_signals=self._handle_signals and threading.current_thread() is threading.main_thread(),
+                errors=self._errors,
+                on_error=self._log_error,
+            )
+            self._runner = runner
+            self.logger.info("app starting", components=len(entries))
+            started = anyio.current_time()
+            await runner.run(stop_already_requested=self._early_shutdown)
+            status = 1 if self._errors else 0
+            ms = round((anyio.current_time() - started) * 1000, 3)
+            if status:
+                self.logger.error("app stopped with errors", errors=len(self._errors), status=status, ms=ms)
+            else:
+                self.logger.info("app stopped", status=status, ms=ms)
+            return status
+        finally:
+            self._state = "done"
+
+    # -- internals ------------------------------------------------------------------
+
+    def _component_logger(self, name: str | None) -> Any:
+        return self.logger if name is None else self.logger.bind(component=name)
+
+    def _log_error(self, error: ComponentError) -> None:
+        cause = error.cause
+        kwargs: dict[str, Any] = {"component": error.component, "operation": error.operation}
+        if cause is not None and not isinstance(cause, (ConfigError, RegistrationError)):
+            kwargs["exc_info"] = cause
+        self.logger.error(str(error), **kwargs)
+
+    def _load_settings(self) -> bool:
+        """Load every settings model before any init; False (and logged errors) if any is invalid."""
+        problems: list[SettingError] = []
+        try:
+            settings = self.config.load(AppSettings)
+        except ConfigError as exc:
+            problems.extend(exc.errors)
+            settings = AppSettings.model_construct()
+        if self._given_logger is None:
+            self.logger = make_logger(self.name, settings, self._log_stream)
+        self._settings = settings
+        models: dict[Any, list[str]] = {}
+        for component, options in self._registered:
+            for model in settings_models(component):
+                models.setdefault(model, []).append(options.name)
+        try:
+            self.config.load_all(models)
+        except ConfigError as exc:
+            problems.extend(exc.errors)
+        if problems:
+            error = ConfigError(problems)
+            self._errors.append(ComponentError(self.name, "config", error, str(error)))
+            self._log_error(self._errors[-1])
+            return False
+        for model, instance in self.config.loaded().items():
+            self.logger.info("config loaded", settings=model.__name__, values=mask_values(instance))
+        return True
+
+    def _entries(self) -> list[Entry]:
+        settings = self._settings
+
+        def pick(value: TimeoutOption, default: float | None) -> float | None:
+            return default if value is DEFAULT else value  # type: ignore[return-value]
+
+        return [
+            Entry(
+                component=component,
+                options=options,
+                init_timeout=pick(options.init_timeout, settings.init_timeout),
+                start_timeout=pick(options.start_timeout, settings.start_timeout),
+                shutdown_timeout=pick(options.shutdown_timeout, settings.shutdown_timeout),
+                finalize_timeout=pick(options.finalize_timeout, settings.finalize_timeout),
+                logger=self.logger.bind(component=options.name),
+            )
+            for component, options in self._registered
+        ]

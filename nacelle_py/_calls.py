@@ -1,0 +1,45 @@
+"""Calling a lifecycle method: ``async def`` is awaited, plain ``def`` runs in a worker thread.
+
+The worker is a daemon thread of our own rather than anyio's thread pool:
+anyio's asyncio workers are not daemons, so a blocked ``def run`` would keep
+the interpreter alive at exit and defeat the forced shutdown of a second
+signal. Cancelling the wait abandons the thread; it finishes on its own.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._waker import Waker
+
+__all__ = ["call"]
+
+
+async def call(method: Callable[[], Any], waker: Waker, label: str) -> None:
+    """Run ``method`` to completion on the right side of the loop; re-raise what it raised."""
+    if inspect.iscoroutinefunction(method):
+        await method()
+        return
+    outcome: list[Any] = []
+    context = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            outcome.append((True, context.run(method)))
+        except BaseException as exc:  # handed to the loop and re-raised there
+            outcome.append((False, exc))
+        finally:
+            waker.notify()
+
+    threading.Thread(target=target, name=f"nacelle {label}", daemon=True).start()
+    while not outcome:
+        await waker.changed()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    if inspect.isawaitable(value):  # a plain def that returned a coroutine
+        await value

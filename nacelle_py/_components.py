@@ -1,0 +1,121 @@
+"""Initializer and Process bases, and the registration options.
+
+The bases hold no state: a subclass need not call ``super().__init__()``.
+Their methods exist so that editors and type checkers know the lifecycle;
+the runner calls only the ones a subclass overrides, so an absent method
+costs nothing and ``stop`` falls back to cancelling ``run``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final
+
+from ._errors import RegistrationError
+
+__all__ = ["DEFAULT", "Initializer", "Options", "Process"]
+
+
+class _Default(Enum):
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default.DEFAULT
+"""Marks a registration option left to the app-wide default (from settings)."""
+
+TimeoutOption = float | None | _Default
+LIFECYCLE_METHODS: Final = ("init", "run", "stop", "finalize")
+
+
+class Initializer:
+    """A component that prepares shared state before the processes run.
+
+    Override ``init`` (and optionally ``finalize``) as ``async def`` or plain
+    ``def``; a plain ``def`` runs in a worker thread so it may block.
+    ``init`` usually creates a service and puts it into the container;
+    ``finalize`` releases it, in reverse order of successful ``init``.
+    """
+
+    __slots__ = ()
+
+    def init(self) -> Awaitable[None] | None:
+        """Prepare the component; services are injected before this runs."""
+        return None
+
+    def finalize(self) -> Awaitable[None] | None:
+        """Release what ``init`` acquired; runs during unwind, only if ``init`` succeeded."""
+        return None
+
+
+class Process(Initializer):
+    """A long-running component: ``run`` lives for the life of the app.
+
+    ``run`` should block until the work ends; ``stop`` asks it to return and
+    need not wait. Without ``stop`` the runner cancels ``run``. A process
+    that registers no health component is healthy once ``run`` has started.
+    """
+
+    __slots__ = ()
+
+    def run(self) -> Awaitable[None] | None:
+        """The long-running work; returning ends the app unless registered with ``silent_exit``."""
+        return None
+
+    def stop(self) -> Awaitable[None] | None:
+        """Ask ``run`` to return; the default cancels ``run``."""
+        return None
+
+
+def overridden(component: object, method: str) -> Any:
+    """The bound method if the component's class (not our base) defines it, else ``None``."""
+    func = getattr(type(component), method, None)
+    if func is None or func is getattr(Process, method, None):
+        return None
+    return getattr(component, method)
+
+
+def _check_timeout(name: str, option: str, value: object) -> TimeoutOption:
+    if value is DEFAULT or value is None:
+        return value  # type: ignore[return-value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RegistrationError(
+            f"{name}: {option} must be a number of seconds or None (no limit), got {value!r}"
+        )
+    if not math.isfinite(value) or value <= 0:
+        raise RegistrationError(
+            f"{name}: {option} must be a positive number of seconds (or None for no limit), got {value!r}"
+        )
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How one component is registered: its name, priority, bounds and exit policy.
+
+    Timeouts left at ``DEFAULT`` take the app-wide default from settings;
+    ``None`` means no limit.
+    """
+
+    name: str
+    priority: int = 0
+    start_timeout: TimeoutOption = DEFAULT
+    shutdown_timeout: TimeoutOption = DEFAULT
+    init_timeout: TimeoutOption = DEFAULT
+    finalize_timeout: TimeoutOption = DEFAULT
+    silent_exit: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise RegistrationError(f"component name must be a non-empty string, got {self.name!r}")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise RegistrationError(f"{self.name}: priority must be an int, got {self.priority!r}")
+        for option in ("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout"):
+            object.__setattr__(self, option, _check_timeout(self.name, option, getattr(self, option)))
+        if not isinstance(self.silent_exit, bool):
+            raise RegistrationError(f"{self.name}: silent_exit must be a bool, got {self.silent_exit!r}")

@@ -1,0 +1,104 @@
+"""The error types.
+
+Every failure the framework reports is a value that says which component
+failed and in which operation, so that a log line or a test can name it
+without parsing a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ComponentError",
+    "ComponentTimeoutError",
+    "ConfigError",
+    "InjectionError",
+    "NacelleError",
+    "RegistrationError",
+    "ServiceError",
+    "SettingError",
+]
+
+
+class NacelleError(Exception):
+    """Base class of every error raised or reported by nacelle_py."""
+
+
+class RegistrationError(NacelleError, ValueError):
+    """A component or one of its registration options was rejected by ``App.register``.
+
+    Raised at once, before anything boots, so a mistake in ``main`` never
+    reaches production half-started.
+    """
+
+
+class ServiceError(NacelleError, KeyError):
+    """A service key was missing, duplicated or of the wrong kind in a ``ServiceContainer``."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the sentence.
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class SettingError:
+    """One invalid or missing setting: the env variable(s) that set it and what is wrong."""
+
+    env: str
+    """The env variable that sets the value (the prefixed one; the unprefixed name also works)."""
+    message: str
+    """What pydantic said about the value, with the offending input when there was one."""
+    model: str
+    """The settings class the field belongs to."""
+    field: str
+    """The field's name in that class."""
+
+    def __str__(self) -> str:
+        return f"{self.env}: {self.message} ({self.model}.{self.field})"
+
+
+class ConfigError(NacelleError):
+    """The settings could not be loaded: every problem of every model, reported together."""
+
+    def __init__(self, errors: Sequence[SettingError]) -> None:
+        self.errors: tuple[SettingError, ...] = tuple(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        super().__init__(
+            f"invalid configuration ({len(self.errors)} problem(s)); "
+            f"set or fix these env variables:\n{lines}"
+        )
+
+
+class InjectionError(NacelleError):
+    """A service could not be injected into a component's attribute."""
+
+    def __init__(self, component: str, attribute: str, message: str) -> None:
+        self.component = component
+        self.attribute = attribute
+        super().__init__(f"{component}: cannot inject attribute {attribute!r}: {message}")
+
+
+class ComponentError(NacelleError):
+    """A lifecycle operation of a component failed.
+
+    ``component`` is the registered name and ``operation`` one of ``inject``,
+    ``init``, ``start``, ``run``, ``stop``, ``finalize`` or ``config``; the
+    original exception is ``__cause__`` (and ``cause``).
+    """
+
+    def __init__(self, component: str, operation: str, cause: BaseException | None, detail: str = "") -> None:
+        self.component = component
+        self.operation = operation
+        self.cause = cause
+        self.detail = detail or (f"{type(cause).__name__}: {cause}" if cause is not None else "")
+        super().__init__(f"{component}: {operation} failed" + (f": {self.detail}" if self.detail else ""))
+        self.__cause__ = cause
+
+
+class ComponentTimeoutError(ComponentError):
+    """A lifecycle operation did not finish within its bound (``*_timeout``)."""
+
+    def __init__(self, component: str, operation: str, timeout: float, detail: str = "") -> None:
+        self.timeout = timeout
+        super().__init__(component, operation, None, detail or f"timed out after {timeout:g}s")

@@ -1,0 +1,166 @@
+"""Health: named health components that start unhealthy, and subscriptions to changes.
+
+The runner waits for every registered component to be healthy before the
+next priority group starts, and a start timeout names the unhealthy keys
+and the components that registered them. Updates may come from any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ._errors import ServiceError
+
+__all__ = ["Health", "HealthComponent", "HealthStatus"]
+
+Listener = Callable[["HealthComponent"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    """A snapshot of one health component."""
+
+    key: str
+    healthy: bool
+    component: str | None
+    reason: str | None
+
+
+class _Registry:
+    """The shared state behind every ``Health`` view of one app."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.components: dict[str, HealthComponent] = {}
+        self.listeners: list[Listener] = []
+        self.unhealthy = 0
+
+
+class HealthComponent:
+    """One named health flag, created unhealthy by ``Health.register``.
+
+    ``update(True)`` once the owner is ready; ``update(False, reason)`` when
+    it degrades. Safe to call from any thread.
+    """
+
+    __slots__ = ("_healthy", "_reason", "_registry", "component", "key")
+
+    def __init__(self, registry: _Registry, key: str, component: str | None) -> None:
+        self._registry = registry
+        self.key = key
+        self.component = component
+        self._healthy = False
+        self._reason: str | None = "not yet reported healthy"
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the component is currently healthy."""
+        return self._healthy
+
+    @property
+    def reason(self) -> str | None:
+        """Why the component is unhealthy, if it said so."""
+        return self._reason
+
+    def update(self, healthy: bool, reason: str | None = None) -> None:
+        """Set the health flag (and an optional reason when unhealthy); notifies subscribers on change."""
+        if not isinstance(healthy, bool):
+            raise TypeError(f"health {self.key!r}: update() takes a bool, got {healthy!r}")
+        registry = self._registry
+        with registry.lock:
+            changed = healthy != self._healthy
+            self._healthy = healthy
+            self._reason = None if healthy else reason
+            if changed:
+                registry.unhealthy += -1 if healthy else 1
+            listeners = list(registry.listeners) if changed else ()
+        for listener in listeners:
+            listener(self)
+
+    def status(self) -> HealthStatus:
+        """A snapshot of this component."""
+        return HealthStatus(self.key, self._healthy, self.component, self._reason)
+
+    def __repr__(self) -> str:
+        state = "healthy" if self._healthy else "unhealthy"
+        return f"HealthComponent({self.key!r}, {state}, component={self.component!r})"
+
+
+class Health:
+    """The app's health: register components, read their state, subscribe to changes.
+
+    Injected under the key ``"health"``. Keys registered through the view a
+    component receives record that component's name, so a start timeout can
+    say who owns an unhealthy key.
+    """
+
+    __slots__ = ("_owner", "_registry")
+
+    def __init__(self, *, _registry: _Registry | None = None, _owner: str | None = None) -> None:
+        self._registry = _registry if _registry is not None else _Registry()
+        self._owner = _owner
+
+    def for_component(self, name: str | None) -> Health:
+        """A view of the same health state that records ``name`` as the owner of new keys."""
+        return Health(_registry=self._registry, _owner=name)
+
+    def register(self, key: str) -> HealthComponent:
+        """Create the health component ``key``, unhealthy until updated; keys are unique."""
+        if not isinstance(key, str) or not key:
+            raise ServiceError(f"health keys are non-empty strings, got {key!r}")
+        registry = self._registry
+        component = HealthComponent(registry, key, self._owner)
+        with registry.lock:
+            if key in registry.components:
+                owner = registry.components[key].component
+                raise ServiceError(f"health key {key!r} is already registered (by {owner or 'the app'})")
+            registry.components[key] = component
+            registry.unhealthy += 1
+            listeners = list(registry.listeners)
+        for listener in listeners:
+            listener(component)
+        return component
+
+    def get(self, key: str) -> HealthComponent:
+        """The health component registered under ``key``."""
+        try:
+            return self._registry.components[key]
+        except KeyError:
+            raise ServiceError(f"no health component registered under {key!r}") from None
+
+    @property
+    def healthy(self) -> bool:
+        """Whether every registered component is healthy (true when none is registered)."""
+        return self._registry.unhealthy == 0
+
+    def unhealthy(self) -> list[HealthStatus]:
+        """Snapshots of the components that are not healthy, in registration order."""
+        with self._registry.lock:
+            return [c.status() for c in self._registry.components.values() if not c.healthy]
+
+    def statuses(self) -> list[HealthStatus]:
+        """Snapshots of every component, in registration order."""
+        with self._registry.lock:
+            return [c.status() for c in self._registry.components.values()]
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(component)`` on every registration and change; returns an unsubscribe function.
+
+        Listeners run on the thread that made the change, so they must be
+        quick and thread-safe.
+        """
+        registry = self._registry
+        with registry.lock:
+            registry.listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with registry.lock:
+                if listener in registry.listeners:
+                    registry.listeners.remove(listener)
+
+        return unsubscribe
+
+    def __repr__(self) -> str:
+        return f"Health(healthy={self.healthy}, components={len(self._registry.components)})"

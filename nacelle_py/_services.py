@@ -1,0 +1,140 @@
+"""The service container: named services over dependency-injector providers.
+
+Keys are strings. A value set with ``set`` is held by a
+``providers.Object``; ``set_factory`` registers a ``Singleton`` (default) or
+``Factory`` provider. ``override`` replaces a service for the length of a
+``with`` block, the way tests swap a real dependency for a fake one.
+Services that differ per component (the ``logger`` bound with its name, the
+``health`` view that records who registered a key) are stored as
+:class:`PerComponent` providers and resolved by the injector.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar, overload
+
+from dependency_injector import containers, providers
+
+from ._errors import ServiceError
+
+__all__ = ["PerComponent", "ServiceContainer"]
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class PerComponent(Generic[T]):
+    """A service whose value depends on the component that asks for it.
+
+    ``make(name)`` is called once per component at injection time; outside a
+    component (``ServiceContainer.get``) the value is ``make(None)``.
+    """
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[str | None], T]) -> None:
+        self.make = make
+
+
+class ServiceContainer:
+    """A thread-safe registry of named services shared by all components of one app.
+
+    Injected under the key ``"services"``; initializers ``set`` what they
+    create and later components receive it through ``Inject("key")``.
+    """
+
+    def __init__(self) -> None:
+        self._container = containers.DynamicContainer()
+        self._providers: dict[str, providers.Provider[Any]] = {}
+        self._lock = threading.Lock()
+
+    def _check_key(self, key: object) -> str:
+        if not isinstance(key, str) or not key:
+            raise ServiceError(f"service keys are non-empty strings, got {key!r}")
+        return key
+
+    def _add(self, key: str, provider: providers.Provider[Any]) -> None:
+        key = self._check_key(key)
+        with self._lock:
+            if key in self._providers:
+                raise ServiceError(
+                    f"duplicate service key {key!r}: a service is already registered under it; "
+                    "pick another key or use override() to replace it temporarily"
+                )
+            self._providers[key] = provider
+            self._container.set_provider(key, provider)
+
+    def set(self, key: str, value: object) -> None:
+        """Register ``value`` under ``key``; a key can be set once (``ServiceError`` otherwise)."""
+        self._add(key, providers.Object(value))
+
+    def set_factory(self, key: str, factory: Callable[[], object], *, singleton: bool = True) -> None:
+        """Register a callable that builds the service on first ``get`` (every ``get`` if not ``singleton``)."""
+        if not callable(factory):
+            raise ServiceError(f"service {key!r}: factory must be callable, got {factory!r}")
+        self._add(key, providers.Singleton(factory) if singleton else providers.Factory(factory))
+
+    def has(self, key: str) -> bool:
+        """Whether a service is registered under ``key``."""
+        return key in self._providers
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._providers
+
+    def keys(self) -> list[str]:
+        """The registered keys, in registration order."""
+        return list(self._providers)
+
+    @overload
+    def get(self, key: str) -> Any: ...
+    @overload
+    def get(self, key: str, default: T) -> Any | T: ...
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        """The service under ``key``; ``default`` if given and missing, else ``ServiceError``."""
+        return self.resolve(key, None, default)
+
+    def resolve(self, key: str, component: str | None, default: Any = _MISSING) -> Any:
+        """The service under ``key`` as seen by ``component`` (for per-component services)."""
+        provider = self._providers.get(key)
+        if provider is None:
+            if default is not _MISSING:
+                return default
+            known = ", ".join(sorted(self._providers)) or "none"
+            raise ServiceError(
+                f"no service registered under {key!r} (registered: {known}); "
+                "set it in an initializer of a lower priority, or inject it with optional=True"
+            )
+        value = provider()
+        if isinstance(value, PerComponent):
+            return value.make(component)
+        return value
+
+    def find_by_type(self, kind: type[T], component: str | None = None) -> list[tuple[str, T]]:
+        """Every already-built service that is an instance of ``kind``, as ``(key, value)`` pairs.
+
+        Only services set as values are considered: factories are never called by a type lookup.
+        """
+        found: list[tuple[str, T]] = []
+        for key, provider in list(self._providers.items()):
+            if isinstance(provider, providers.Object):
+                value = provider()
+                if isinstance(value, PerComponent):
+                    value = value.make(component)
+                if isinstance(value, kind):
+                    found.append((key, value))
+        return found
+
+    @contextmanager
+    def override(self, key: str, value: object) -> Iterator[None]:
+        """Replace the service under ``key`` by ``value`` inside the ``with`` block (for tests)."""
+        provider = self._providers.get(key)
+        if provider is None:
+            raise ServiceError(f"cannot override {key!r}: no service is registered under it")
+        with provider.override(providers.Object(value)):
+            yield
+
+    def __repr__(self) -> str:
+        return f"ServiceContainer({', '.join(self._providers)})"

@@ -1,0 +1,44 @@
+"""The framework's own settings: logging and the app-wide lifecycle bounds."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["AppSettings"]
+
+Timeout = float | None
+
+
+class AppSettings(BaseSettings):
+    """nacelle_py: logging and the default lifecycle timeouts (a component's registration overrides them)."""
+
+    model_config = SettingsConfigDict(env_parse_none_str="none", extra="ignore")
+
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="Lowest level that is logged."
+    )
+    log_encoding: Literal["console", "json"] = Field(
+        "console", description="console: human-readable lines; json: one JSON object per line."
+    )
+    log_fields: dict[str, str] = Field(
+        default_factory=dict, description='Fields added to every log line, as JSON: {"env": "prod"}.'
+    )
+    start_timeout: Timeout = Field(60.0, description="Seconds a priority group may take to become healthy; none: no limit.")
+    shutdown_timeout: Timeout = Field(10.0, description="Seconds run() may take to return after stop(); none: no limit.")
+    init_timeout: Timeout = Field(None, description="Seconds init() may take; none: no limit.")
+    finalize_timeout: Timeout = Field(None, description="Seconds finalize() may take; none: no limit.")
+
+    @field_validator("log_level", "log_encoding", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and not (0 < value < float("inf")):
+            raise ValueError("must be a positive number of seconds, or none for no limit")
+        return value
