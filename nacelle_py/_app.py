@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
 
@@ -16,7 +16,7 @@ from ._config import Config, mask_values
 from ._describe import describe
 from ._errors import ComponentError, ConfigError, RegistrationError, SettingError
 from ._health import Health
-from ._inject import Injector, settings_models
+from ._inject import Injector
 from ._lifecycle import Entry, Runner
 from ._logging import make_logger
 from ._services import PerComponent, ServiceContainer
@@ -67,10 +67,14 @@ class App:
         self._log_stream = log_stream
         self._handle_signals = handle_signals
         self._registered: list[tuple[Initializer, Options]] = []
+        self._names: set[str] = set()
+        self._instances: dict[int, str] = {}
+        self._injector = Injector(self.services, self.config)
         self._runner: Runner | None = None
         self._state: Literal["new", "serving", "done"] = "new"
         self._early_shutdown = False
         self._errors: list[ComponentError] = []
+        self._ready_hooks: list[Callable[[], object]] = []
         self.logger: Any = logger
         self.services.set("services", self.services)
         self.services.set("config", self.config)
@@ -118,17 +122,30 @@ class App:
             finalize_timeout=finalize_timeout,
             silent_exit=silent_exit,
         )
-        for other, other_options in self._registered:
-            if other_options.name == options.name:
-                hint = "" if name is not None else " (the default name is the class name; pass name=...)"
-                raise RegistrationError(f"duplicate component name {options.name!r}{hint}")
-            if other is component:
-                raise RegistrationError(
-                    f"{options.name}: this instance is already registered as {other_options.name!r}; "
-                    "register a new instance"
-                )
+        if options.name in self._names:
+            hint = "" if name is not None else " (the default name is the class name; pass name=...)"
+            raise RegistrationError(f"duplicate component name {options.name!r}{hint}")
+        if id(component) in self._instances:
+            raise RegistrationError(
+                f"{options.name}: this instance is already registered as {self._instances[id(component)]!r}; "
+                "register a new instance"
+            )
+        self._names.add(options.name)
+        self._instances[id(component)] = options.name
         self._registered.append((component, options))
         return component
+
+    def on_ready(self, hook: Callable[[], object]) -> Callable[[], object]:
+        """Call ``hook()`` on the loop thread once every priority group is up and healthy.
+
+        For readiness signals (``sd_notify``, a ready file, a test that waits
+        for boot). A hook that raises is an error: the app unwinds, status 1.
+        Returns the hook, so it can be used as a decorator.
+        """
+        if not callable(hook):
+            raise RegistrationError(f"on_ready() takes a callable, got {hook!r}")
+        self._ready_hooks.append(hook)
+        return hook
 
     # -- running --------------------------------------------------------------------
 
@@ -141,7 +158,7 @@ class App:
         """The ``--help`` text: every setting the registered components read."""
         users: dict[Any, list[str]] = {AppSettings: ["nacelle_py"]}
         for component, options in self._registered:
-            for model in settings_models(component):
+            for model in self._injector.settings_models(component):
                 users.setdefault(model, []).append(options.name)
         return describe(self.name, self.config, users)
 
@@ -183,12 +200,13 @@ class App:
             runner = Runner(
                 app_name=self.name,
                 entries=entries,
-                injector=Injector(self.services, self.config),
+                injector=self._injector,
                 health=self.health,
                 logger=self.logger,
                 handle_signals=self._handle_signals and threading.current_thread() is threading.main_thread(),
                 errors=self._errors,
                 on_error=self._log_error,
+                on_ready=tuple(self._ready_hooks),
             )
             self._runner = runner
             self.logger.info("app starting", components=len(entries))
@@ -229,7 +247,7 @@ class App:
         self._settings = settings
         models: dict[Any, list[str]] = {}
         for component, options in self._registered:
-            for model in settings_models(component):
+            for model in self._injector.settings_models(component):
                 models.setdefault(model, []).append(options.name)
         try:
             self.config.load_all(models)

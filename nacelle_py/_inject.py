@@ -20,7 +20,7 @@ from ._config import Config
 from ._errors import InjectionError, ServiceError
 from ._services import ServiceContainer
 
-__all__ = ["Inject", "Injection", "Injector", "settings_models"]
+__all__ = ["Inject", "Injection", "Injector"]
 
 _UNRESOLVED: Any = object()
 
@@ -126,15 +126,6 @@ def _type_name(annotation: Any) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
 
-def settings_models(component: object) -> list[type[BaseSettings]]:
-    """The settings models a component asks for with ``Inject()``."""
-    models = []
-    for plan in _plan(type(component)):
-        if plan.key is None and (model := _settings_type(plan.annotation)) is not None:
-            models.append(model)
-    return models
-
-
 class Injector:
     """Fills a component's ``Inject`` attributes from one app's services and config."""
 
@@ -149,6 +140,14 @@ class Injector:
         if plans is None:
             plans = self._plans[cls] = _plan(cls)
         return plans
+
+    def settings_models(self, component: object) -> list[type[BaseSettings]]:
+        """The settings models a component asks for with ``Inject()``."""
+        models = []
+        for plan in self.plans(component):
+            if plan.key is None and (model := _settings_type(plan.annotation)) is not None:
+                models.append(model)
+        return models
 
     def inject(self, component: object, name: str) -> None:
         """Inject every marked attribute; the first problem raises ``InjectionError``."""

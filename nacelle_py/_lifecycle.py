@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,14 +52,22 @@ class Entry:
     finalize_timeout: float | None
     logger: Any = None
     run: Callable[[], Any] | None = None
-    run_scope: anyio.CancelScope | None = None
-    run_done: anyio.Event | None = None
-    run_returned: bool = False
+    run_scope: anyio.CancelScope | None = None  # own scope: processes with a stop()
+    host_scope: anyio.CancelScope | None = None  # shared by a group's processes without stop()
+    done: anyio.Event | None = None  # created only when someone waits for this one run to end
+    countdown: _Countdown | None = None
+    finished: bool = False
     stopping: bool = False
 
     @property
     def name(self) -> str:
         return self.options.name
+
+    def cancel_run(self) -> None:
+        """Cancel this run (for a process without ``stop()``: its whole group's, which stop together)."""
+        scope = self.run_scope or self.host_scope
+        if scope is not None:
+            scope.cancel()
 
 
 def _bounded(seconds: float | None) -> anyio.CancelScope:
@@ -66,7 +75,23 @@ def _bounded(seconds: float | None) -> anyio.CancelScope:
 
 
 def _ms(start: float) -> float:
-    return round((anyio.current_time() - start) * 1000, 3)
+    """Milliseconds since ``start`` (a ``perf_counter`` reading), for log lines."""
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+class _Countdown:
+    """Set ``event`` once ``count`` runs have ended: one wait for a whole group instead of one per run."""
+
+    __slots__ = ("count", "event")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.event = anyio.Event()
+
+    def done_one(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.event.set()
 
 
 @dataclass
@@ -81,6 +106,7 @@ class Runner:
     handle_signals: bool
     errors: list[ComponentError] = field(default_factory=list)
     on_error: Callable[[ComponentError], None] | None = None
+    on_ready: Sequence[Callable[[], object]] = ()
 
     def __post_init__(self) -> None:
         priorities = sorted({e.options.priority for e in self.entries})
@@ -123,9 +149,7 @@ class Runner:
         self._forced_deadline = anyio.current_time() + FORCED_FINALIZE_BUDGET
         self._record(ComponentError(self.app_name, "shutdown", None, f"forced by {reason}"))
         self._graceful.cancel()
-        for entry in self.entries:
-            if entry.run_scope is not None:
-                entry.run_scope.cancel()
+        self._runs.cancel_scope.cancel()
         if self._finalize_scope is not None:
             self._finalize_scope.deadline = min(self._finalize_scope.deadline, self._forced_deadline)
 
@@ -155,17 +179,24 @@ class Runner:
                     with self._graceful:
                         if await self._boot():
                             self.logger.info("app healthy; supervising")
+                            self._ready()
                             while not self._stop_requested:
                                 await self._waker.changed()
                         await self._stop_all()
-                    for entry in self.entries:  # only left after a forced shutdown
-                        if entry.run_scope is not None:
-                            entry.run_scope.cancel()
+                    runs.cancel_scope.cancel()  # anything left runs only after a forced shutdown
                 await self._finalize_all()
                 root.cancel_scope.cancel()
         finally:
             unsubscribe()
             self._waker.close()
+
+    def _ready(self) -> None:
+        for hook in self.on_ready:
+            try:
+                hook()
+            except Exception as exc:
+                self._record(ComponentError(self.app_name, "ready", exc))
+                self.request_stop("on_ready hook failed")
 
     async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -191,7 +222,7 @@ class Runner:
             if self._stop_requested:
                 return False
             priority = group[0].options.priority
-            started = anyio.current_time()
+            started = time.perf_counter()
             if not self._inject(group):
                 return False
             with anyio.CancelScope() as self._boot_scope:
@@ -232,7 +263,7 @@ class Runner:
     async def _init_one(self, entry: Entry) -> None:
         log = entry.logger
         log.info("init starting")
-        started = anyio.current_time()
+        started = time.perf_counter()
         try:
             with _bounded(entry.init_timeout) as scope:
                 await call(entry.component.init, self._waker, f"{entry.name}.init")
@@ -250,17 +281,29 @@ class Runner:
 
     async def _start_group(self, group: list[Entry]) -> bool:
         processes = []
+        cancellable = []
         for entry in group:
             entry.run = overridden(entry.component, "run")
-            if entry.run is not None:
+            if entry.run is None:
+                continue
+            processes.append(entry)
+            if overridden(entry.component, "stop") is None:
+                cancellable.append(entry)
+            else:
                 entry.run_scope = anyio.CancelScope()
-                entry.run_done = anyio.Event()
-                processes.append(entry)
         if not processes and self.health.healthy:
             return True
         self._starting = len(processes)
         for entry in processes:
-            self._runs.start_soon(self._run_one, entry, name=f"nacelle run {entry.name}")
+            if entry.run_scope is not None:
+                self._runs.start_soon(self._run_one, entry, name=f"nacelle run {entry.name}")
+        if cancellable:
+            # Processes without stop() are stopped by cancellation, all of a group at
+            # once: one shared scope makes that one cancel() instead of one per process.
+            host_scope = anyio.CancelScope()
+            for entry in cancellable:
+                entry.host_scope = host_scope
+            self._runs.start_soon(self._host, host_scope, cancellable, name="nacelle runs")
         timeouts = [e.start_timeout for e in group if e.start_timeout is not None]
         limit = min(timeouts) if timeouts else None
         with _bounded(limit) as scope:
@@ -283,79 +326,129 @@ class Runner:
         detail = f"priority {group[0].options.priority} not healthy after {limit:g}s: {keys or 'runs not started'}"
         return ComponentTimeoutError(", ".join(owners), "start", limit, detail)
 
+    async def _host(self, scope: anyio.CancelScope, entries: list[Entry]) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                for entry in entries:
+                    tg.start_soon(self._run_one, entry, name=f"nacelle run {entry.name}")
+
     async def _run_one(self, entry: Entry) -> None:
-        assert entry.run is not None and entry.run_scope is not None and entry.run_done is not None
+        assert entry.run is not None
         self._starting -= 1
         if self._starting == 0:
             self._waker.notify()
-        log = entry.logger
-        log.info("run starting")
-        started = anyio.current_time()
+        entry.logger.info("run starting")
+        started = time.perf_counter()
+        outcome = "cancelled"
+        scope = entry.run_scope
         try:
-            with entry.run_scope:
+            if scope is None:
                 await call(entry.run, self._waker, f"{entry.name}.run")
-                entry.run_returned = True
+            else:
+                with scope:
+                    await call(entry.run, self._waker, f"{entry.name}.run")
+                    outcome = "returned"
+            outcome = "returned" if scope is None else outcome
         except Exception as exc:
+            outcome = "failed"
             self._record(ComponentError(entry.name, "run", exc))
             self.request_stop(f"{entry.name}: run failed")
         finally:
-            entry.run_done.set()
-        if not entry.run_returned:
+            entry.finished = True
+            if entry.done is not None:
+                entry.done.set()
+            if entry.countdown is not None:
+                entry.countdown.done_one()
+            self._run_ended(entry, outcome, started)
+
+    def _run_ended(self, entry: Entry, outcome: str, started: float) -> None:
+        log = entry.logger
+        if outcome == "cancelled":
             log.info("run cancelled", ms=_ms(started))
-        elif entry.stopping or self._stop_requested:
-            log.info("run finished", ms=_ms(started))
-        elif entry.options.silent_exit:
-            log.info("run finished; silent exit", ms=_ms(started))
-        else:
-            log.info("run returned; shutting down", ms=_ms(started))
-            self.request_stop(f"{entry.name}: run returned")
+        elif outcome == "returned":
+            if entry.stopping or self._stop_requested:
+                log.info("run finished", ms=_ms(started))
+            elif entry.options.silent_exit:
+                log.info("run finished; silent exit", ms=_ms(started))
+            else:
+                log.info("run returned; shutting down", ms=_ms(started))
+                self.request_stop(f"{entry.name}: run returned")
+
+    async def _wait_run(self, entry: Entry, deadline: float) -> bool:
+        """Wait until ``entry``'s run has ended or ``deadline`` passed; whether it ended."""
+        if not entry.finished:
+            if entry.done is None:
+                entry.done = anyio.Event()
+            with anyio.CancelScope(deadline=deadline):
+                await entry.done.wait()
+        return entry.finished
 
     # -- unwind -------------------------------------------------------------------
 
     async def _stop_all(self) -> None:
         for group in reversed(self._groups):
-            running = [e for e in group if e.run_done is not None and not e.run_done.is_set()]
-            if len(running) == 1:
-                await self._stop_one(running[0])
-            elif running:
-                async with anyio.create_task_group() as tg:
-                    for entry in running:
-                        tg.start_soon(self._stop_one, entry)
+            await self._stop_group(group)
 
-    async def _stop_one(self, entry: Entry) -> None:
-        assert entry.run_scope is not None and entry.run_done is not None
-        entry.stopping = True
-        log = entry.logger
-        log.info("stop starting")
+    async def _stop_group(self, group: list[Entry]) -> None:
+        """Ask every running process of a group to stop at once, then wait for the runs to end."""
+        running = [e for e in group if e.run is not None and not e.finished]
+        if not running:
+            return
         started = anyio.current_time()
-        timeout = entry.shutdown_timeout
-        deadline = math.inf if timeout is None else started + timeout
-        stop = overridden(entry.component, "stop")
-        if stop is None:
-            entry.run_scope.cancel()
-        else:
-            try:
-                with anyio.CancelScope(deadline=deadline) as scope:
-                    await call(stop, self._waker, f"{entry.name}.stop")
-            except Exception as exc:
-                self._record(ComponentError(entry.name, "stop", exc))
-                entry.run_scope.cancel()
+        countdown = _Countdown(len(running))
+        stoppers = []
+        for entry in running:
+            entry.stopping = True
+            entry.countdown = countdown
+            entry.logger.info("stop starting")
+            stop = overridden(entry.component, "stop")
+            if stop is None:
+                entry.cancel_run()
             else:
-                if scope.cancelled_caught:
-                    self._record(ComponentTimeoutError(
-                        entry.name, "stop", timeout or 0, f"stop() did not return within {timeout:g}s; run cancelled"
-                    ))
-                    entry.run_scope.cancel()
-        with anyio.CancelScope(deadline=deadline) as scope:
-            await entry.run_done.wait()
+                stoppers.append((entry, stop))
+        if len(stoppers) == 1:
+            await self._call_stop(*stoppers[0], started)
+        elif stoppers:
+            async with anyio.create_task_group() as tg:
+                for entry, stop in stoppers:
+                    tg.start_soon(self._call_stop, entry, stop, started)
+        # One wait for the whole group, bounded by its earliest deadline; then each
+        # straggler is waited for up to its own deadline.
+        earliest = min(self._deadline(started, e.shutdown_timeout) for e in running)
+        with anyio.CancelScope(deadline=earliest):
+            await countdown.event.wait()
+        for entry in running:
+            await self._await_stopped(entry, started)
+
+    @staticmethod
+    def _deadline(started: float, timeout: float | None) -> float:
+        return math.inf if timeout is None else started + timeout
+
+    async def _call_stop(self, entry: Entry, stop: Callable[[], Any], started: float) -> None:
+        timeout = entry.shutdown_timeout
+        try:
+            with anyio.CancelScope(deadline=self._deadline(started, timeout)) as scope:
+                await call(stop, self._waker, f"{entry.name}.stop")
+        except Exception as exc:
+            self._record(ComponentError(entry.name, "stop", exc))
+            entry.cancel_run()
+            return
         if scope.cancelled_caught:
+            self._record(ComponentTimeoutError(
+                entry.name, "stop", timeout or 0, f"stop() did not return within {timeout:g}s; run cancelled"
+            ))
+            entry.cancel_run()
+
+    async def _await_stopped(self, entry: Entry, started: float) -> None:
+        timeout = entry.shutdown_timeout
+        if not await self._wait_run(entry, self._deadline(started, timeout)):
             self._record(ComponentTimeoutError(
                 entry.name, "stop", timeout or 0, f"run() did not return within {timeout:g}s of stop(); cancelled"
             ))
-            entry.run_scope.cancel()
-            with anyio.move_on_after(CANCEL_GRACE):
-                await entry.run_done.wait()
-        log.info("stop finished", ms=_ms(started))
+            entry.cancel_run()
+            if not await self._wait_run(entry, anyio.current_time() + CANCEL_GRACE):
+                entry.logger.warning("run ignored cancellation; abandoned", grace=CANCEL_GRACE)
+        entry.logger.info("stop finished", ms=round((anyio.current_time() - started) * 1000, 3))
 
     async def _finalize_all(self) -> None:
         for entry in reversed(self._init_order):
@@ -367,9 +460,9 @@ class Runner:
                 log.warning("finalize skipped: forced shutdown budget spent")
                 continue
             log.info("finalize starting")
-            started = anyio.current_time()
+            started = time.perf_counter()
             timeout = entry.finalize_timeout
-            deadline = min(math.inf if timeout is None else started + timeout, self._forced_deadline)
+            deadline = min(self._deadline(anyio.current_time(), timeout), self._forced_deadline)
             try:
                 with anyio.CancelScope(deadline=deadline) as self._finalize_scope:
                     await call(finalize, self._waker, f"{entry.name}.finalize")
