@@ -266,7 +266,7 @@ class App:
         settings = self._settings
 
         def pick(value: TimeoutOption, default: float | None) -> float | None:
-            return default if value is DEFAULT else value  # type: ignore[return-value]
+            return default if value is DEFAULT else value
 
         return [
             Entry(

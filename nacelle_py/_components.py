@@ -82,7 +82,7 @@ def overridden(component: object, method: str) -> Any:
 
 def _check_timeout(name: str, option: str, value: object) -> TimeoutOption:
     if value is DEFAULT or value is None:
-        return value  # type: ignore[return-value]
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RegistrationError(
             f"{name}: {option} must be a number of seconds or None (no limit), got {value!r}"
@@ -94,7 +94,7 @@ def _check_timeout(name: str, option: str, value: object) -> TimeoutOption:
     return float(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Options:
     """How one component is registered: its name, priority, bounds and exit policy.
 

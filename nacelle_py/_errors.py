@@ -8,7 +8,7 @@ without parsing a message.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "ComponentError",
@@ -41,8 +41,7 @@ class ServiceError(NacelleError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-@dataclass(frozen=True)
-class SettingError:
+class SettingError(NamedTuple):
     """One invalid or missing setting: the env variable(s) that set it and what is wrong."""
 
     env: str
@@ -54,7 +53,7 @@ class SettingError:
     field: str
     """The field's name in that class."""
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # a sentence, not the tuple
         return f"{self.env}: {self.message} ({self.model}.{self.field})"
 
 

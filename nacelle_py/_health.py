@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._errors import ServiceError
 
@@ -18,8 +18,7 @@ __all__ = ["Health", "HealthComponent", "HealthStatus"]
 Listener = Callable[["HealthComponent"], None]
 
 
-@dataclass(frozen=True, slots=True)
-class HealthStatus:
+class HealthStatus(NamedTuple):
     """A snapshot of one health component."""
 
     key: str

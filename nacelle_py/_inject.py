@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from pydantic_settings import BaseSettings
 
@@ -66,8 +65,7 @@ def Inject(key: str | None = None, *, optional: bool = False) -> Any:  # noqa: N
     return Injection(key, optional)
 
 
-@dataclass(frozen=True, slots=True)
-class _Plan:
+class _Plan(NamedTuple):
     attr: str
     key: str | None
     optional: bool
@@ -183,7 +181,9 @@ class Injector:
             raise InjectionError(
                 name, plan.attr, f"cannot look up a service by the type {_type_name(plan.annotation)}; give a key"
             )
-        found = [pair for kind in kinds for pair in self._services.find_by_type(kind, name)]
+        found: list[tuple[str, Any]] = []
+        for kind in kinds:
+            found.extend(self._services.find_by_type(kind, name))
         keys = list(dict.fromkeys(key for key, _ in found))
         if len(keys) == 1:
             return found[0][1]

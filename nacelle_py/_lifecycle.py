@@ -16,11 +16,9 @@ import math
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskStatus
 
 from ._calls import call
 from ._components import Initializer, Options, overridden
@@ -28,6 +26,9 @@ from ._errors import ComponentError, ComponentTimeoutError, InjectionError
 from ._health import Health
 from ._inject import Injector
 from ._waker import Waker
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 __all__ = ["Entry", "Runner"]
 
@@ -40,24 +41,39 @@ CANCEL_GRACE = 1.0
 """Seconds a run gets to unwind after it is cancelled before the runner stops waiting for it."""
 
 
-@dataclass(eq=False)
 class Entry:
     """One registered component and its state in this run."""
 
-    component: Initializer
-    options: Options
-    init_timeout: float | None
-    start_timeout: float | None
-    shutdown_timeout: float | None
-    finalize_timeout: float | None
-    logger: Any = None
-    run: Callable[[], Any] | None = None
-    run_scope: anyio.CancelScope | None = None  # own scope: processes with a stop()
-    host_scope: anyio.CancelScope | None = None  # shared by a group's processes without stop()
-    done: anyio.Event | None = None  # created only when someone waits for this one run to end
-    countdown: _Countdown | None = None
-    finished: bool = False
-    stopping: bool = False
+    __slots__ = (
+        "component", "countdown", "done", "finalize_timeout", "finished", "host_scope", "init_timeout",
+        "logger", "options", "run", "run_scope", "shutdown_timeout", "start_timeout", "stopping",
+    )
+
+    def __init__(
+        self,
+        component: Initializer,
+        options: Options,
+        *,
+        init_timeout: float | None,
+        start_timeout: float | None,
+        shutdown_timeout: float | None,
+        finalize_timeout: float | None,
+        logger: Any,
+    ) -> None:
+        self.component = component
+        self.options = options
+        self.init_timeout = init_timeout
+        self.start_timeout = start_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.finalize_timeout = finalize_timeout
+        self.logger = logger
+        self.run: Callable[[], Any] | None = None
+        self.run_scope: anyio.CancelScope | None = None  # own scope: processes with a stop()
+        self.host_scope: anyio.CancelScope | None = None  # shared by a group's processes without stop()
+        self.done: anyio.Event | None = None  # created only when someone waits for this one run to end
+        self.countdown: _Countdown | None = None
+        self.finished = False
+        self.stopping = False
 
     @property
     def name(self) -> str:
@@ -94,21 +110,31 @@ class _Countdown:
             self.event.set()
 
 
-@dataclass
 class Runner:
     """Runs one app's entries through the whole lifecycle; ``errors`` collects every failure."""
 
-    app_name: str
-    entries: Sequence[Entry]
-    injector: Injector
-    health: Health
-    logger: Any
-    handle_signals: bool
-    errors: list[ComponentError] = field(default_factory=list)
-    on_error: Callable[[ComponentError], None] | None = None
-    on_ready: Sequence[Callable[[], object]] = ()
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        app_name: str,
+        entries: Sequence[Entry],
+        injector: Injector,
+        health: Health,
+        logger: Any,
+        handle_signals: bool,
+        errors: list[ComponentError],
+        on_error: Callable[[ComponentError], None] | None = None,
+        on_ready: Sequence[Callable[[], object]] = (),
+    ) -> None:
+        self.app_name = app_name
+        self.entries = entries
+        self.injector = injector
+        self.health = health
+        self.logger = logger
+        self.handle_signals = handle_signals
+        self.errors = errors
+        self.on_error = on_error
+        self.on_ready = on_ready
         priorities = sorted({e.options.priority for e in self.entries})
         self._groups = [[e for e in self.entries if e.options.priority == p] for p in priorities]
         self._init_order: list[Entry] = []
