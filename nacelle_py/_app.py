@@ -20,7 +20,7 @@ from ._inject import Injector
 from ._lifecycle import Entry, Runner
 from ._logging import make_logger
 from ._services import PerComponent, ServiceContainer
-from ._settings import AppSettings
+from ._settings import AppSettings, LogSettings
 
 __all__ = ["App"]
 
@@ -106,7 +106,8 @@ class App:
             raise RegistrationError(f"{name or type(component).__name__}: cannot register after the app has started")
         if isinstance(component, type):
             raise RegistrationError(
-                f"register() takes an instance, got the class {component.__name__}; use {component.__name__}()"
+                f"{name or component.__name__}: register() takes an instance, got the class "
+                f"{component.__name__}; use {component.__name__}()"
             )
         if not isinstance(component, Initializer):
             raise RegistrationError(
@@ -148,6 +149,11 @@ class App:
         return hook
 
     # -- running --------------------------------------------------------------------
+
+    @property
+    def registrations(self) -> tuple[tuple[Initializer, Options], ...]:
+        """Every registered component with its options, in registration order."""
+        return tuple(self._registered)
 
     @property
     def errors(self) -> tuple[ComponentError, ...]:
@@ -237,13 +243,15 @@ class App:
     def _load_settings(self) -> bool:
         """Load every settings model before any init; False (and logged errors) if any is invalid."""
         problems: list[SettingError] = []
+        log_settings: LogSettings
         try:
-            settings = self.config.load(AppSettings)
+            settings = log_settings = self.config.load(AppSettings)
         except ConfigError as exc:
             problems.extend(exc.errors)
             settings = AppSettings.model_construct()
+            log_settings = self.config.salvage(LogSettings)  # report it as the valid log settings ask
         if self._given_logger is None:
-            self.logger = make_logger(self.name, settings, self._log_stream)
+            self.logger = make_logger(self.name, log_settings, self._log_stream)
         self._settings = settings
         models: dict[Any, list[str]] = {}
         for component, options in self._registered:

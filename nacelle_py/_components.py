@@ -87,7 +87,11 @@ def _check_timeout(name: str, option: str, value: object) -> TimeoutOption:
         raise RegistrationError(
             f"{name}: {option} must be a number of seconds or None (no limit), got {value!r}"
         )
-    if not math.isfinite(value) or value <= 0:
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite or value <= 0:
         raise RegistrationError(
             f"{name}: {option} must be a positive number of seconds (or None for no limit), got {value!r}"
         )

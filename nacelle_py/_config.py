@@ -10,6 +10,7 @@ turned into the names of the env variables a user must set.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource
+from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSource, SecretsSettingsSource
 
 from ._errors import ConfigError, SettingError
 
@@ -36,12 +37,20 @@ def is_secret(field: FieldInfo) -> bool:
     return _mentions_secret(annotation)
 
 
-def _mentions_secret(annotation: Any) -> bool:
-    if annotation in (SecretStr, SecretBytes):
-        return True
-    if isinstance(annotation, type) and issubclass(annotation, (SecretStr, SecretBytes)):
-        return True
-    return any(_mentions_secret(arg) for arg in getattr(annotation, "__args__", ()) or ())
+def _mentions_secret(annotation: Any, depth: int = 0) -> bool:
+    """Whether a type is or holds a secret: nested models and containers count (a bad value echoes them)."""
+    if depth > 8:  # self-referencing models
+        return False
+    if isinstance(annotation, type):
+        if issubclass(annotation, (SecretStr, SecretBytes)):
+            return True
+        if issubclass(annotation, BaseModel):
+            return any(
+                (isinstance(f.json_schema_extra, dict) and bool(f.json_schema_extra.get("secret")))
+                or _mentions_secret(f.annotation, depth + 1)
+                for f in annotation.model_fields.values()
+            )
+    return any(_mentions_secret(arg, depth + 1) for arg in getattr(annotation, "__args__", ()) or ())
 
 
 def mask_values(model: BaseModel) -> dict[str, Any]:
@@ -49,10 +58,10 @@ def mask_values(model: BaseModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
-        if is_secret(field) or isinstance(value, (SecretStr, SecretBytes)):
-            out[name] = MASK if value not in (None, "") else value
-        elif isinstance(value, BaseModel):
+        if isinstance(value, BaseModel):
             out[name] = mask_values(value)
+        elif is_secret(field) or isinstance(value, (SecretStr, SecretBytes)):
+            out[name] = MASK if value not in (None, "") else value
         else:
             out[name] = value
     return out
@@ -100,7 +109,7 @@ class Config:
         with self._lock:
             cached = self._cache.get(model)
             if cached is None:
-                cached = self._build(model)
+                cached = self.build(model)
                 self._cache[model] = cached
         return cached  # type: ignore[return-value]
 
@@ -115,33 +124,56 @@ class Config:
         if problems:
             raise ConfigError(problems)
 
-    def _build(self, model: type[S]) -> S:
-        kwargs: dict[str, Any] = {}
-        if self.env_file is not None:
-            kwargs["_env_file"] = self.env_file
-        if self.secrets_dir is not None:
-            kwargs["_secrets_dir"] = self.secrets_dir
+    def build(self, model: type[S]) -> S:
+        """Load and validate ``model`` without caching it; ``ConfigError`` lists every problem."""
         try:
-            return model(**self._prefixed_values(model), **kwargs)
+            return model(**self._values(model))
         except ValidationError as exc:
             raise ConfigError(self._explain(model, exc)) from None
         except ValueError as exc:  # a source could not decode a value (bad JSON, say)
-            raise ConfigError(
-                [SettingError(f"{self.prefix}*", str(exc), model.__name__, "?")]
-            ) from None
+            raise ConfigError([self._undecodable(model, exc)]) from None
 
-    def _prefixed_values(self, model: type[BaseSettings]) -> dict[str, Any]:
-        """Values found under the app prefix; they beat the model's own (unprefixed) sources."""
-        if not self.prefix:
-            return {}
-        prefix = f"{self.prefix}{model.model_config.get('env_prefix') or ''}"
-        values: dict[str, Any] = {}
-        sources: list[Any] = [EnvSettingsSource(model, env_prefix=prefix)]
+    def salvage(self, model: type[S]) -> S:
+        """``model`` from the values that are valid, defaults for the rest; never raises for bad input.
+
+        Used to log a configuration error the way the valid log settings ask for.
+        """
+        try:
+            values = self._values(model)
+        except ValueError:
+            values = {}
+        for _ in range(len(values) + 1):
+            try:
+                return model.model_validate(values)  # no sources: only these values
+            except ValidationError as exc:
+                bad = {str(e["loc"][0]) for e in exc.errors() if e.get("loc")}
+                values = {k: v for k, v in values.items() if k not in bad}
+                if not bad:
+                    break
+        return model.model_construct()
+
+    def _values(self, model: type[BaseSettings]) -> dict[str, Any]:
+        """What the environment, the env file and the secrets directory say, best first.
+
+        The real environment beats the env file, which beats the secrets
+        directory; within each, the prefixed name beats the plain one. The
+        model's own sources (its env_file, say) still apply below these.
+        """
+        own = str(model.model_config.get("env_prefix") or "")
+        prefixes = [f"{self.prefix}{own}", own] if self.prefix else [own]
+        sources: list[Any] = [EnvSettingsSource(model, env_prefix=p) for p in prefixes]
         if self.env_file is not None:
-            sources.append(DotEnvSettingsSource(model, env_file=self.env_file, env_prefix=prefix))
+            sources += [DotEnvSettingsSource(model, env_file=self.env_file, env_prefix=p) for p in prefixes]
+        if self.secrets_dir is not None:
+            sources += [SecretsSettingsSource(model, secrets_dir=self.secrets_dir, env_prefix=p) for p in prefixes]
+        known: set[str] = set()
+        for name, field in model.model_fields.items():
+            known.update(k for k in (name, field.alias, field.validation_alias) if isinstance(k, str))
+        values: dict[str, Any] = {}
         for source in sources:
             for key, value in source().items():
-                values.setdefault(key, value)
+                if key in known:  # a shared env file holds other models' lines too
+                    values.setdefault(key, value)
         return values
 
     def _explain(self, model: type[BaseSettings], exc: ValidationError) -> list[SettingError]:
@@ -165,6 +197,17 @@ class Config:
                 message = f"{message}; also read from {names[1]}"
             problems.append(SettingError(names[0], message, model.__name__, field_name))
         return problems
+
+    def _undecodable(self, model: type[BaseSettings], exc: ValueError) -> SettingError:
+        found = re.search(r'field "([^"]+)"', str(exc))
+        field_name = self._field_for(model, found.group(1)) if found else None
+        if field_name is None:
+            return SettingError(f"{self.prefix}*", str(exc), model.__name__, "?")
+        names = self.env_names(model, field_name)
+        message = "cannot be decoded: complex values are JSON, e.g. {\"key\": \"value\"} or [1, 2]"
+        if len(names) > 1:
+            message = f"{message}; also read from {names[1]}"
+        return SettingError(names[0], message, model.__name__, field_name)
 
     @staticmethod
     def _field_for(model: type[BaseSettings], loc: str) -> str | None:

@@ -143,6 +143,8 @@ class Runner:
         self._forced = False
         self._thread_shutdown = False
         self._starting = 0
+        self._running = 0  # runs started and not yet ended
+        self._booted = False
         self._boot_scope: anyio.CancelScope | None = None
         self._graceful = anyio.CancelScope()
         self._finalize_scope: anyio.CancelScope | None = None
@@ -204,8 +206,11 @@ class Runner:
                     self._runs = runs
                     with self._graceful:
                         if await self._boot():
+                            self._booted = True
                             self.logger.info("app healthy; supervising")
                             self._ready()
+                            if self._running == 0:
+                                self.request_stop("no process is running")
                             while not self._stop_requested:
                                 await self._waker.changed()
                         await self._stop_all()
@@ -320,6 +325,7 @@ class Runner:
         if not processes and self.health.healthy:
             return True
         self._starting = len(processes)
+        self._running += len(processes)
         for entry in processes:
             if entry.run_scope is not None:
                 self._runs.start_soon(self._run_one, entry, name=f"nacelle run {entry.name}")
@@ -381,6 +387,7 @@ class Runner:
             self.request_stop(f"{entry.name}: run failed")
         finally:
             entry.finished = True
+            self._running -= 1
             if entry.done is not None:
                 entry.done.set()
             if entry.countdown is not None:
@@ -396,6 +403,8 @@ class Runner:
                 log.info("run finished", ms=_ms(started))
             elif entry.options.silent_exit:
                 log.info("run finished; silent exit", ms=_ms(started))
+                if self._booted and self._running == 0:
+                    self.request_stop("every process has exited")
             else:
                 log.info("run returned; shutting down", ms=_ms(started))
                 self.request_stop(f"{entry.name}: run returned")

@@ -14,12 +14,12 @@ from typing import Any, TextIO
 
 import structlog
 
-from ._settings import AppSettings
+from ._settings import LogSettings
 
 __all__ = ["make_logger"]
 
 
-def make_logger(app_name: str, settings: AppSettings, stream: TextIO | None = None) -> Any:
+def make_logger(app_name: str, settings: LogSettings, stream: TextIO | None = None) -> Any:
     """A structlog logger for the app, from its settings (level, encoding, initial fields)."""
     out = stream if stream is not None else sys.stderr
     renderer: Any

@@ -7,13 +7,13 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["AppSettings"]
+__all__ = ["AppSettings", "LogSettings"]
 
 Timeout = float | None
 
 
-class AppSettings(BaseSettings):
-    """nacelle_py: logging and the default lifecycle timeouts (a component's registration overrides them)."""
+class LogSettings(BaseSettings):
+    """nacelle_py: logging (level, encoding, fields on every line)."""
 
     model_config = SettingsConfigDict(env_parse_none_str="none", extra="ignore")
 
@@ -26,15 +26,19 @@ class AppSettings(BaseSettings):
     log_fields: dict[str, str] = Field(
         default_factory=dict, description='Fields added to every log line, as JSON: {"env": "prod"}.'
     )
-    start_timeout: Timeout = Field(60.0, description="Seconds a priority group may take to become healthy; none: no limit.")
-    shutdown_timeout: Timeout = Field(10.0, description="Seconds run() may take to return after stop(); none: no limit.")
-    init_timeout: Timeout = Field(None, description="Seconds init() may take; none: no limit.")
-    finalize_timeout: Timeout = Field(None, description="Seconds finalize() may take; none: no limit.")
-
     @field_validator("log_level", "log_encoding", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+
+class AppSettings(LogSettings):
+    """nacelle_py: logging and the default lifecycle timeouts (a component's registration overrides them)."""
+
+    start_timeout: Timeout = Field(60.0, description="Seconds a priority group may take to become healthy; none: no limit.")
+    shutdown_timeout: Timeout = Field(10.0, description="Seconds run() may take to return after stop(); none: no limit.")
+    init_timeout: Timeout = Field(None, description="Seconds init() may take; none: no limit.")
+    finalize_timeout: Timeout = Field(None, description="Seconds finalize() may take; none: no limit.")
 
     @field_validator("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout")
     @classmethod
