@@ -14,7 +14,7 @@ import anyio
 from ._components import DEFAULT, Initializer, Options, TimeoutOption
 from ._config import Config, mask_values
 from ._describe import describe
-from ._errors import ComponentError, ConfigError, RegistrationError, SettingError
+from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, SettingError
 from ._health import Health
 from ._inject import Injector
 from ._lifecycle import Entry, Runner
@@ -73,6 +73,7 @@ class App:
         self._runner: Runner | None = None
         self._state: Literal["new", "serving", "done"] = "new"
         self._early_shutdown = False
+        self._hard_exit = False
         self._errors: list[ComponentError] = []
         self._ready_hooks: list[Callable[[], object]] = []
         self.logger: Any = logger
@@ -181,6 +182,7 @@ class App:
             return 0
         if backend not in ("asyncio", "trio"):
             raise RegistrationError(f"boot(backend=...): 'asyncio' or 'trio', got {backend!r}")
+        self._hard_exit = True  # the process is ours: a forced shutdown may end it
         return anyio.run(self.serve, backend=backend)
 
     def shutdown(self) -> None:
@@ -213,6 +215,7 @@ class App:
                 errors=self._errors,
                 on_error=self._log_error,
                 on_ready=tuple(self._ready_hooks),
+                hard_exit=self._hard_exit,
             )
             self._runner = runner
             self.logger.info("app starting", components=len(entries))
@@ -236,7 +239,7 @@ class App:
     def _log_error(self, error: ComponentError) -> None:
         cause = error.cause
         kwargs: dict[str, Any] = {"component": error.component, "operation": error.operation}
-        if cause is not None and not isinstance(cause, (ConfigError, RegistrationError)):
+        if cause is not None and not isinstance(cause, (ConfigError, InjectionError, RegistrationError)):
             kwargs["exc_info"] = cause
         self.logger.error(str(error), **kwargs)
 

@@ -28,7 +28,9 @@ def _default(field: Any) -> str:
         return "required"
     if is_secret(field):
         return f"default: {MASK}"
-    return f"default: {field.default!r}"
+    default = field.default
+    shown = repr(default) if isinstance(default, str) or default is None else str(default)
+    return f"default: {shown}"
 
 
 def describe(app_name: str, config: Config, models: Mapping[type[BaseSettings], Iterable[str]]) -> str:

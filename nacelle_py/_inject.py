@@ -9,6 +9,7 @@ ordinary instance attribute and reading it costs nothing.
 
 from __future__ import annotations
 
+import sys
 import types
 import typing
 from typing import Any, NamedTuple, Union
@@ -72,16 +73,28 @@ class _Plan(NamedTuple):
     annotation: Any  # _UNRESOLVED when the annotation could not be evaluated
 
 
+def _hint(klass: type, attr: str) -> Any:
+    """The evaluated annotation of one attribute, or ``_UNRESOLVED``.
+
+    Evaluated one attribute at a time, so that another attribute's annotation
+    that exists only under ``TYPE_CHECKING`` does not hide this one.
+    """
+    annotation = vars(klass).get("__annotations__", {}).get(attr, _UNRESOLVED)
+    if isinstance(annotation, str):
+        module = sys.modules.get(klass.__module__)
+        try:
+            annotation = eval(annotation, dict(vars(module)) if module else {}, dict(vars(klass)))  # noqa: S307
+        except Exception:  # a name that only exists for type checkers
+            return _UNRESOLVED
+    return annotation
+
+
 def _plan(cls: type) -> tuple[_Plan, ...]:
-    try:
-        hints = typing.get_type_hints(cls, include_extras=False)
-    except Exception:  # forward references that only exist under TYPE_CHECKING
-        hints = {}
     plans: dict[str, _Plan] = {}
     for klass in reversed(cls.__mro__):
         for attr, value in vars(klass).items():
             if isinstance(value, Injection):
-                plans[attr] = _Plan(attr, value.key, value.optional, hints.get(attr, _UNRESOLVED))
+                plans[attr] = _Plan(attr, value.key, value.optional, _hint(klass, attr))
             elif attr in plans:
                 del plans[attr]  # a subclass replaced the marker with a plain attribute
     return tuple(plans.values())
@@ -114,8 +127,8 @@ def _candidates(annotation: Any) -> tuple[type, ...] | None:
     if annotation is None:
         return (type(None),)
     if isinstance(annotation, type):
-        if getattr(annotation, "_is_protocol", False) and not getattr(annotation, "_is_runtime_protocol", False):
-            return None
+        if getattr(annotation, "_is_protocol", False):
+            return None  # structural: even a runtime-checkable protocol's isinstance is only partial
         return (annotation,)
     return None
 

@@ -13,7 +13,10 @@ finalizers one short shared budget.
 from __future__ import annotations
 
 import math
+import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,6 +40,10 @@ FORCED_FINALIZE_BUDGET = 0.5
 DUPLICATE_SIGNAL_WINDOW = 0.05
 """The same signal again within this many seconds is one request: a process-group kill through
 ``make`` (which forwards SIGTERM to its child) delivers SIGTERM twice."""
+FORCED_EXIT_AFTER = 0.9
+"""Seconds after a second signal at which ``boot()`` ends the process even if a run ignores cancellation."""
+ABANDON_GRACE = 0.5
+"""Seconds the sibling inits of a failed init get to finish before they are cancelled."""
 CANCEL_GRACE = 1.0
 """Seconds a run gets to unwind after it is cancelled before the runner stops waiting for it."""
 
@@ -125,6 +132,7 @@ class Runner:
         errors: list[ComponentError],
         on_error: Callable[[ComponentError], None] | None = None,
         on_ready: Sequence[Callable[[], object]] = (),
+        hard_exit: bool = False,
     ) -> None:
         self.app_name = app_name
         self.entries = entries
@@ -135,6 +143,7 @@ class Runner:
         self.errors = errors
         self.on_error = on_error
         self.on_ready = on_ready
+        self.hard_exit = hard_exit
         priorities = sorted({e.options.priority for e in self.entries})
         self._groups = [[e for e in self.entries if e.options.priority == p] for p in priorities]
         self._init_order: list[Entry] = []
@@ -150,6 +159,8 @@ class Runner:
         self._finalize_scope: anyio.CancelScope | None = None
         self._forced_deadline = math.inf
         self._waker = Waker(self._on_wake)
+        self._runs_closed = anyio.Event()
+        self._watchdog: threading.Timer | None = None
 
     # -- requests -----------------------------------------------------------------
 
@@ -178,6 +189,7 @@ class Runner:
         self._record(ComponentError(self.app_name, "shutdown", None, f"forced by {reason}"))
         self._graceful.cancel()
         self._runs.cancel_scope.cancel()
+        self._arm_watchdog(FORCED_EXIT_AFTER, "second signal")
         if self._finalize_scope is not None:
             self._finalize_scope.deadline = min(self._finalize_scope.deadline, self._forced_deadline)
 
@@ -202,24 +214,67 @@ class Runner:
                     await root.start(self._watch_signals)
                 if stop_already_requested:
                     self.request_stop("shutdown() called before boot")
-                async with anyio.create_task_group() as runs:
-                    self._runs = runs
-                    with self._graceful:
-                        if await self._boot():
-                            self._booted = True
-                            self.logger.info("app healthy; supervising")
-                            self._ready()
-                            if self._running == 0:
-                                self.request_stop("no process is running")
-                            while not self._stop_requested:
-                                await self._waker.changed()
-                        await self._stop_all()
-                    runs.cancel_scope.cancel()  # anything left runs only after a forced shutdown
+                # The runs live in a task group of their own, hosted by another task, so
+                # that a run which ignores cancellation cannot keep finalize from running.
+                await root.start(self._host_runs)
+                with self._graceful:
+                    if await self._boot():
+                        self._booted = True
+                        self.logger.info("app healthy; supervising")
+                        self._ready()
+                        if self._running == 0:
+                            self.request_stop("no process is running")
+                        while not self._stop_requested:
+                            await self._waker.changed()
+                    await self._stop_all()
+                self._runs.cancel_scope.cancel()  # anything left runs only after a forced shutdown
                 await self._finalize_all()
+                await self._await_runs_closed()
                 root.cancel_scope.cancel()
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             unsubscribe()
             self._waker.close()
+
+    async def _host_runs(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as runs:
+            self._runs = runs
+            task_status.started()
+            await anyio.sleep_forever()  # until run() cancels this group's scope
+        self._runs_closed.set()
+
+    async def _await_runs_closed(self) -> None:
+        """Wait (bounded) for the last runs to end; a run that ignores cancellation is an error."""
+        with anyio.move_on_after(CANCEL_GRACE):
+            await self._runs_closed.wait()
+        if self._runs_closed.is_set():
+            return
+        for entry in self.entries:
+            if entry.run is not None and not entry.finished:
+                self._record(ComponentError(entry.name, "stop", None, "run() ignored cancellation; abandoned"))
+        # Under boot() the process is ours: end it rather than hang. Embedded in
+        # serve(), structured concurrency leaves no choice but to wait for the run.
+        self._arm_watchdog(0.0, "a run ignored cancellation")
+        self.logger.error("waiting for runs that ignore cancellation", hard_exit=self.hard_exit)
+
+    def _arm_watchdog(self, seconds: float, reason: str) -> None:
+        """Under ``boot()`` only: end the process with status 1 if it is still unwinding after ``seconds``."""
+        if not self.hard_exit or self._watchdog is not None:
+            return
+        logger = self.logger
+
+        def hard_exit() -> None:
+            try:
+                logger.error("exiting now with status 1", reason=reason)
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(1)
+
+        self._watchdog = threading.Timer(seconds, hard_exit)
+        self._watchdog.daemon = True
+        self._watchdog.start()
 
     def _ready(self) -> None:
         for hook in self.on_ready:
@@ -256,6 +311,7 @@ class Runner:
             started = time.perf_counter()
             if not self._inject(group):
                 return False
+            ok = False  # stays False if a shutdown request or a failed init cancels the scope
             with anyio.CancelScope() as self._boot_scope:
                 ok = await self._init_group(group) and await self._start_group(group)
             self._boot_scope = None
@@ -303,12 +359,24 @@ class Runner:
             raise
         except Exception as exc:
             self._record(ComponentError(entry.name, "init", exc))
+            self._abandon_boot()
             return
         if scope.cancelled_caught:
             self._record(ComponentTimeoutError(entry.name, "init", entry.init_timeout or 0))
+            self._abandon_boot()
             return
         self._init_order.append(entry)
         log.info("init finished", ms=_ms(started))
+
+    def _abandon_boot(self) -> None:
+        """A failed init abandons boot: sibling inits still in flight get ``ABANDON_GRACE`` to finish.
+
+        Those that finish are finalized; those that do not are cancelled (and
+        not finalized), so a hanging sibling without ``init_timeout`` cannot
+        hang the abandoned boot.
+        """
+        if self._boot_scope is not None:
+            self._boot_scope.deadline = min(self._boot_scope.deadline, anyio.current_time() + ABANDON_GRACE)
 
     async def _start_group(self, group: list[Entry]) -> bool:
         processes = []

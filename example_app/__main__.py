@@ -1,0 +1,8 @@
+"""``python -m example_app``: run until SIGINT/SIGTERM; ``--help`` lists the settings."""
+
+from __future__ import annotations
+
+from .app import build_app
+
+app = build_app()
+raise SystemExit(app.boot())

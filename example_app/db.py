@@ -1,0 +1,46 @@
+"""The database initializer: opens SQLite, publishes it as the service ``"db"``, closes it at the end."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from nacelle_py import Initializer, Inject, ServiceContainer
+
+from .settings import DbSettings
+
+__all__ = ["Database"]
+
+SCHEMA = """
+create table if not exists heartbeat (
+    id   integer primary key,
+    beat integer not null,
+    at   real    not null   -- unix time
+)
+"""
+
+
+class Database(Initializer):
+    """Opens the heartbeat database before any process runs; closes it after they have all stopped."""
+
+    services: ServiceContainer = Inject("services")
+    settings: DbSettings = Inject()  # EXAMPLE_DB_PATH
+    # Any, not structlog.typing.FilteringBoundLogger: that protocol is runtime-checkable and
+    # the injector's isinstance check rejects the logger structlog builds (it lacks ``err``).
+    logger: Any = Inject("logger")
+
+    # Plain ``def``: the runner calls these in a worker thread, so opening a file
+    # may block. The connection is then used from the event loop's thread by the
+    # heartbeat process, hence check_same_thread=False (only one user at a time).
+    def init(self) -> None:
+        path = self.settings.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.connection = sqlite3.connect(path, check_same_thread=False)
+        with self.connection:
+            self.connection.execute(SCHEMA)
+        self.services.set("db", self.connection)
+        self.logger.info("database opened", path=str(path))
+
+    def finalize(self) -> None:
+        self.connection.close()
+        self.logger.info("database closed")
