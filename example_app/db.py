@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+
+from structlog.typing import FilteringBoundLogger
 
 from nacelle_py import Initializer, Inject, ServiceContainer
 
@@ -25,9 +26,7 @@ class Database(Initializer):
 
     services: ServiceContainer = Inject("services")
     settings: DbSettings = Inject()  # EXAMPLE_DB_PATH
-    # Any, not structlog.typing.FilteringBoundLogger: that protocol is runtime-checkable and
-    # the injector's isinstance check rejects the logger structlog builds (it lacks ``err``).
-    logger: Any = Inject("logger")
+    logger: FilteringBoundLogger = Inject("logger")
 
     # Plain ``def``: the runner calls these in a worker thread, so opening a file
     # may block. The connection is then used from the event loop's thread by the

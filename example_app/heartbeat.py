@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Any
-
 import anyio
+from structlog.typing import FilteringBoundLogger
 
 from nacelle_py import Health, Inject, Process
 
@@ -20,9 +19,7 @@ class Heartbeat(Process):
 
     db: sqlite3.Connection = Inject("db")
     health: Health = Inject("health")
-    # Any, not structlog.typing.FilteringBoundLogger: that protocol is runtime-checkable and
-    # the injector's isinstance check rejects the logger structlog builds (it lacks ``err``).
-    logger: Any = Inject("logger")
+    logger: FilteringBoundLogger = Inject("logger")  # bound with this component's name
     settings: HeartbeatSettings = Inject()
 
     async def init(self) -> None:
