@@ -287,7 +287,6 @@ class App:
                 start_timeout=pick(options.start_timeout, settings.start_timeout),
                 shutdown_timeout=pick(options.shutdown_timeout, settings.shutdown_timeout),
                 finalize_timeout=pick(options.finalize_timeout, settings.finalize_timeout),
-                logger=self.logger.bind(component=options.name),
             )
             for component, options in self._registered
         ]

@@ -19,9 +19,17 @@ from ._waker import Waker
 __all__ = ["call"]
 
 
+def is_async(method: Callable[..., Any]) -> bool:
+    """Whether calling ``method`` returns a coroutine: a fast path for plain (bound) functions."""
+    code = getattr(getattr(method, "__func__", method), "__code__", None)
+    if code is not None:
+        return bool(code.co_flags & inspect.CO_COROUTINE)
+    return inspect.iscoroutinefunction(method)  # partials, callable objects, ...
+
+
 async def call(method: Callable[[], Any], waker: Waker, label: str) -> None:
     """Run ``method`` to completion on the right side of the loop; re-raise what it raised."""
-    if inspect.iscoroutinefunction(method):
+    if is_async(method):
         await method()
         return
     outcome: list[Any] = []

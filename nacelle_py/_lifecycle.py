@@ -53,7 +53,7 @@ class Entry:
 
     __slots__ = (
         "component", "countdown", "done", "finalize_timeout", "finished", "host_scope", "init_timeout",
-        "logger", "options", "run", "run_scope", "shutdown_timeout", "start_timeout", "stopping",
+        "name", "options", "run", "run_scope", "shutdown_timeout", "start_timeout", "stopping",
     )
 
     def __init__(
@@ -65,15 +65,14 @@ class Entry:
         start_timeout: float | None,
         shutdown_timeout: float | None,
         finalize_timeout: float | None,
-        logger: Any,
     ) -> None:
         self.component = component
         self.options = options
+        self.name = options.name
         self.init_timeout = init_timeout
         self.start_timeout = start_timeout
         self.shutdown_timeout = shutdown_timeout
         self.finalize_timeout = finalize_timeout
-        self.logger = logger
         self.run: Callable[[], Any] | None = None
         self.run_scope: anyio.CancelScope | None = None  # own scope: processes with a stop()
         self.host_scope: anyio.CancelScope | None = None  # shared by a group's processes without stop()
@@ -81,10 +80,6 @@ class Entry:
         self.countdown: _Countdown | None = None
         self.finished = False
         self.stopping = False
-
-    @property
-    def name(self) -> str:
-        return self.options.name
 
     def cancel_run(self) -> None:
         """Cancel this run (for a process without ``stop()``: its whole group's, which stop together)."""
@@ -348,14 +343,13 @@ class Runner:
         return len(self.errors) == failures
 
     async def _init_one(self, entry: Entry) -> None:
-        log = entry.logger
-        log.info("init starting")
+        self.logger.info("init starting", component=entry.name)
         started = time.perf_counter()
         try:
             with _bounded(entry.init_timeout) as scope:
                 await call(entry.component.init, self._waker, f"{entry.name}.init")
         except anyio.get_cancelled_exc_class():
-            log.info("init cancelled; not finalized", ms=_ms(started))
+            self.logger.info("init cancelled; not finalized", component=entry.name, ms=_ms(started))
             raise
         except Exception as exc:
             self._record(ComponentError(entry.name, "init", exc))
@@ -366,7 +360,7 @@ class Runner:
             self._abandon_boot()
             return
         self._init_order.append(entry)
-        log.info("init finished", ms=_ms(started))
+        self.logger.info("init finished", component=entry.name, ms=_ms(started))
 
     def _abandon_boot(self) -> None:
         """A failed init abandons boot: sibling inits still in flight get ``ABANDON_GRACE`` to finish.
@@ -437,7 +431,7 @@ class Runner:
         self._starting -= 1
         if self._starting == 0:
             self._waker.notify()
-        entry.logger.info("run starting")
+        self.logger.info("run starting", component=entry.name)
         started = time.perf_counter()
         outcome = "cancelled"
         scope = entry.run_scope
@@ -463,18 +457,17 @@ class Runner:
             self._run_ended(entry, outcome, started)
 
     def _run_ended(self, entry: Entry, outcome: str, started: float) -> None:
-        log = entry.logger
         if outcome == "cancelled":
-            log.info("run cancelled", ms=_ms(started))
+            self.logger.info("run cancelled", component=entry.name, ms=_ms(started))
         elif outcome == "returned":
             if entry.stopping or self._stop_requested:
-                log.info("run finished", ms=_ms(started))
+                self.logger.info("run finished", component=entry.name, ms=_ms(started))
             elif entry.options.silent_exit:
-                log.info("run finished; silent exit", ms=_ms(started))
+                self.logger.info("run finished; silent exit", component=entry.name, ms=_ms(started))
                 if self._booted and self._running == 0:
                     self.request_stop("every process has exited")
             else:
-                log.info("run returned; shutting down", ms=_ms(started))
+                self.logger.info("run returned; shutting down", component=entry.name, ms=_ms(started))
                 self.request_stop(f"{entry.name}: run returned")
 
     async def _wait_run(self, entry: Entry, deadline: float) -> bool:
@@ -503,7 +496,7 @@ class Runner:
         for entry in running:
             entry.stopping = True
             entry.countdown = countdown
-            entry.logger.info("stop starting")
+            self.logger.info("stop starting", component=entry.name)
             stop = overridden(entry.component, "stop")
             if stop is None:
                 entry.cancel_run()
@@ -550,19 +543,18 @@ class Runner:
             ))
             entry.cancel_run()
             if not await self._wait_run(entry, anyio.current_time() + CANCEL_GRACE):
-                entry.logger.warning("run ignored cancellation; abandoned", grace=CANCEL_GRACE)
-        entry.logger.info("stop finished", ms=round((anyio.current_time() - started) * 1000, 3))
+                self.logger.warning("run ignored cancellation; abandoned", component=entry.name, grace=CANCEL_GRACE)
+        self.logger.info("stop finished", component=entry.name, ms=round((anyio.current_time() - started) * 1000, 3))
 
     async def _finalize_all(self) -> None:
         for entry in reversed(self._init_order):
             finalize = overridden(entry.component, "finalize")
             if finalize is None:
                 continue
-            log = entry.logger
             if anyio.current_time() >= self._forced_deadline:
-                log.warning("finalize skipped: forced shutdown budget spent")
+                self.logger.warning("finalize skipped: forced shutdown budget spent", component=entry.name)
                 continue
-            log.info("finalize starting")
+            self.logger.info("finalize starting", component=entry.name)
             started = time.perf_counter()
             timeout = entry.finalize_timeout
             deadline = min(self._deadline(anyio.current_time(), timeout), self._forced_deadline)
@@ -578,5 +570,5 @@ class Runner:
                 limit = min(timeout or math.inf, FORCED_FINALIZE_BUDGET if self._forced else math.inf)
                 self._record(ComponentTimeoutError(entry.name, "finalize", limit))
                 continue
-            log.info("finalize finished", ms=_ms(started))
+            self.logger.info("finalize finished", component=entry.name, ms=_ms(started))
 
