@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._calls import call
+from ._calls import call, is_async
 from ._components import Initializer, Options, overridden
 from ._errors import ComponentError, ComponentTimeoutError, InjectionError
 from ._health import Health
@@ -53,7 +53,7 @@ class Entry:
 
     __slots__ = (
         "component", "countdown", "done", "finalize_timeout", "finished", "host_scope", "init_timeout",
-        "name", "options", "run", "run_scope", "shutdown_timeout", "start_timeout", "stopping",
+        "name", "options", "run", "run_is_async", "run_scope", "shutdown_timeout", "start_timeout", "stopping",
     )
 
     def __init__(
@@ -74,6 +74,7 @@ class Entry:
         self.shutdown_timeout = shutdown_timeout
         self.finalize_timeout = finalize_timeout
         self.run: Callable[[], Any] | None = None
+        self.run_is_async = False
         self.run_scope: anyio.CancelScope | None = None  # own scope: processes with a stop()
         self.host_scope: anyio.CancelScope | None = None  # shared by a group's processes without stop()
         self.done: anyio.Event | None = None  # created only when someone waits for this one run to end
@@ -379,6 +380,7 @@ class Runner:
             entry.run = overridden(entry.component, "run")
             if entry.run is None:
                 continue
+            entry.run_is_async = is_async(entry.run)
             processes.append(entry)
             if overridden(entry.component, "stop") is None:
                 cancellable.append(entry)
@@ -437,7 +439,7 @@ class Runner:
         scope = entry.run_scope
         try:
             if scope is None:
-                await call(entry.run, self._waker, f"{entry.name}.run")
+                await (entry.run() if entry.run_is_async else call(entry.run, self._waker, f"{entry.name}.run"))
             else:
                 with scope:
                     await call(entry.run, self._waker, f"{entry.name}.run")
@@ -491,6 +493,7 @@ class Runner:
         if not running:
             return
         started = anyio.current_time()
+        stopped_at = time.perf_counter()
         countdown = _Countdown(len(running))
         stoppers = []
         for entry in running:
@@ -514,7 +517,9 @@ class Runner:
         with anyio.CancelScope(deadline=earliest):
             await countdown.event.wait()
         for entry in running:
-            await self._await_stopped(entry, started)
+            if not entry.finished:
+                await self._await_stopped(entry, started)
+            self.logger.info("stop finished", component=entry.name, ms=_ms(stopped_at))
 
     @staticmethod
     def _deadline(started: float, timeout: float | None) -> float:
@@ -544,7 +549,6 @@ class Runner:
             entry.cancel_run()
             if not await self._wait_run(entry, anyio.current_time() + CANCEL_GRACE):
                 self.logger.warning("run ignored cancellation; abandoned", component=entry.name, grace=CANCEL_GRACE)
-        self.logger.info("stop finished", component=entry.name, ms=round((anyio.current_time() - started) * 1000, 3))
 
     async def _finalize_all(self) -> None:
         for entry in reversed(self._init_order):
