@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
 
 import anyio
+import structlog
 
 from ._components import DEFAULT, Initializer, Options, TimeoutOption
 from ._config import Config, mask_values
@@ -76,7 +77,9 @@ class App:
         self._hard_exit = False
         self._errors: list[ComponentError] = []
         self._ready_hooks: list[Callable[[], object]] = []
-        self.logger: Any = logger
+        # Until serve() builds the configured one: a plain structlog logger, so that a
+        # service resolved before boot is never None.
+        self.logger: Any = logger if logger is not None else structlog.get_logger().bind(app=name)
         self.services.set("services", self.services)
         self.services.set("config", self.config)
         self.services.set("health", PerComponent(self.health.for_component))
@@ -255,6 +258,8 @@ class App:
             log_settings = self.config.salvage(LogSettings)  # report it as the valid log settings ask
         if self._given_logger is None:
             self.logger = make_logger(self.name, log_settings, self._log_stream)
+        else:
+            self.logger = self._given_logger.bind(app=self.name)
         self._settings = settings
         models: dict[Any, list[str]] = {}
         for component, options in self._registered:

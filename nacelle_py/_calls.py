@@ -27,11 +27,29 @@ def is_async(method: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(method)  # partials, callable objects, ...
 
 
+def _escaped(label: str, exc: BaseException) -> RuntimeError:
+    """A component may not end the process itself: its SystemExit becomes an ordinary failure."""
+    return RuntimeError(f"{label} raised {type(exc).__name__}({exc}); return or raise an error instead")
+
+
 async def call(method: Callable[[], Any], waker: Waker, label: str) -> None:
-    """Run ``method`` to completion on the right side of the loop; re-raise what it raised."""
-    if is_async(method):
-        await method()
-        return
+    """Run ``method`` to completion on the right side of the loop; re-raise what it raised.
+
+    A ``SystemExit`` or ``KeyboardInterrupt`` from the component becomes a
+    ``RuntimeError``: the runner, not a component, decides when the process ends.
+    """
+    try:
+        if is_async(method):
+            await method()
+        else:
+            result = await _in_thread(method, waker, label)
+            if inspect.isawaitable(result):  # a plain def that returned a coroutine
+                await result
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _escaped(label, exc) from exc
+
+
+async def _in_thread(method: Callable[[], Any], waker: Waker, label: str) -> Any:
     outcome: list[Any] = []
     context = contextvars.copy_context()
 
@@ -49,5 +67,4 @@ async def call(method: Callable[[], Any], waker: Waker, label: str) -> None:
     ok, value = outcome[0]
     if not ok:
         raise value
-    if inspect.isawaitable(value):  # a plain def that returned a coroutine
-        await value
+    return value

@@ -206,13 +206,13 @@ class Runner:
         try:
             async with anyio.create_task_group() as root:
                 root.start_soon(self._waker.pump)
+                # The runs live in a task group of their own, hosted by another task, so
+                # that a run which ignores cancellation cannot keep finalize from running.
+                await root.start(self._host_runs)
                 if self.handle_signals:
                     await root.start(self._watch_signals)
                 if stop_already_requested:
                     self.request_stop("shutdown() called before boot")
-                # The runs live in a task group of their own, hosted by another task, so
-                # that a run which ignores cancellation cannot keep finalize from running.
-                await root.start(self._host_runs)
                 with self._graceful:
                     if await self._boot():
                         self._booted = True
@@ -400,7 +400,9 @@ class Runner:
             for entry in cancellable:
                 entry.host_scope = host_scope
             self._runs.start_soon(self._host, host_scope, cancellable, name="nacelle runs")
-        timeouts = [e.start_timeout for e in group if e.start_timeout is not None]
+        # Processes bound the wait; a group of initializers only (waiting for health
+        # keys they registered) is bound by their own start_timeout.
+        timeouts = [e.start_timeout for e in (processes or group) if e.start_timeout is not None]
         limit = min(timeouts) if timeouts else None
         with _bounded(limit) as scope:
             while (self._starting or not self.health.healthy) and not self._stop_requested:
@@ -556,7 +558,9 @@ class Runner:
             if finalize is None:
                 continue
             if anyio.current_time() >= self._forced_deadline:
-                self.logger.warning("finalize skipped: forced shutdown budget spent", component=entry.name)
+                self._record(ComponentTimeoutError(
+                    entry.name, "finalize", FORCED_FINALIZE_BUDGET, "skipped: the forced shutdown budget was spent"
+                ))
                 continue
             self.logger.info("finalize starting", component=entry.name)
             started = time.perf_counter()

@@ -39,11 +39,11 @@ class Trace:
             return list(self._events)
 
     def before(self, first: str, second: str) -> bool:
-        """Whether ``first`` was recorded, and before ``second`` if that was recorded too."""
+        """Whether both events were recorded and the first ``first`` came before the first ``second``."""
         events = self.events
-        if first not in events:
+        if first not in events or second not in events:
             return False
-        return second not in events or events.index(first) < events.index(second)
+        return events.index(first) < events.index(second)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import anyio
@@ -419,3 +420,22 @@ async def test_unresolvable_annotation_does_not_break_other_attributes() -> None
     app.on_ready(app.shutdown)
     assert await serve(app) == 0, app.errors
     assert user.seen is app.services
+
+
+async def test_a_protocol_annotation_is_not_isinstance_checked() -> None:
+    """structlog's FilteringBoundLogger is a runtime-checkable protocol its own loggers do not fully satisfy."""
+    from structlog.typing import FilteringBoundLogger
+
+    seen: list[object] = []
+
+    class UsesLogger(Initializer):
+        logger: FilteringBoundLogger = Inject("logger")
+
+        async def init(self) -> None:
+            seen.append(self.logger)
+
+    app = App("t", handle_signals=False, log_stream=io.StringIO())
+    app.register(UsesLogger(), name="uses")
+    with anyio.fail_after(10):
+        assert await app.serve() == 0, app.errors
+    assert len(seen) == 1

@@ -1047,3 +1047,62 @@ async def test_run_error_among_processes_without_stop(first_group: bool) -> None
     assert await serve(app) == 1
     assert ops(app) == [("bad", "run")]
     assert set(events(trace, "run.cancelled")) == {"n", "m"}
+
+
+# -- a component may not end the process -------------------------------------------------
+
+
+class Exits(Initializer):
+    def __init__(self, sync: bool) -> None:
+        self.sync = sync
+
+    async def _async_init(self) -> None:
+        raise SystemExit(3)
+
+    def init(self):  # type: ignore[no-untyped-def]
+        if self.sync:
+            raise SystemExit(3)
+        return self._async_init()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+async def test_system_exit_from_a_component_is_an_ordinary_failure(sync: bool) -> None:
+    trace = Trace()
+    app = test_app("t")
+    app.register(Fin(trace, "a"), name="a")
+    app.register(Exits(sync), name="exits", priority=1)
+    assert await serve(app) == 1
+    assert ops(app) == [("exits", "init")]
+    assert "SystemExit" in str(app.errors[0])
+    assert events(trace, "finalize") == ["a"]
+
+
+async def test_start_wait_is_bounded_by_the_processes_of_the_group_not_its_initializers() -> None:
+    """A process registered with start_timeout=None is not cut short by a sibling initializer's default."""
+
+    class SlowHealthy(Process):
+        health = Inject("health")
+
+        async def init(self) -> None:
+            self.key = self.health.register("slow")
+
+        async def run(self) -> None:
+            await anyio.sleep(0.3)
+            self.key.update(True)
+            await anyio.sleep_forever()
+
+    trace = Trace()
+    app = test_app("t")
+    app.register(Init(trace, "i"), name="i", priority=1, start_timeout=0.1)
+    app.register(SlowHealthy(), name="slow", priority=1, start_timeout=None)
+    shutdown_when_ready(app)
+    assert await serve(app) == 0, app.errors
+
+
+async def test_trace_before_needs_both_events() -> None:
+    trace = Trace()
+    trace.add("a")
+    assert not trace.before("a", "b")
+    assert not trace.before("b", "a")
+    trace.add("b")
+    assert trace.before("a", "b") and not trace.before("b", "a")
