@@ -186,7 +186,11 @@ class App:
         if backend not in ("asyncio", "trio"):
             raise RegistrationError(f"boot(backend=...): 'asyncio' or 'trio', got {backend!r}")
         self._hard_exit = True  # the process is ours: a forced shutdown may end it
-        return anyio.run(self.serve, backend=backend)
+        try:
+            return anyio.run(self.serve, backend=backend)
+        except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+            sys.stderr.write(f"{self.name}: interrupted during start-up\n")
+            return 1
 
     def shutdown(self) -> None:
         """Request a graceful unwind; safe from any task or thread, and before or after serving."""
