@@ -144,7 +144,6 @@ class Runner:
         self._groups = [[e for e in self.entries if e.options.priority == p] for p in priorities]
         self._init_order: list[Entry] = []
         self._stop_requested = False
-        self._stop_reason = ""
         self._forced = False
         self._thread_shutdown = False
         self._starting = 0
@@ -169,7 +168,6 @@ class Runner:
         if self._stop_requested:
             return
         self._stop_requested = True
-        self._stop_reason = reason
         self.logger.info("shutdown requested", reason=reason)
         if self._boot_scope is not None:
             self._boot_scope.cancel()
