@@ -101,6 +101,11 @@ class Health:
         self._registry = _registry if _registry is not None else _Registry()
         self._owner = _owner
 
+    @property
+    def owner(self) -> str | None:
+        """The component this view registers keys for (``None`` for the app's own view)."""
+        return self._owner
+
     def for_component(self, name: str | None) -> Health:
         """A view of the same health state that records ``name`` as the owner of new keys."""
         return Health(_registry=self._registry, _owner=name)

@@ -1,7 +1,35 @@
-"""Built-in processes (the dispatcher, pipeline, machine, servers) land here; imported lazily.
+"""Built-in processes: ordinary components built on the public core API.
 
-Nothing in the core imports this package, so ``import nacelle_py`` stays as
-cheap as importing its dependencies.
+Each one is imported on first use (``from nacelle_py.base import Dispatcher``),
+so that ``import nacelle_py`` stays as cheap as importing its dependencies.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["Dispatcher", "DispatcherError", "DispatcherStats", "DispatcherStatus"]
+
+_WHERE = {
+    "Dispatcher": "._dispatcher",
+    "DispatcherError": "._dispatcher",
+    "DispatcherStats": "._dispatcher",
+    "DispatcherStatus": "._dispatcher",
+}
+
+if TYPE_CHECKING:
+    from ._dispatcher import Dispatcher, DispatcherError, DispatcherStats, DispatcherStatus
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nacelle_py.base' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
