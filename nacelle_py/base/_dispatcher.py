@@ -314,8 +314,7 @@ class Dispatcher(Process):
         if drain and self._status != STOPPING:
             self._set_status(DRAINING)
             self._wake()
-            while self._queue or self._running() or self._pool.pending():
-                await self._wait_changed(0.05)
+            await self.join()
         else:
             self._set_status(STOPPING)
             handed = self._take_queued()
@@ -326,6 +325,15 @@ class Dispatcher(Process):
         if self._stopped is not None:
             await self._stopped.wait()
         return handed
+
+    async def join(self) -> None:
+        """Wait until every task accepted so far has an outcome (nothing queued or running).
+
+        Waits forever on a dispatcher that is not running and has queued tasks;
+        bound it with ``anyio.fail_after`` where that can happen.
+        """
+        while self._queue or self._running() or self._pool.pending():
+            await self._wait_changed(0.05)
 
     def stats(self) -> DispatcherStats:
         """A snapshot of the counters, the pool's size and the recent dispatch-to-start latencies."""
