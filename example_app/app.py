@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nacelle_py import App
+from nacelle_py.base import Dispatcher
 
 from .db import Database
 from .heartbeat import Heartbeat
@@ -14,5 +15,9 @@ def build_app() -> App:
     """A fresh, unstarted example app (an ``App`` serves once, so tests build one each)."""
     app = App("example")  # env prefix EXAMPLE_
     app.register(Database(), name="db", priority=0)
-    app.register(Heartbeat(), name="heartbeat", priority=1, start_timeout=5, shutdown_timeout=5)
+    # Background jobs: a small worker pool, also a service so the heartbeat can use it.
+    # It starts before the heartbeat and stops after it, draining what is queued.
+    jobs = app.register(Dispatcher(max_buffered=100, min_workers=1, max_workers=4, task_timeout=5), name="jobs", priority=1)
+    app.services.set("jobs", jobs)
+    app.register(Heartbeat(), name="heartbeat", priority=2, start_timeout=5, shutdown_timeout=5)
     return app

@@ -8,7 +8,9 @@ import anyio
 from structlog.typing import FilteringBoundLogger
 
 from nacelle_py import Health, Inject, Process
+from nacelle_py.base import Dispatcher
 
+from .pruner import Prune
 from .settings import HeartbeatSettings
 
 __all__ = ["Heartbeat"]
@@ -21,6 +23,7 @@ class Heartbeat(Process):
     health: Health = Inject("health")
     logger: FilteringBoundLogger = Inject("logger")  # bound with this component's name
     settings: HeartbeatSettings = Inject()
+    jobs: Dispatcher = Inject("jobs")
 
     async def init(self) -> None:
         self.healthy = self.health.register("heartbeat")  # unhealthy until the first row is in
@@ -39,6 +42,8 @@ class Heartbeat(Process):
             self.logger.info("heartbeat", beat=beats)
             if beats == 1:
                 self.healthy.update(True)
+            if beats % 10 == 0 and not self.jobs.dispatch(Prune(self.db, self.logger)):
+                self.logger.warning("prune job not accepted: the job queue is full")
             # Sleep one tick, but wake at once when stop() is called.
             with anyio.move_on_after(tick):
                 await self.stopping.wait()
