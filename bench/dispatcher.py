@@ -40,6 +40,7 @@ import asyncio
 import logging
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
@@ -49,6 +50,7 @@ from nacelle_py.base import Dispatcher
 
 WORKERS = 16
 LIGHT_TASKS = 2000
+THROUGHPUT = ("async", "async baseline", "sync", "sync baseline")
 
 
 async def noop() -> None:
@@ -78,7 +80,7 @@ async def dispatcher_async(tasks: int) -> tuple[float, float | None, float | Non
 
 async def baseline_async(tasks: int) -> float:
     """The same work on 16 hand-written workers over an ``asyncio.Queue``."""
-    queue: asyncio.Queue = asyncio.Queue()
+    queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
     done = 0
 
     async def worker() -> None:
@@ -149,13 +151,17 @@ async def dispatcher_light() -> tuple[float | None, float | None]:
 
 
 def us(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds * 1e6:10.1f} µs"
+    return "       n/a" if seconds is None else f"{seconds * 1e6:10.1f} µs"
+
+
+def rate(per_second: float) -> str:
+    return f"{per_second:10,.0f} tasks/s"
 
 
 async def main(repeat: int, tasks: int, sync_tasks: int) -> None:
     figures: dict[str, list[float]] = {
         name: []
-        for name in ("async", "async baseline", "sync", "sync baseline", "p50", "p99", "light p50", "light p99")
+        for name in (*THROUGHPUT, "p50", "p99", "light p50", "light p99")
     }
     for round_ in range(repeat + 1):  # round 0 is the warm-up: imports, code paths, allocator
         async_time, p50, p99 = await dispatcher_async(tasks)
@@ -172,17 +178,25 @@ async def main(repeat: int, tasks: int, sync_tasks: int) -> None:
         for name, value in (("p50", p50), ("p99", p99), ("light p50", light_p50), ("light p99", light_p99)):
             if value is not None:
                 figures[name].append(value)
-    median = {k: statistics.median(v) if v else None for k, v in figures.items()}
-    print(f"dispatcher, {tasks:,} async no-op tasks, {WORKERS} workers:      {median['async']:12,.0f} tasks/s")
-    print(f"asyncio.Queue + {WORKERS} workers, {tasks:,} async no-op tasks:   {median['async baseline']:12,.0f} tasks/s")
-    print(f"dispatcher, {sync_tasks:,} plain no-op functions, {WORKERS} threads:   {median['sync']:12,.0f} tasks/s")
-    print(f"ThreadPoolExecutor({WORKERS}).submit, {sync_tasks:,} no-op functions: {median['sync baseline']:12,.0f} tasks/s")
-    print(f"dispatch-to-start p50, {tasks:,} dispatched in a burst (queueing): {us(median['p50'])}")
-    print(f"dispatch-to-start p99, {tasks:,} dispatched in a burst (queueing): {us(median['p99'])}")
-    print(f"dispatch-to-start p50, {LIGHT_TASKS:,} dispatched one per loop turn:      {us(median['light p50'])}")
-    print(f"dispatch-to-start p99, {LIGHT_TASKS:,} dispatched one per loop turn:      {us(median['light p99'])}")
-    print(f"ratio dispatcher/ThreadPoolExecutor (sync): {median['sync'] / median['sync baseline']:.2f}x (goal >= 1.0x)")
-    print(f"ratio dispatcher/asyncio.Queue (async): {median['async'] / median['async baseline']:.2f}x (goal >= 1.0x)")
+    median = {k: statistics.median(v) for k, v in figures.items() if k in THROUGHPUT}
+    latency = {k: statistics.median(v) if v else None for k, v in figures.items() if k not in THROUGHPUT}
+    lines = [
+        (f"dispatcher, {tasks:,} async no-op tasks, {WORKERS} workers", rate(median["async"])),
+        (f"asyncio.Queue + {WORKERS} workers, {tasks:,} async no-op tasks", rate(median["async baseline"])),
+        (f"dispatcher, {sync_tasks:,} plain no-op functions, {WORKERS} threads", rate(median["sync"])),
+        (f"ThreadPoolExecutor({WORKERS}).submit, {sync_tasks:,} no-op functions", rate(median["sync baseline"])),
+        (f"dispatch-to-start p50, {tasks:,} dispatched in a burst (queueing)", us(latency["p50"])),
+        (f"dispatch-to-start p99, {tasks:,} dispatched in a burst (queueing)", us(latency["p99"])),
+        (f"dispatch-to-start p50, {LIGHT_TASKS:,} dispatched one per loop turn", us(latency["light p50"])),
+        (f"dispatch-to-start p99, {LIGHT_TASKS:,} dispatched one per loop turn", us(latency["light p99"])),
+    ]
+    width = max(len(label) for label, _ in lines) + 1
+    for label, figure in lines:
+        print(f"{label + ':':<{width}} {figure}")
+    sync_ratio = median["sync"] / median["sync baseline"]
+    async_ratio = median["async"] / median["async baseline"]
+    print(f"ratio dispatcher/ThreadPoolExecutor (sync): {sync_ratio:.2f}x (goal >= 1.0x)")
+    print(f"ratio dispatcher/asyncio.Queue (async): {async_ratio:.2f}x (goal >= 1.0x)")
 
 
 if __name__ == "__main__":
