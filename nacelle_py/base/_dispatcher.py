@@ -38,6 +38,7 @@ from .._components import Process
 from .._errors import RegistrationError
 from .._health import Health, HealthComponent
 from .._inject import Inject
+from .._waker import Waker
 from ._latency import LatencyRing
 from ._threads import ThreadPool
 
@@ -201,11 +202,8 @@ class Dispatcher(Process):
         self._scale_downs = 0
         self._latency = LatencyRing()
         self._min_timeout = task_timeout if task_timeout is not None else math.inf
-        self._pool = ThreadPool(
-            self.max_threads, self.scale_down_after, self.task_timeout, self._on_thread_failure, lambda: None
-        )
+        self._pool = ThreadPool(self.max_threads, self.scale_down_after, self._on_thread_failure, self._on_thread_idle)
         self._pool_queue = self._pool._queue
-        self._halt = False  # STOPPING: workers take no new task
         # The fast path admits a task while len(queue) < _room: max_buffered less what the
         # thread pool may still hold (an over-estimate, corrected on the slow path), or -1
         # while not accepting. _scale_at: the queue length above which dispatch adds a worker.
@@ -215,7 +213,7 @@ class Dispatcher(Process):
         self._tg: Any = None
         self._loop_thread: int | None = None
         self._work_event: anyio.Event | None = None
-        self._changed: anyio.Event | None = None
+        self._waker: Waker | None = None  # wakes join()/quit() waiters, also from pool threads
         self._monitor_kick: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
         self._quit_requested = False
@@ -385,7 +383,7 @@ class Dispatcher(Process):
             return
         self._loop_thread = threading.get_ident()
         self._stopped = anyio.Event()
-        self._changed = anyio.Event()
+        self._waker = Waker()
         self._work_event = anyio.Event()
         self._monitor_kick = anyio.Event()
         self._quit_requested = False
@@ -395,6 +393,7 @@ class Dispatcher(Process):
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                tg.start_soon(self._waker.pump)
                 for _ in range(self.min_workers):
                     self._spawn()
                 tg.start_soon(self._monitor)
@@ -445,7 +444,6 @@ class Dispatcher(Process):
     def _set_status(self, status: DispatcherStatus) -> None:
         self._status = status
         self._accepting = status in (RUNNING, STOPPED)
-        self._halt = status == STOPPING
         self._room = self.max_buffered - self._reserved if self._accepting else -1
         self._log_event("info", "dispatcher status", status=status.name)
 
@@ -467,22 +465,22 @@ class Dispatcher(Process):
             event.set()
 
     def _notify(self) -> None:
-        event = self._changed
-        if event is not None:
-            self._changed = anyio.Event()
-            event.set()
+        if self._waker is not None:
+            self._waker.notify()
+
+    def _on_thread_idle(self) -> None:
+        waker = self._waker  # read once: run() may be ending on the loop thread
+        if waker is not None:
+            waker.notify()
 
     async def _wait_changed(self, poll: float | None) -> None:
-        event = self._changed
-        assert event is not None or poll is not None
-        if event is None:
-            await anyio.sleep(poll or 0)
+        """Wait for the next notification (bounded by ``poll`` seconds when given)."""
+        waker = self._waker
+        if waker is None:  # not running: nothing will notify
+            await anyio.sleep(0.05 if poll is None else poll)
             return
-        if poll is None:
-            await event.wait()
-        else:
-            with anyio.move_on_after(poll):
-                await event.wait()
+        with anyio.move_on_after(math.inf if poll is None else poll):
+            await waker.changed()
 
     def _scale_up(self) -> None:
         if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
@@ -531,16 +529,20 @@ class Dispatcher(Process):
         queue = self._queue
         popleft = queue.popleft
         add_latency = self._latency.add
+        # Locals, not globals or builtins, on the per-task path.
+        is_tuple, type_of, get_attr, coroutine_flag = tuple, type, getattr, _CO_COROUTINE
         while True:
-            while queue and not self._halt:
+            # No status check per task: quit(drain=False) empties the queue itself and
+            # dispatch is refused while quitting, so an empty queue is the only stop sign.
+            while queue:
                 item = popleft()
-                if type(item) is tuple:
+                if type_of(item) is is_tuple:
                     task = item[0]
                     add_latency(_perf_counter() - item[2])
                 else:
                     task = item
-                code = getattr(task, "__code__", None)
-                if code is not None and code.co_flags & _CO_COROUTINE:
+                code = get_attr(task, "__code__", None)
+                if code is not None and code.co_flags & coroutine_flag:
                     function: Callable[[], Any] = task
                 else:
                     function, is_async = _resolve(task)
@@ -654,6 +656,9 @@ class Dispatcher(Process):
         self._set_status(STOPPED)
         if self._health is not None and self._health.healthy:
             self._health.update(False, "stopped")
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.close()
         stopped = self._stopped
         if stopped is not None:
             stopped.set()

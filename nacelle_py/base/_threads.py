@@ -2,10 +2,21 @@
 
 One shared ``SimpleQueue`` feeds up to ``max_threads`` threads, started only
 when a task waits and no thread is idle, and retired after ``idle_timeout``.
-Outcomes are counted per thread (no shared counter to lock); a thread whose
-task overran its timeout is abandoned: the task is counted as timed out by
-the dispatcher's monitor, the pool may start a replacement, and the thread
-exits once the function finally returns.
+
+The per-task path takes no lock: with a dozen threads on a couple of cores a
+shared lock taken per task turns into a queue of its own. Instead:
+
+- idle threads are members of a set (``add`` and ``discard`` are atomic);
+  ``submit`` puts the task *before* it looks for an idle thread, and a
+  thread about to retire leaves the set *before* it looks at the queue, so
+  a task is never left without a thread;
+- a task's outcome is claimed by popping a one-element list: the thread
+  that finished it and the monitor that declared it timed out race for the
+  pop, and only the winner counts it.
+
+A thread whose task overran is abandoned: the monitor counts the task as
+timed out, the pool may start a replacement, and the thread exits once the
+function finally returns.
 """
 
 from __future__ import annotations
@@ -20,21 +31,19 @@ from typing import Any
 __all__ = ["ThreadPool", "ThreadSlot"]
 
 _STOP = object()
-Item = tuple[Callable[[], Any], "float | None", float, Any]  # (function, timeout, dispatched at, task)
+Item = tuple[Callable[[], Any], "float | None", float, Any]  # (function, timeout, dispatched at or 0, task)
 
 
 class ThreadSlot:
-    """One pool thread: its current task and its own outcome counters."""
+    """One pool thread: its current task, the claim on its outcome and its own counters."""
 
-    __slots__ = ("abandoned", "completed", "failed", "lock", "started", "task", "timed_out", "timeout")
+    __slots__ = ("claim", "completed", "failed", "started", "task", "timeout")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.task: Item | None = None
+        self.claim: list[int] = []
         self.started = 0.0
         self.timeout: float | None = None
-        self.timed_out = False
-        self.abandoned = False
         self.completed = 0
         self.failed = 0
 
@@ -46,48 +55,47 @@ class ThreadPool:
         self,
         max_threads: int,
         idle_timeout: float,
-        default_timeout: float | None,
         on_failure: Callable[[Any, BaseException], None],
         on_idle: Callable[[], None],
     ) -> None:
         self.max_threads = max_threads
         self.idle_timeout = idle_timeout
-        self.default_timeout = default_timeout
-        self._on_failure = on_failure
-        self._on_idle = on_idle
+        self.on_failure = on_failure
+        self.on_idle = on_idle
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self.slots: list[ThreadSlot] = []  # live (not abandoned) threads
-        self.retired: list[ThreadSlot] = []  # their counters still count
-        self._idle = 0
-        self._stops = 0  # exit requests queued for threads
+        self._lock = threading.Lock()  # starting and retiring threads only
+        self._idle: set[ThreadSlot] = set()
+        self.slots: list[ThreadSlot] = []  # live threads
+        self.retired: list[ThreadSlot] = []  # exited or abandoned: their counters still count
         self.submitted = 0
         self.timed_out = 0  # counted on the loop thread by the monitor
+        self._stops = 0  # exit requests queued for threads
         self.latencies: collections.deque[float] = collections.deque(maxlen=1024)
-        self.started_threads = 0
-        self.retired_threads = 0
 
     def submit(self, item: Item) -> None:
         """Queue one task; start a thread if none is idle and the limit allows."""
         self.submitted += 1
         self._queue.put(item)
-        if self._idle == 0:
+        if not self._idle and len(self.slots) < self.max_threads:
             with self._lock:
-                if self._idle == 0 and len(self.slots) < self.max_threads:
+                if not self._idle and len(self.slots) < self.max_threads:
                     self._start_locked()
 
     def _start_locked(self) -> None:
         slot = ThreadSlot()
         self.slots.append(slot)
-        self.started_threads += 1
         threading.Thread(target=self._work, args=(slot,), name="nacelle dispatcher thread", daemon=True).start()
+
+    def _retire_locked(self, slot: ThreadSlot) -> None:
+        if slot in self.slots:
+            self.slots.remove(slot)
+            self.retired.append(slot)
 
     def pending(self) -> int:
         """Tasks submitted that have no outcome yet (queued or running)."""
         finished = self.timed_out
-        with self._lock:
-            for slot in self.slots + self.retired:
-                finished += slot.completed + slot.failed
+        for slot in self.slots + self.retired:
+            finished += slot.completed + slot.failed
         return self.submitted - finished
 
     def queued(self) -> int:
@@ -118,34 +126,31 @@ class ThreadPool:
         return taken
 
     def check_timeouts(self, now: float) -> list[Any]:
-        """Mark overdue tasks timed out and abandon their threads; returns those tasks."""
+        """Claim the outcome of overdue tasks as timed out and abandon their threads; returns those tasks."""
         overdue = []
-        with self._lock:
-            for slot in list(self.slots):
-                with slot.lock:
-                    item = slot.task
-                    if item is None or slot.timed_out or slot.timeout is None:
-                        continue
-                    if now - slot.started < slot.timeout:
-                        continue
-                    slot.timed_out = True
-                    slot.abandoned = True
-                self.slots.remove(slot)
-                self.retired.append(slot)
-                self.timed_out += 1
-                overdue.append(item[3])
-            if overdue and self._queue.qsize():
-                while len(self.slots) < self.max_threads and len(self.slots) < self._queue.qsize():
+        for slot in list(self.slots):
+            item, started, timeout, claim = slot.task, slot.started, slot.timeout, slot.claim
+            if item is None or timeout is None or now - started < timeout:
+                continue
+            try:
+                claim.pop()
+            except IndexError:  # the thread finished it meanwhile
+                continue
+            self.timed_out += 1
+            overdue.append(item[3])
+            with self._lock:
+                self._retire_locked(slot)
+                self._idle.discard(slot)
+        if overdue:
+            with self._lock:
+                backlog = self._queue.qsize() - self._stops
+                while len(self.slots) < self.max_threads and backlog > len(self._idle):
                     self._start_locked()
+                    backlog -= 1
         return overdue
 
-    def next_deadline(self) -> float | None:
-        """The earliest monotonic time at which a running task times out."""
-        deadlines = [s.started + s.timeout for s in self.slots if s.task is not None and s.timeout is not None]
-        return min(deadlines) if deadlines else None
-
     def close(self) -> None:
-        """Ask every live thread to exit once the queue ahead of the request is done."""
+        """Ask every live thread to exit once the tasks queued before the request are done."""
         with self._lock:
             for _ in self.slots:
                 self._stops += 1
@@ -153,53 +158,47 @@ class ThreadPool:
 
     def _work(self, slot: ThreadSlot) -> None:
         get = self._queue.get
+        idle = self._idle
         while True:
-            with self._lock:
-                self._idle += 1
+            idle.add(slot)
             try:
                 item = get(timeout=self.idle_timeout)
             except queue.Empty:
                 with self._lock:
-                    self._idle -= 1
-                    if self._queue.qsize() == 0 and slot in self.slots:
-                        self.slots.remove(slot)
-                        self.retired.append(slot)
-                        self.retired_threads += 1
+                    idle.discard(slot)  # leave the idle set before looking at the queue
+                    if self._queue.qsize() == 0:
+                        self._retire_locked(slot)
                         return
                 continue
-            with self._lock:
-                self._idle -= 1
+            idle.discard(slot)
             if item is _STOP:
                 with self._lock:
                     self._stops -= 1
-                    if slot in self.slots:
-                        self.slots.remove(slot)
-                        self.retired.append(slot)
+                    self._retire_locked(slot)
                 return
-            function, timeout, dispatched, _task = item
+            function, timeout, dispatched, task = item
             if dispatched:  # only sampled tasks carry their dispatch time
                 self.latencies.append(time.perf_counter() - dispatched)
-            with slot.lock:
-                slot.task = item
-                slot.started = time.monotonic()
-                slot.timeout = self.default_timeout if timeout is None else timeout
-            error: BaseException | None = None
+            claim = [1]
+            slot.claim = claim
+            slot.timeout = timeout  # the dispatcher resolved the default; None: no limit
+            slot.started = time.monotonic()
+            slot.task = item  # last: the monitor reads task first, then the rest
             try:
                 function()
             except Exception as exc:  # counted and logged; the thread lives on
-                error = exc
-            with slot.lock:
-                counted = not slot.timed_out
-                if counted:
-                    if error is None:
-                        slot.completed += 1
-                    else:
-                        slot.failed += 1
-                slot.task = None
-                abandoned = slot.abandoned
-            if error is not None and counted:
-                self._on_failure(item[3], error)
-            if counted and self._queue.qsize() == 0:
-                self._on_idle()
-            if abandoned:
+                error: BaseException | None = exc
+            else:
+                error = None
+            slot.task = None
+            try:
+                claim.pop()
+            except IndexError:  # the monitor counted it as timed out; this thread is abandoned
                 return
+            if error is None:
+                slot.completed += 1
+            else:
+                slot.failed += 1
+                self.on_failure(task, error)
+            if self._queue.qsize() == 0:
+                self.on_idle()
