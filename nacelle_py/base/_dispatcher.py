@@ -217,6 +217,7 @@ class Dispatcher(Process):
         self._monitor_kick: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
         self._quit_requested = False
+        self._was_quit = False  # quit() ended a run and no run has started since
         self._health: HealthComponent | None = None
         self._log: Any = None
         self._exit_stack: Any = None
@@ -266,7 +267,7 @@ class Dispatcher(Process):
         return len(self._queue) < self._room
 
     def _dispatch_slow(self, task: Any, timeout: Any) -> bool:
-        if not callable(task) and getattr(task, "execute", None) is None:
+        if not callable(task) and not callable(getattr(task, "execute", None)):
             raise TypeError(
                 "Dispatcher.dispatch: a task is an async callable, a function or an object with execute(); "
                 f"got {task!r}"
@@ -285,7 +286,9 @@ class Dispatcher(Process):
     async def submit(self, task: Any, *, timeout: float | None = _UNSET) -> None:
         """Queue ``task``, waiting for room in the buffer (backpressure) instead of failing.
 
-        Raises ``DispatcherError`` if the dispatcher drains or stops meanwhile.
+        Raises ``DispatcherError`` if the dispatcher drains or stops meanwhile,
+        or if it has been quit and the buffer is full (nothing would make room
+        until ``run()`` is called again).
         """
         while True:
             if not self._accepting:
@@ -293,6 +296,11 @@ class Dispatcher(Process):
             if self.dispatch(task, timeout=timeout):
                 return
             self._rejected -= 1  # waiting for room is not a rejection
+            if self._was_quit and self._tg is None:
+                raise DispatcherError(
+                    "Dispatcher.submit: the dispatcher was quit and its buffer is full; "
+                    "nothing makes room until run() is called again"
+                )
             await self._wait_changed(0.05)
 
     async def quit(self, drain: bool = True) -> list[Any]:
@@ -307,6 +315,7 @@ class Dispatcher(Process):
         handed: list[Any] = []
         if self._tg is None:
             handed = self._take_queued()
+            self._was_quit = True
             self._log_event("info", "dispatcher quit while stopped", handed_back=len(handed))
             return handed
         if drain and self._status != STOPPING:
@@ -322,6 +331,7 @@ class Dispatcher(Process):
         self._notify()
         if self._stopped is not None:
             await self._stopped.wait()
+        self._was_quit = True
         return handed
 
     async def join(self) -> None:
@@ -387,6 +397,7 @@ class Dispatcher(Process):
         self._work_event = anyio.Event()
         self._monitor_kick = anyio.Event()
         self._quit_requested = False
+        self._was_quit = False
         self._log = vars(self).get("logger") or structlog.get_logger().bind(component="dispatcher")
         self._set_status(RUNNING)
         self._accepting = True
@@ -423,12 +434,18 @@ class Dispatcher(Process):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         stack, self._exit_stack = self._exit_stack, None
+        failed = isinstance(exc, Exception)
         try:
             if self._tg is not None:
-                with anyio.CancelScope(shield=exc_type is not None and issubclass(exc_type, Exception)):
+                with anyio.CancelScope(shield=failed):
                     await self.quit(drain=exc_type is None)
         finally:
-            await stack.__aexit__(exc_type, exc, tb)
+            # The body's own error propagates as itself, not wrapped in the task
+            # group's ExceptionGroup; cancellation still goes through the group.
+            if failed:
+                await stack.__aexit__(None, None, None)
+            else:
+                await stack.__aexit__(exc_type, exc, tb)
         return None
 
     # -- internals ----------------------------------------------------------------------
@@ -513,6 +530,7 @@ class Dispatcher(Process):
                     return
                 # The monitor cancelled this worker's scope: its task ran too long.
                 item, worker.item = worker.item, None
+                worker.seen_done = -1  # the monitor times the next task afresh
                 if item is not None:
                     self._timed_out += 1
                     self._log_event("warning", "task timed out", task=repr(_task_of(item)))
