@@ -242,7 +242,8 @@ class Dispatcher(Process):
         ``anyio.from_thread.run_sync``).
         """
         queue = self._queue
-        if len(queue) >= self._room and not self._has_room():
+        waiting = len(queue)
+        if waiting >= self._room and not self._has_room():
             self._rejected += 1
             return False
         if timeout is not _UNSET or not callable(task):
@@ -254,7 +255,7 @@ class Dispatcher(Process):
         self._accepted = accepted + 1
         if self._sleepers:
             self._wake()
-        elif len(queue) > self._scale_at:
+        elif waiting >= self._scale_at:  # more tasks wait than there are workers
             self._scale_up()
         return True
 
