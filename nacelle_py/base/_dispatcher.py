@@ -508,6 +508,8 @@ class Dispatcher(Process):
         self._log_event("debug", "dispatcher scaled up", workers=len(self._workers))
 
     def _spawn(self) -> None:
+        if self._tg is None or self._tg.cancel_scope.cancel_called:
+            return  # run() is ending: a worker started now would never run
         worker = _Worker()
         self._workers.add(worker)
         self._update_scale_at()
