@@ -53,7 +53,7 @@ class Entry:
 
     __slots__ = (
         "component", "countdown", "done", "finalize_timeout", "finished", "host_scope", "init_timeout",
-        "name", "options", "run", "run_is_async", "run_scope", "shutdown_timeout", "start_timeout", "stopping",
+        "name", "options", "run", "run_is_async", "stop_timed_out", "run_scope", "shutdown_timeout", "start_timeout", "stopping",
     )
 
     def __init__(
@@ -81,6 +81,7 @@ class Entry:
         self.countdown: _Countdown | None = None
         self.finished = False
         self.stopping = False
+        self.stop_timed_out = False
 
     def cancel_run(self) -> None:
         """Cancel this run (for a process without ``stop()``: its whole group's, which stop together)."""
@@ -538,14 +539,16 @@ class Runner:
             self._record(ComponentTimeoutError(
                 entry.name, "stop", timeout or 0, f"stop() did not return within {timeout:g}s; run cancelled"
             ))
+            entry.stop_timed_out = True  # one timeout, reported once
             entry.cancel_run()
 
     async def _await_stopped(self, entry: Entry, started: float) -> None:
         timeout = entry.shutdown_timeout
         if not await self._wait_run(entry, self._deadline(started, timeout)):
-            self._record(ComponentTimeoutError(
-                entry.name, "stop", timeout or 0, f"run() did not return within {timeout:g}s of stop(); cancelled"
-            ))
+            if not entry.stop_timed_out:
+                self._record(ComponentTimeoutError(
+                    entry.name, "stop", timeout or 0, f"run() did not return within {timeout:g}s of stop(); cancelled"
+                ))
             entry.cancel_run()
             if not await self._wait_run(entry, anyio.current_time() + CANCEL_GRACE):
                 self.logger.warning("run ignored cancellation; abandoned", component=entry.name, grace=CANCEL_GRACE)

@@ -21,6 +21,7 @@ that cancels ``run()`` (``handed_back``).
 from __future__ import annotations
 
 import enum
+import functools
 import inspect
 import math
 import sys
@@ -32,6 +33,8 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 import structlog
 
 from .._components import Process
@@ -48,6 +51,7 @@ DEFAULT_TASK_TIMEOUT = 10.0
 _UNSET: Any = object()
 _CO_COROUTINE = inspect.CO_COROUTINE
 _perf_counter = time.perf_counter
+_get_ident = threading.get_ident
 
 
 class DispatcherStatus(enum.IntEnum):
@@ -211,13 +215,15 @@ class Dispatcher(Process):
         self._reserved: int = 0
         self._scale_at = sys.maxsize
         self._tg: Any = None
-        self._loop_thread: int | None = None
+        self._loop_thread: int | None = None  # while running: dispatch from elsewhere hops to it
+        self._token: Any = None
         self._work_event: anyio.Event | None = None
         self._waker: Waker | None = None  # wakes join()/quit() waiters, also from pool threads
         self._monitor_kick: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
         self._quit_requested = False
-        self._was_quit = False  # quit() ended a run and no run has started since
+        self._was_quit = False  # a run ended and no run has started since
+        self._closed = False  # stopped for good (stop() or an unwind): dispatch is refused
         self._health: HealthComponent | None = None
         self._log: Any = None
         self._exit_stack: Any = None
@@ -241,13 +247,15 @@ class Dispatcher(Process):
         Call it from the event loop's thread (from another thread, go through
         ``anyio.from_thread.run_sync``).
         """
+        if timeout is not _UNSET or not callable(task):
+            return self._dispatch_slow(task, timeout)
+        if self._loop_thread is not None and _get_ident() != self._loop_thread:
+            return self._from_thread(task, timeout)
         queue = self._queue
         waiting = len(queue)
         if waiting >= self._room and not self._has_room():
             self._rejected += 1
             return False
-        if timeout is not _UNSET or not callable(task):
-            return self._dispatch_slow(task, timeout)
         accepted = self._accepted
         # One task in 16 carries its dispatch time: enough samples for the latency
         # percentiles, at a fraction of a clock read and a tuple per task.
@@ -267,6 +275,23 @@ class Dispatcher(Process):
         self._room = self.max_buffered - self._reserved
         return len(self._queue) < self._room
 
+    def _from_thread(self, task: Any, timeout: Any) -> bool:
+        """``dispatch`` from another thread: hop to the event loop (one blocking round-trip).
+
+        The queue, the counters and the workers' wake-up belong to the loop's
+        thread; doing the dispatch there keeps them consistent.
+        """
+        token = self._token
+        if token is None:
+            raise DispatcherError("Dispatcher.dispatch: the dispatcher is not running on an event loop")
+        try:
+            accepted: bool = anyio.from_thread.run_sync(
+                functools.partial(self.dispatch, task, timeout=timeout), token=token
+            )
+        except anyio.RunFinishedError:
+            raise DispatcherError("Dispatcher.dispatch: the event loop has finished") from None
+        return accepted
+
     def _dispatch_slow(self, task: Any, timeout: Any) -> bool:
         if not callable(task) and not callable(getattr(task, "execute", None)):
             raise TypeError(
@@ -275,7 +300,12 @@ class Dispatcher(Process):
             )
         if timeout is not _UNSET:
             timeout = self._check_task_timeout(timeout)
+        if self._loop_thread is not None and _get_ident() != self._loop_thread:
+            return self._from_thread(task, timeout)
         queue = self._queue
+        if len(queue) >= self._room and not self._has_room():
+            self._rejected += 1
+            return False
         queue.append((task, timeout, _perf_counter()))
         self._accepted += 1
         if self._sleepers:
@@ -393,12 +423,14 @@ class Dispatcher(Process):
             await self._stopped.wait()
             return
         self._loop_thread = threading.get_ident()
+        self._token = anyio.lowlevel.current_token()
         self._stopped = anyio.Event()
         self._waker = Waker()
         self._work_event = anyio.Event()
         self._monitor_kick = anyio.Event()
         self._quit_requested = False
         self._was_quit = False
+        self._closed = False
         self._log = vars(self).get("logger") or structlog.get_logger().bind(component="dispatcher")
         self._set_status(RUNNING)
         self._accepting = True
@@ -418,8 +450,18 @@ class Dispatcher(Process):
             self._unwound()
 
     async def stop(self) -> None:
-        """Drain: everything accepted runs before ``run`` returns."""
+        """Drain: everything accepted runs before ``run`` returns; then accept nothing more.
+
+        Under an App no run follows a stop, so a task dispatched afterwards would
+        never run: ``dispatch`` returns False instead (until ``run()`` is called again).
+        """
         await self.quit(drain=True)
+        self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._accepting = False
+        self._room = -1
 
     # -- standalone ---------------------------------------------------------------------
 
@@ -452,7 +494,12 @@ class Dispatcher(Process):
     # -- internals ----------------------------------------------------------------------
 
     def _check_task_timeout(self, timeout: Any) -> float | None:
-        value: float | None = _check_positive("timeout", timeout, integer=False, allow_none=True)
+        try:
+            value: float | None = _check_positive("timeout", timeout, integer=False, allow_none=True)
+        except RegistrationError as exc:  # at dispatch time this is a bad argument, not a bad registration
+            raise (TypeError if "must be a number" in str(exc) else ValueError)(
+                str(exc).replace("Dispatcher: timeout", "Dispatcher.dispatch: timeout")
+            ) from None
         if value is not None and value < self._min_timeout:
             self._min_timeout = value
             if self._monitor_kick is not None:
@@ -461,7 +508,7 @@ class Dispatcher(Process):
 
     def _set_status(self, status: DispatcherStatus) -> None:
         self._status = status
-        self._accepting = status in (RUNNING, STOPPED)
+        self._accepting = status in (RUNNING, STOPPED) and not self._closed
         self._room = self.max_buffered - self._reserved if self._accepting else -1
         self._log_event("info", "dispatcher status", status=status.name)
 
@@ -471,11 +518,6 @@ class Dispatcher(Process):
             getattr(log, level)(event, **fields)
 
     def _wake(self) -> None:
-        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
-            raise DispatcherError(
-                "Dispatcher.dispatch must be called on the event loop's thread; "
-                "from another thread use anyio.from_thread.run_sync(dispatcher.dispatch, task)"
-            )
         event = self._work_event
         if event is not None:
             self._sleepers = 0
@@ -677,6 +719,10 @@ class Dispatcher(Process):
         self._set_status(STOPPED)
         if self._health is not None and self._health.healthy:
             self._health.update(False, "stopped")
+        if not self._quit_requested:  # an unwind cancelled run(): nothing will run what comes next
+            self._close()
+        self._was_quit = True
+        self._loop_thread = self._token = None  # not running: any thread may queue
         waker, self._waker = self._waker, None
         if waker is not None:
             waker.close()
