@@ -55,7 +55,24 @@ _get_ident = threading.get_ident
 
 
 class DispatcherStatus(enum.IntEnum):
-    """What the dispatcher is doing (the Go package's values)."""
+    """What the dispatcher is doing (the Go package's values).
+
+    Compares equal to its int value and, for convenience, to its name:
+    ``d.status == DispatcherStatus.RUNNING == 2 == "RUNNING"``.
+    """
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return self.name == other.upper()
+        return int.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = int.__hash__
+
+    def __str__(self) -> str:
+        return self.name
 
     STOPPED = 0
     """Not running; dispatched tasks wait in the buffer."""
@@ -102,6 +119,25 @@ class DispatcherStats(NamedTuple):
     latency_p50: float | None
     latency_p90: float | None
     latency_p99: float | None
+
+    @property
+    def succeeded(self) -> int:
+        """Tasks that completed without an error (the same as ``completed``)."""
+        return self.completed
+
+    @property
+    def queue_depth(self) -> int:
+        """Tasks accepted and not started (the same as ``queued``)."""
+        return self.queued
+
+    def __getitem__(self, key: Any) -> Any:
+        """Fields by name too: ``stats()["completed"]``."""
+        if isinstance(key, str):
+            try:
+                return getattr(self, key)
+            except AttributeError:
+                raise KeyError(key) from None
+        return tuple.__getitem__(self, key)
 
 
 class _Worker:
@@ -167,6 +203,11 @@ class Dispatcher(Process):
 
     health: Health | None = Inject("health", optional=True)
     logger: Any = Inject("logger", optional=True)
+
+    STOPPED = DispatcherStatus.STOPPED
+    STOPPING = DispatcherStatus.STOPPING
+    RUNNING = DispatcherStatus.RUNNING
+    DRAINING = DispatcherStatus.DRAINING
 
     def __init__(
         self,
@@ -368,10 +409,15 @@ class Dispatcher(Process):
     async def join(self) -> None:
         """Wait until every task accepted so far has an outcome (nothing queued or running).
 
-        Waits forever on a dispatcher that is not running and has queued tasks;
-        bound it with ``anyio.fail_after`` where that can happen.
+        Before the first ``run()`` it waits for the run to start; after a run
+        has ended, with tasks still queued, it raises ``DispatcherError`` (no
+        worker would ever finish them).
         """
         while self._queue or self._running() or self._pool.pending():
+            if self._was_quit and self._tg is None and self._queue:
+                raise DispatcherError(
+                    "Dispatcher.join: the dispatcher is not running and tasks are queued; call run() first"
+                )
             await self._wait_changed(0.05)
 
     def stats(self) -> DispatcherStats:

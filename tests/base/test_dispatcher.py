@@ -961,3 +961,43 @@ async def test_dispatch_bad_timeout_is_a_clear_error(timeout: object) -> None:
     with pytest.raises(expected, match="timeout"):
         d.dispatch(recorder([], "x"), timeout=timeout)  # type: ignore[arg-type]
     assert d.stats().accepted == 0
+
+
+# -- conveniences ----------------------------------------------------------------------------------
+
+
+async def test_status_compares_with_the_enum_its_value_and_its_name() -> None:
+    d = Dispatcher()
+    assert d.status == DispatcherStatus.STOPPED == Dispatcher.STOPPED
+    assert d.status == 0 and d.status == "STOPPED" and d.status != "RUNNING"
+    async with running(d):
+        await wait_until(lambda: d.status == "RUNNING")
+        assert d.status == 2 and str(d.status) == "RUNNING"
+        await d.quit()
+    assert d.status == "stopped"
+
+
+async def test_stats_read_by_field_name_and_aliases() -> None:
+    d = Dispatcher()
+    done: list[str] = []
+    assert d.dispatch(recorder(done, "a"))
+    s = d.stats()
+    assert s["accepted"] == s.accepted == 1
+    assert s.queue_depth == s["queued"] == 1
+    with pytest.raises(KeyError):
+        s["nope"]
+    async with running(d):
+        await d.join()
+        s = d.stats()
+        assert s.succeeded == s["completed"] == 1 and done == ["a"]
+        await d.quit()
+
+
+async def test_join_after_a_run_ended_with_tasks_queued_raises_instead_of_hanging() -> None:
+    d = Dispatcher()
+    async with running(d):
+        await d.quit()
+    assert d.dispatch(recorder([], "later"))
+    with anyio.fail_after(2):
+        with pytest.raises(DispatcherError, match="not running"):
+            await d.join()
