@@ -8,13 +8,13 @@ costs nothing and ``stop`` falls back to cancelling ``run``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
 from ._errors import RegistrationError
+from ._validate import positive
 
 __all__ = ["DEFAULT", "Initializer", "Options", "Process"]
 
@@ -81,21 +81,7 @@ def overridden(component: object, method: str) -> Any:
 
 
 def _check_timeout(name: str, option: str, value: object) -> TimeoutOption:
-    if value is DEFAULT or value is None:
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RegistrationError(
-            f"{name}: {option} must be a number of seconds or None (no limit), got {value!r}"
-        )
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        finite = False
-    if not finite or value <= 0:
-        raise RegistrationError(
-            f"{name}: {option} must be a positive number of seconds (or None for no limit), got {value!r}"
-        )
-    return float(value)
+    return value if value is DEFAULT else positive(name, option, value, allow_none=True)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from .._components import Process
 from .._errors import RegistrationError
 from .._health import Health, HealthComponent
 from .._inject import Inject
+from .._validate import positive
 from .._waker import Waker
 from ._latency import LatencyRing
 from ._threads import ThreadPool
@@ -159,19 +160,7 @@ def _task_of(item: Any) -> Any:
 
 
 def _check_positive(name: str, value: object, *, integer: bool, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type:
-        kind = "an int" if integer else "a number of seconds" + (" or None" if allow_none else "")
-        raise RegistrationError(f"Dispatcher: {name} must be {kind}, got {value!r}")
-    try:
-        finite = math.isfinite(value)  # type: ignore[arg-type]
-    except OverflowError:
-        finite = False
-    if not finite or value <= 0:  # type: ignore[operator]
-        raise RegistrationError(f"Dispatcher: {name} must be positive, got {value!r}")
-    return value
+    return positive("Dispatcher", name, value, integer=integer, allow_none=allow_none)
 
 
 def _resolve(task: Any) -> tuple[Callable[[], Any], bool]:
