@@ -237,7 +237,6 @@ class Dispatcher(Process):
         self._latency = LatencyRing()
         self._min_timeout = task_timeout if task_timeout is not None else math.inf
         self._pool = ThreadPool(self.max_threads, self.scale_down_after, self._on_thread_failure, self._on_thread_idle)
-        self._pool_queue = self._pool._queue
         # The fast path admits a task while len(queue) < _room: max_buffered less what the
         # thread pool may still hold (an over-estimate, corrected on the slow path), or -1
         # while not accepting. _scale_at: the queue length above which dispatch adds a worker.
@@ -274,8 +273,8 @@ class Dispatcher(Process):
         """Queue ``task`` without blocking; False (and counted as rejected) when it cannot be taken.
 
         ``timeout`` overrides ``task_timeout`` for this task (``None``: no limit).
-        Call it from the event loop's thread (from another thread, go through
-        ``anyio.from_thread.run_sync``).
+        From another thread while the dispatcher runs, the call hops to the
+        event loop's thread (one blocking round-trip) and answers the same.
         """
         if timeout is not _UNSET or not callable(task):
             return self._dispatch_slow(task, timeout)
@@ -468,7 +467,6 @@ class Dispatcher(Process):
         self._closed = False
         self._log = vars(self).get("logger") or structlog.get_logger().bind(component="dispatcher")
         self._set_status(RUNNING)
-        self._accepting = True
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
