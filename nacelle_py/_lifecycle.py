@@ -38,8 +38,9 @@ __all__ = ["Entry", "Runner"]
 FORCED_FINALIZE_BUDGET = 0.5
 """Seconds the finalizers share after a second signal, so the process exits within a second."""
 DUPLICATE_SIGNAL_WINDOW = 0.05
-"""The same signal again within this many seconds is one request: a process-group kill through
-``make`` (which forwards SIGTERM to its child) delivers SIGTERM twice."""
+"""SIGTERM again within this many seconds is one request: a process-group kill through ``make``
+(which forwards SIGTERM to its child) delivers SIGTERM twice. Make does not forward SIGINT, so
+a second SIGINT always counts."""
 FORCED_EXIT_AFTER = 0.9
 """Seconds after a second signal at which ``boot()`` ends the process even if a run ignores cancellation."""
 ABANDON_GRACE = 0.5
@@ -290,7 +291,7 @@ class Runner:
                     first = (signum, now)
                     self.logger.info("signal received; shutting down gracefully", signal=name)
                     self.request_stop(f"signal {name}")
-                elif signum == first[0] and now - first[1] < DUPLICATE_SIGNAL_WINDOW:
+                elif signum == signal.SIGTERM == first[0] and now - first[1] < DUPLICATE_SIGNAL_WINDOW:
                     self.logger.debug("duplicate signal ignored", signal=name)
                 elif not self._forced:
                     self.logger.warning("second signal; forcing shutdown", signal=name)
@@ -399,9 +400,9 @@ class Runner:
             for entry in cancellable:
                 entry.host_scope = host_scope
             self._runs.start_soon(self._host, host_scope, cancellable, name="nacelle runs")
-        # Processes bound the wait; a group of initializers only (waiting for health
-        # keys they registered) is bound by their own start_timeout.
-        timeouts = [e.start_timeout for e in (processes or group) if e.start_timeout is not None]
+        # The issue's rule: the smallest start_timeout of the whole group, initializers
+        # included (an initializer may register a health key the wait depends on).
+        timeouts = [e.start_timeout for e in group if e.start_timeout is not None]
         limit = min(timeouts) if timeouts else None
         with _bounded(limit) as scope:
             while (self._starting or not self.health.healthy) and not self._stop_requested:
@@ -461,7 +462,9 @@ class Runner:
 
     def _run_ended(self, entry: Entry, outcome: str, started: float) -> None:
         if outcome == "cancelled":
-            self.logger.info("run cancelled", component=entry.name, ms=_ms(started))
+            # Expected when stopping a process without stop(): debug; otherwise news.
+            log = self.logger.debug if entry.stopping else self.logger.info
+            log("run cancelled", component=entry.name, ms=_ms(started))
         elif outcome == "returned":
             if entry.stopping or self._stop_requested:
                 self.logger.info("run finished", component=entry.name, ms=_ms(started))
@@ -500,11 +503,13 @@ class Runner:
         for entry in running:
             entry.stopping = True
             entry.countdown = countdown
-            self.logger.info("stop starting", component=entry.name)
             stop = overridden(entry.component, "stop")
             if stop is None:
+                # Stopping is cancelling: "stop finished" (info, with ms) says all there is.
+                self.logger.debug("stop starting", component=entry.name)
                 entry.cancel_run()
             else:
+                self.logger.info("stop starting", component=entry.name)
                 stoppers.append((entry, stop))
         if len(stoppers) == 1:
             await self._call_stop(*stoppers[0], started)

@@ -33,7 +33,7 @@ def make_logger(app_name: str, settings: LogSettings, stream: TextIO | None = No
         renderer = structlog.processors.JSONRenderer()
     else:
         colors = bool(getattr(out, "isatty", lambda: False)())
-        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+        renderer = structlog.dev.ConsoleRenderer(colors=colors, sort_keys=False)  # call order; sorting costs a third
     processors.append(renderer)
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     logger = structlog.wrap_logger(

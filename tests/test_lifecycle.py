@@ -1077,26 +1077,31 @@ async def test_system_exit_from_a_component_is_an_ordinary_failure(sync: bool) -
     assert events(trace, "finalize") == ["a"]
 
 
-async def test_start_wait_is_bounded_by_the_processes_of_the_group_not_its_initializers() -> None:
-    """A process registered with start_timeout=None is not cut short by a sibling initializer's default."""
+@pytest.mark.parametrize("process_timeout", [None, 3.0])
+async def test_start_wait_is_bounded_by_the_smallest_start_timeout_of_the_whole_group(
+    process_timeout: float | None,
+) -> None:
+    """An initializer's start_timeout counts too: it may own a health key the wait depends on."""
 
-    class SlowHealthy(Process):
+    class Warmer(Initializer):
         health = Inject("health")
 
         async def init(self) -> None:
-            self.key = self.health.register("slow")
+            self.health.register("cache-warm")  # never reported healthy
 
+    class Forever(Process):
         async def run(self) -> None:
-            await anyio.sleep(0.3)
-            self.key.update(True)
             await anyio.sleep_forever()
 
-    trace = Trace()
     app = test_app("t")
-    app.register(Init(trace, "i"), name="i", priority=1, start_timeout=0.1)
-    app.register(SlowHealthy(), name="slow", priority=1, start_timeout=None)
-    shutdown_when_ready(app)
-    assert await serve(app) == 0, app.errors
+    app.register(Warmer(), name="warm", priority=0, start_timeout=0.2)
+    app.register(Forever(), name="p", priority=0, start_timeout=process_timeout)
+    started = time.monotonic()
+    assert await serve(app, limit=2.5) == 1
+    error = app.errors[0]
+    assert isinstance(error, ComponentTimeoutError) and error.operation == "start"
+    assert error.timeout == pytest.approx(0.2)
+    assert "cache-warm" in str(error) and "warm" in error.component
 
 
 async def test_trace_before_needs_both_events() -> None:
