@@ -144,7 +144,7 @@ class DispatcherStats(NamedTuple):
 class _Worker:
     """One worker's state, read by the monitor: the item it runs and how many it has finished."""
 
-    __slots__ = ("done", "item", "scope", "seen_at", "seen_done")
+    __slots__ = ("done", "item", "scope", "seen_at", "seen_done", "timing_out")
 
     def __init__(self) -> None:
         self.item: Any = None  # the queue item being run; None while idle
@@ -152,6 +152,7 @@ class _Worker:
         self.done = 0  # tasks that ended completed or failed: also the monitor's "same task?" token
         self.seen_done = -1
         self.seen_at = 0.0
+        self.timing_out = False  # the monitor cancelled this worker's scope for its current task
 
 
 def _task_of(item: Any) -> Any:
@@ -292,7 +293,7 @@ class Dispatcher(Process):
         self._accepted = accepted + 1
         if self._sleepers:
             self._wake()
-        elif waiting >= self._scale_at:  # more tasks wait than there are workers
+        elif waiting >= self._scale_at:  # no idle worker: the task would wait
             self._scale_up()
         return True
 
@@ -471,7 +472,8 @@ class Dispatcher(Process):
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._waker.pump)
-                for _ in range(self.min_workers):
+                # Tasks queued before run() get workers at once, up to the maximum.
+                for _ in range(max(self.min_workers, min(len(self._queue), self.max_workers))):
                     self._spawn()
                 tg.start_soon(self._monitor)
                 if self._health is not None:
@@ -591,9 +593,9 @@ class Dispatcher(Process):
         self._tg.start_soon(self._worker, worker, name="nacelle dispatcher worker")
 
     def _update_scale_at(self) -> None:
-        """Dispatch adds a worker once more tasks wait than there are workers, up to the maximum."""
+        """While the pool can grow, a dispatch that finds no idle worker adds one (the task would wait)."""
         can_grow = self._tg is not None and len(self._workers) < self.max_workers
-        self._scale_at = len(self._workers) if can_grow else sys.maxsize
+        self._scale_at = 0 if can_grow else sys.maxsize
 
     def _running(self) -> int:
         return sum(1 for w in self._workers if w.item is not None)
@@ -604,9 +606,11 @@ class Dispatcher(Process):
                 with anyio.CancelScope() as scope:
                     worker.scope = scope
                     await self._work(worker)
-                if not scope.cancelled_caught:
-                    return
-                # The monitor cancelled this worker's scope: its task ran too long.
+                if not worker.timing_out:
+                    return  # retired
+                # The monitor cancelled this worker's scope: its task ran too long (whether
+                # the cancellation ended it or the task swallowed it and returned).
+                worker.timing_out = False
                 item, worker.item = worker.item, None
                 worker.seen_done = -1  # the monitor times the next task afresh
                 if item is not None:
@@ -649,8 +653,19 @@ class Dispatcher(Process):
                 try:
                     await function()
                 except Exception as exc:
+                    if worker.timing_out:
+                        return  # timed out, then failed: _worker counts the timeout
                     self._failed += 1
                     self._log_event("error", "task failed", task=repr(task), exc_info=exc)
+                except BaseException as exc:
+                    if worker.timing_out or anyio.current_effective_deadline() == -math.inf:
+                        raise  # our timeout, or the dispatcher itself is being cancelled
+                    # A cancellation of the task's own (it awaited a future someone else
+                    # cancelled), or a SystemExit: that task's failure, not the worker's end.
+                    self._failed += 1
+                    self._log_event("error", "task failed", task=repr(task), exc_info=exc)
+                if worker.timing_out:
+                    return  # the task swallowed its timeout: the scope must be renewed
                 worker.done += 1
             worker.item = None
             if not await self._idle(worker):
@@ -687,7 +702,7 @@ class Dispatcher(Process):
         """Timeouts, thread-pool timeouts, scale-up for queued work, and the saturation health."""
         saturated_since: float | None = None
         while True:
-            tick = min(max(self._min_timeout / 10, 0.005), 0.5)
+            tick = min(max(min(self._min_timeout, self.saturated_after) / 10, 0.005), 0.5)
             kick = self._monitor_kick
             assert kick is not None
             with anyio.move_on_after(tick):
@@ -704,12 +719,14 @@ class Dispatcher(Process):
                     continue
                 limit = item[1] if type(item) is tuple and item[1] is not _UNSET else self.task_timeout
                 if limit is not None and now - worker.seen_at >= limit and worker.scope is not None:
+                    worker.timing_out = True
                     worker.scope.cancel()
             for task in self._pool.check_timeouts(now):
                 self._log_event("warning", "task timed out in a thread", task=repr(task))
                 self._notify()
-            if self._queue and not self._sleepers and len(self._workers) < self.max_workers:
-                self._scale_up()
+            if self._queue and not self._sleepers:  # work waits and nobody is idle
+                for _ in range(min(len(self._queue), self.max_workers - len(self._workers))):
+                    self._scale_up()
             saturated = bool(self._queue) and len(self._workers) >= self.max_workers and not self._sleepers
             saturated_since = (saturated_since or now) if saturated else None
             if self._health is not None:

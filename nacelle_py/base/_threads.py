@@ -14,14 +14,15 @@ shared lock taken per task turns into a queue of its own. Instead:
   that finished it and the monitor that declared it timed out race for the
   pop, and only the winner counts it.
 
-A thread whose task overran is abandoned: the monitor counts the task as
-timed out, the pool may start a replacement, and the thread exits once the
-function finally returns.
+A thread whose task overran cannot be interrupted: the monitor counts the
+task as timed out, and the thread keeps its place (``max_threads`` is a
+bound) and goes back to work once the function finally returns.
 """
 
 from __future__ import annotations
 
 import collections
+import inspect
 import queue
 import threading
 import time
@@ -104,8 +105,8 @@ class ThreadPool:
         return max(0, size)
 
     def running(self) -> int:
-        """Threads running a task."""
-        return sum(1 for slot in self.slots if slot.task is not None)
+        """Threads running a task that still has no outcome."""
+        return sum(1 for slot in self.slots if slot.task is not None and slot.claim)  # timed out: not counted
 
     def take_queued(self) -> list[Any]:
         """Remove and return the tasks no thread has taken yet (they will never run)."""
@@ -126,11 +127,15 @@ class ThreadPool:
         return taken
 
     def check_timeouts(self, now: float) -> list[Any]:
-        """Claim the outcome of overdue tasks as timed out and abandon their threads; returns those tasks."""
+        """Claim the outcome of overdue tasks as timed out; returns those tasks.
+
+        The thread cannot be interrupted: it keeps its slot (``max_threads``
+        stays a bound) and goes back to work, uncounted, once the function returns.
+        """
         overdue = []
         for slot in list(self.slots):
             item, started, timeout, claim = slot.task, slot.started, slot.timeout, slot.claim
-            if item is None or timeout is None or now - started < timeout:
+            if item is None or timeout is None or now - started < timeout or not claim:
                 continue
             try:
                 claim.pop()
@@ -138,15 +143,6 @@ class ThreadPool:
                 continue
             self.timed_out += 1
             overdue.append(item[3])
-            with self._lock:
-                self._retire_locked(slot)
-                self._idle.discard(slot)
-        if overdue:
-            with self._lock:
-                backlog = self._queue.qsize() - self._stops
-                while len(self.slots) < self.max_threads and backlog > len(self._idle):
-                    self._start_locked()
-                    backlog -= 1
         return overdue
 
     def close(self) -> None:
@@ -184,17 +180,23 @@ class ThreadPool:
             slot.timeout = timeout  # the dispatcher resolved the default; None: no limit
             slot.started = time.monotonic()
             slot.task = item  # last: the monitor reads task first, then the rest
+            error: BaseException | None = None
             try:
-                function()
-            except Exception as exc:  # counted and logged; the thread lives on
-                error: BaseException | None = exc
+                result = function()
+            except BaseException as exc:  # SystemExit too: counted and logged; the thread lives on
+                error = exc
             else:
-                error = None
+                if inspect.isawaitable(result):  # a plain callable that returned a coroutine
+                    if inspect.iscoroutine(result):
+                        result.close()
+                    error = TypeError(
+                        f"{task!r} returned an awaitable from a plain call; dispatch the async function itself"
+                    )
             slot.task = None
             try:
                 claim.pop()
-            except IndexError:  # the monitor counted it as timed out; this thread is abandoned
-                return
+            except IndexError:  # the monitor counted it as timed out: back to work, uncounted
+                continue
             if error is None:
                 slot.completed += 1
             else:
