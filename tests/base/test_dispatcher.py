@@ -1001,3 +1001,144 @@ async def test_join_after_a_run_ended_with_tasks_queued_raises_instead_of_hangin
     with anyio.fail_after(2):
         with pytest.raises(DispatcherError, match="not running"):
             await d.join()
+
+
+# -- failures that are the task's own, not the worker's -------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_task_cancelled_by_its_own_future_is_a_failure_not_the_end_of_the_dispatcher() -> None:
+    import asyncio
+
+    async def awaits_a_cancelled_future() -> None:
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    done: list[str] = []
+    d = Dispatcher(min_workers=1, max_workers=1)
+    async with running(d):
+        assert d.dispatch(awaits_a_cancelled_future)
+        assert d.dispatch(recorder(done, "after"))
+        with anyio.fail_after(5):
+            await d.join()
+        assert d.status == "RUNNING" and done == ["after"]
+        s = d.stats()
+        assert (s.failed, s.completed, s.handed_back) == (1, 1, 0)
+        await d.quit()
+
+
+async def test_a_task_that_swallows_its_timeout_is_timed_out_and_the_next_task_runs() -> None:
+    done: list[str] = []
+
+    async def swallower() -> None:
+        try:
+            await anyio.sleep(10)
+        except anyio.get_cancelled_exc_class():
+            return  # swallowed
+
+    d = Dispatcher(min_workers=1, max_workers=1, task_timeout=0.1)
+    async with running(d):
+        d.dispatch(swallower)
+        d.dispatch(recorder(done, "innocent", delay=0.01))
+        with anyio.fail_after(5):
+            await d.join()
+        s = d.stats()
+        assert done == ["innocent"] and (s.timed_out, s.completed) == (1, 1)
+        await d.quit()
+
+
+async def test_a_plain_callable_returning_a_coroutine_fails_clearly() -> None:
+    async def work() -> None:
+        pass
+
+    d = Dispatcher()
+    with structlog.testing.capture_logs() as logs:
+        async with running(d):
+            d.dispatch(lambda: work())
+            with anyio.fail_after(5):
+                await d.join()
+            await d.quit()
+    assert (d.stats().failed, d.stats().completed) == (1, 0)
+    assert any("awaitable" in str(e.get("exc_info", "")) for e in logs if e["event"] == "task failed")
+
+
+async def test_system_exit_in_a_plain_function_is_a_failure_and_the_pool_keeps_working() -> None:
+    import sys
+
+    done: list[str] = []
+
+    def exits() -> None:
+        sys.exit(3)
+
+    def fine() -> None:
+        done.append("fine")
+
+    d = Dispatcher(task_timeout=None, max_threads=1)
+    async with running(d):
+        d.dispatch(exits)
+        d.dispatch(fine)
+        with anyio.fail_after(5):
+            await d.join()
+        await d.quit()
+    assert (d.stats().failed, d.stats().completed) == (1, 1) and done == ["fine"]
+
+
+async def test_max_threads_stays_a_bound_when_plain_functions_overrun() -> None:
+    gate = threading.Event()
+    lock = threading.Lock()
+    now_running = [0, 0]  # current, peak
+
+    def stuck() -> None:
+        with lock:
+            now_running[0] += 1
+            now_running[1] = max(now_running)
+        gate.wait(5)
+        with lock:
+            now_running[0] -= 1
+
+    d = Dispatcher(max_buffered=100, max_threads=2, task_timeout=0.05)
+    try:
+        async with running(d):
+            for _ in range(8):
+                d.dispatch(stuck)
+            await wait_until(lambda: d.stats().timed_out >= 2)
+            await anyio.sleep(0.2)  # room for a replacement thread to (wrongly) appear
+            assert now_running[1] == 2 and d.stats().threads == 2
+            gate.set()
+            with anyio.fail_after(10):
+                await d.join()
+            await d.quit()
+    finally:
+        gate.set()
+    s = d.stats()
+    assert s.accepted == 8 == s.completed + s.timed_out
+
+
+async def test_tasks_queued_before_run_get_workers_at_once() -> None:
+    d = Dispatcher(max_buffered=100, min_workers=1, max_workers=8)
+    gate = Gate()
+    for i in range(20):
+        d.dispatch(gate.task(str(i)))
+    async with running(d):
+        await wait_until(lambda: len(gate.started) == 8)
+        assert d.stats().workers == 8
+        gate.release.set()
+        with anyio.fail_after(5):
+            await d.join()
+        await d.quit()
+
+
+async def test_a_dispatch_that_finds_no_idle_worker_adds_one() -> None:
+    d = Dispatcher(max_buffered=100, min_workers=1, max_workers=4)
+    gate = Gate()
+    async with running(d):
+        await wait_until(lambda: d.stats().workers == 1)
+        d.dispatch(gate.task("a"))
+        await wait_until(lambda: gate.started == ["a"])
+        d.dispatch(gate.task("b"))  # the only worker is busy: b must not wait for it
+        await wait_until(lambda: gate.started == ["a", "b"])
+        assert d.stats().scale_ups >= 1
+        gate.release.set()
+        await d.join()
+        await d.quit()
