@@ -462,6 +462,13 @@ class Runner:
 
     def _run_ended(self, entry: Entry, outcome: str, started: float) -> None:
         if outcome == "cancelled":
+            if not entry.run_is_async:
+                # A thread cannot be cancelled: the runner stops waiting, the function goes on.
+                self.logger.warning(
+                    "run abandoned: a plain def run() cannot be cancelled; give the process a stop()",
+                    component=entry.name, ms=_ms(started),
+                )
+                return
             # Expected when stopping a process without stop(): debug; otherwise news.
             log = self.logger.debug if entry.stopping else self.logger.info
             log("run cancelled", component=entry.name, ms=_ms(started))

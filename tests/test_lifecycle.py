@@ -1111,3 +1111,24 @@ async def test_trace_before_needs_both_events() -> None:
     assert not trace.before("b", "a")
     trace.add("b")
     assert trace.before("a", "b") and not trace.before("b", "a")
+
+
+async def test_a_plain_def_run_without_stop_is_abandoned_with_a_warning() -> None:
+    release = threading.Event()
+
+    class Blocking(Process):
+        def run(self) -> None:
+            release.wait(10)
+
+    app = test_app("t")
+    app.register(Blocking(), name="blocking")
+    shutdown_when_ready(app)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert await serve(app) == 0
+    finally:
+        release.set()
+    warnings = [e for e in logs if e.get("log_level") == "warning" and e.get("component") == "blocking"]
+    assert [e["event"] for e in warnings] == [
+        "run abandoned: a plain def run() cannot be cancelled; give the process a stop()"
+    ]
