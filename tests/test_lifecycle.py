@@ -451,16 +451,25 @@ async def test_initializer_error_abandons_boot_and_finalizes_in_reverse() -> Non
     assert not any(e.startswith(("c.", "d.")) for e in trace)
 
 
-async def test_process_init_error_stops_only_what_started() -> None:
-    trace = Trace()
+def ladder(trace: Trace, **f_options: bool) -> App:
+    """go-nacelle's test topology: initializers a, b, c; process d; e, f, g together; then h.
+
+    ``f_options`` configure the process ``f`` (``init_error=True``, ``run_error=True``...).
+    """
     app = test_app("t")
     for name in ("a", "b", "c"):
         app.register(Init(trace, name), name=name)
     app.register(Proc(trace, "d"), name="d", priority=1)
     app.register(Proc(trace, "e"), name="e", priority=2)
-    app.register(Proc(trace, "f", init_error=True), name="f", priority=2)
+    app.register(Proc(trace, "f", **f_options), name="f", priority=2)
     app.register(Proc(trace, "g"), name="g", priority=2)
     app.register(Proc(trace, "h"), name="h", priority=3)
+    return app
+
+
+async def test_process_init_error_stops_only_what_started() -> None:
+    trace = Trace()
+    app = ladder(trace, init_error=True)
     assert await serve(app) == 1
     assert ops(app) == [("f", "init")]
     assert events(trace, "run") == ["d"]
@@ -551,14 +560,7 @@ async def test_run_error_stops_the_others_with_status_1() -> None:
 
 async def test_run_error_during_boot_abandons_later_groups() -> None:
     trace = Trace()
-    app = test_app("t")
-    for name in ("a", "b", "c"):
-        app.register(Init(trace, name), name=name)
-    app.register(Proc(trace, "d"), name="d", priority=1)
-    app.register(Proc(trace, "e"), name="e", priority=2)
-    app.register(Proc(trace, "f", run_error=True), name="f", priority=2)
-    app.register(Proc(trace, "g"), name="g", priority=2)
-    app.register(Proc(trace, "h"), name="h", priority=3)
+    app = ladder(trace, run_error=True)
     assert await serve(app) == 1
     assert ("f", "run") in ops(app)
     assert all(op != "init" for _, op in ops(app))
