@@ -379,15 +379,23 @@ class Dispatcher(Process):
             self._was_quit = True
             self._log_event("info", "dispatcher quit while stopped", handed_back=len(handed))
             return handed
-        if drain and self._status != STOPPING:
-            self._set_status(DRAINING)
-            self._wake()
-            await self.join()
-        else:
-            self._set_status(STOPPING)
-            handed = self._take_queued()
-            while self._running() or self._pool.running():
-                await self._wait_changed(0.05)
+        try:
+            if drain and self._status != STOPPING:
+                self._set_status(DRAINING)
+                self._wake()
+                await self.join()
+            else:
+                self._set_status(STOPPING)
+                handed = self._take_queued()
+                while self._running() or self._pool.running():
+                    await self._wait_changed(0.05)
+        except BaseException:
+            # The caller gave up quitting (a cancelled quit): the dispatcher runs on, and
+            # tasks already taken back stay findable with the unwind's.
+            self._handed.extend(handed)
+            if self._tg is not None and not self._quit_requested:
+                self._set_status(RUNNING)
+            raise
         self._quit_requested = True
         self._notify()
         if self._stopped is not None:
@@ -467,6 +475,7 @@ class Dispatcher(Process):
         self._was_quit = False
         self._closed = False
         self._log = vars(self).get("logger") or structlog.get_logger().bind(component="dispatcher")
+        self._pool.reopen()  # exit requests left from the last run would take new tasks' threads
         self._set_status(RUNNING)
         try:
             async with anyio.create_task_group() as tg:
@@ -727,7 +736,9 @@ class Dispatcher(Process):
             if self._queue and not self._sleepers:  # work waits and nobody is idle
                 for _ in range(min(len(self._queue), self.max_workers - len(self._workers))):
                     self._scale_up()
-            saturated = bool(self._queue) and len(self._workers) >= self.max_workers and not self._sleepers
+            saturated = (
+                bool(self._queue) and len(self._workers) >= self.max_workers and not self._sleepers
+            ) or self._pool.saturated()
             saturated_since = (saturated_since or now) if saturated else None
             if self._health is not None:
                 unhealthy = saturated_since is not None and now - saturated_since >= self.saturated_after

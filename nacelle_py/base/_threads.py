@@ -145,6 +145,26 @@ class ThreadPool:
             overdue.append(item[3])
         return overdue
 
+    def saturated(self) -> bool:
+        """Every thread busy, at the limit, with tasks waiting."""
+        return len(self.slots) >= self.max_threads and not self._idle and self.queued() > 0
+
+    def reopen(self) -> None:
+        """Withdraw the exit requests of an earlier ``close()``: its threads serve the new run."""
+        with self._lock:
+            kept = []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._stops -= 1
+                else:
+                    kept.append(item)
+            for item in kept:
+                self._queue.put(item)
+
     def close(self) -> None:
         """Ask every live thread to exit once the tasks queued before the request are done."""
         with self._lock:

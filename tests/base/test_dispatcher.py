@@ -1142,3 +1142,65 @@ async def test_a_dispatch_that_finds_no_idle_worker_adds_one() -> None:
         gate.release.set()
         await d.join()
         await d.quit()
+
+
+# -- running again, cancelled quits, the thread pool's saturation ----------------------------------
+
+
+async def test_plain_functions_run_in_every_run_after_a_quit() -> None:
+    """Exit requests sent to the threads at the end of a run must not take the next run's tasks."""
+    d = Dispatcher(min_workers=1, max_workers=1)
+    for _ in range(30):
+        async with running(d):
+            await wait_until(lambda: d.status == "RUNNING")
+            assert d.dispatch(lambda: None)
+            with anyio.fail_after(5):
+                await d.join()
+            await d.quit()
+    assert d.stats().completed == 30
+
+
+async def test_a_cancelled_quit_leaves_the_dispatcher_running_and_its_tasks_findable() -> None:
+    d = Dispatcher(min_workers=1, max_workers=1, task_timeout=None)
+    gate = Gate()
+    async with running(d):
+        for name in ("a", "b", "c"):
+            d.dispatch(gate.task(name))
+        await wait_until(lambda: gate.started == ["a"])
+        with anyio.move_on_after(0.05):
+            await d.quit(drain=True)
+        assert d.status == "RUNNING" and d.dispatch(gate.task("d"))
+        with anyio.move_on_after(0.05):
+            await d.quit(drain=False)
+        assert d.status == "RUNNING"
+        names = sorted(t.__qualname__ for t in d.handed_back)
+        assert names == ["blocked_b", "blocked_c", "blocked_d"] and d.stats().handed_back == 3
+        gate.release.set()
+        with anyio.fail_after(5):
+            await d.quit()
+    s = d.stats()
+    assert s.accepted == s.completed + s.handed_back == 4
+
+
+async def test_a_thread_pool_backlog_counts_as_saturation() -> None:
+    from nacelle_py import Health
+
+    health = Health()
+    release = threading.Event()
+    d = Dispatcher(max_buffered=100, min_workers=1, max_workers=1, max_threads=1, saturated_after=0.1)
+    d.health = health.for_component("jobs")  # as an App would inject it
+    await d.init()
+    try:
+        async with running(d):
+            await wait_until(lambda: health.healthy)
+            for _ in range(5):
+                d.dispatch(lambda: release.wait(5))
+            await wait_until(lambda: not health.healthy)
+            assert "saturated" in (health.get("jobs").reason or "")
+            release.set()
+            with anyio.fail_after(10):
+                await d.join()
+            await wait_until(lambda: health.healthy)
+            await d.quit()
+    finally:
+        release.set()
