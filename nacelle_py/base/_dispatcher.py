@@ -481,9 +481,11 @@ class Dispatcher(Process):
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._waker.pump)
-                # Tasks queued before run() get workers at once, up to the maximum.
-                for _ in range(max(self.min_workers, min(len(self._queue), self.max_workers))):
+                for _ in range(self.min_workers):
                     self._spawn()
+                # Tasks queued before run() get workers at once, up to the maximum.
+                for _ in range(min(len(self._queue), self.max_workers) - self.min_workers):
+                    self._scale_up()
                 tg.start_soon(self._monitor)
                 if self._health is not None:
                     self._health.update(True)
@@ -587,19 +589,19 @@ class Dispatcher(Process):
             await waker.changed()
 
     def _scale_up(self) -> None:
-        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
-            return  # the monitor scales up on its next pass
-        self._scale_ups += 1
-        self._spawn()
-        self._log_event("debug", "dispatcher scaled up", workers=len(self._workers))
+        if self._spawn():
+            self._scale_ups += 1
+            self._log_event("debug", "dispatcher scaled up", workers=len(self._workers))
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> bool:
+        """Start one worker; False when run() is ending (a worker started now would never run)."""
         if self._tg is None or self._tg.cancel_scope.cancel_called:
-            return  # run() is ending: a worker started now would never run
+            return False
         worker = _Worker()
         self._workers.add(worker)
         self._update_scale_at()
         self._tg.start_soon(self._worker, worker, name="nacelle dispatcher worker")
+        return True
 
     def _update_scale_at(self) -> None:
         """While the pool can grow, a dispatch that finds no idle worker adds one (the task would wait)."""
