@@ -28,6 +28,7 @@ from ._components import Initializer, Options, overridden
 from ._errors import ComponentError, ComponentTimeoutError, InjectionError
 from ._health import Health
 from ._inject import Injector
+from ._signals import SIGNALS, SignalCatcher
 from ._waker import Waker
 
 if TYPE_CHECKING:
@@ -155,7 +156,9 @@ class Runner:
         self._graceful = anyio.CancelScope()
         self._finalize_scope: anyio.CancelScope | None = None
         self._forced_deadline = math.inf
-        self._waker = Waker(self._on_wake)
+        self._waker = Waker(self._on_wake, self._on_signal)
+        self._signals = SignalCatcher(self._waker.writer_fileno())
+        self._first_signal: tuple[int, float] | None = None
         self._runs_closed = anyio.Event()
         self._watchdog: threading.Timer | None = None
 
@@ -193,6 +196,23 @@ class Runner:
         if self._thread_shutdown and not self._stop_requested:
             self.request_stop("shutdown() called")
 
+    def _on_signal(self, signum: int) -> None:
+        """One arrival of SIGINT or SIGTERM, read on the loop from the wakeup fd."""
+        if signum not in SIGNALS:
+            return
+        at = time.monotonic()
+        name = signal.Signals(signum).name
+        first = self._first_signal
+        if first is None:
+            self._first_signal = (signum, at)
+            self.logger.info("signal received; shutting down gracefully", signal=name)
+            self.request_stop(f"signal {name}")
+        elif signum == signal.SIGTERM == first[0] and at - first[1] < DUPLICATE_SIGNAL_WINDOW:
+            self.logger.debug("duplicate signal ignored", signal=name)
+        elif not self._forced:
+            self.logger.warning("second signal; forcing shutdown", signal=name)
+            self.force(f"second signal {name}")
+
     def _record(self, error: ComponentError) -> None:
         self.errors.append(error)
         if self.on_error is not None:
@@ -210,7 +230,7 @@ class Runner:
                 # that a run which ignores cancellation cannot keep finalize from running.
                 await root.start(self._host_runs)
                 if self.handle_signals:
-                    await root.start(self._watch_signals)
+                    self._signals.install()
                 if stop_already_requested:
                     self.request_stop("shutdown() called before boot")
                 with self._graceful:
@@ -228,6 +248,8 @@ class Runner:
                 await self._await_runs_closed()
                 root.cancel_scope.cancel()
         finally:
+            if self.handle_signals:
+                self._signals.restore()
             if self._watchdog is not None:
                 self._watchdog.cancel()
             unsubscribe()
@@ -279,23 +301,6 @@ class Runner:
             except Exception as exc:
                 self._record(ComponentError(self.app_name, "ready", exc))
                 self.request_stop("on_ready hook failed")
-
-    async def _watch_signals(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            task_status.started()
-            first: tuple[int, float] | None = None
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                now = anyio.current_time()
-                if first is None:
-                    first = (signum, now)
-                    self.logger.info("signal received; shutting down gracefully", signal=name)
-                    self.request_stop(f"signal {name}")
-                elif signum == signal.SIGTERM == first[0] and now - first[1] < DUPLICATE_SIGNAL_WINDOW:
-                    self.logger.debug("duplicate signal ignored", signal=name)
-                elif not self._forced:
-                    self.logger.warning("second signal; forcing shutdown", signal=name)
-                    self.force(f"second signal {name}")
 
     # -- boot ---------------------------------------------------------------------
 

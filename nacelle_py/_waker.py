@@ -21,10 +21,13 @@ __all__ = ["Waker"]
 class Waker:
     """A condition the loop waits on: ``notify()`` from anywhere, ``await changed()`` on the loop."""
 
-    def __init__(self, on_wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, on_wake: Callable[[], None] | None = None, on_signal: Callable[[int], None] | None = None
+    ) -> None:
         self._thread = threading.get_ident()
         self._event = anyio.Event()
         self._on_wake = on_wake
+        self._on_signal = on_signal
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
@@ -53,15 +56,24 @@ class Waker:
         """Wait for the next ``notify()``."""
         await self._event.wait()
 
+    def writer_fileno(self) -> int:
+        """The socket to use as the wakeup fd: each byte written is a signal's number."""
+        return self._writer.fileno()
+
     async def pump(self) -> None:
-        """Turn bytes written by other threads into wake-ups; runs for the life of the loop."""
+        """Turn bytes written by other threads (0) and by signals (their number) into wake-ups."""
         while True:
             await anyio.wait_readable(self._reader)
+            received = bytearray()
             try:
-                while self._reader.recv(4096):
-                    pass
+                while chunk := self._reader.recv(4096):
+                    received += chunk
             except BlockingIOError:
                 pass
+            if self._on_signal is not None:
+                for signum in received:
+                    if signum:
+                        self._on_signal(signum)
             self._fire()
 
     def close(self) -> None:

@@ -138,3 +138,17 @@ def test_shutdown_timeout_expiry_exits_1(backend: str, mode: str) -> None:
             (None, last_event(mode)),
         )
         assert app.count("second signal; forcing shutdown") == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_sigints_a_millisecond_apart_both_count(backend: str) -> None:
+    """Each arrival counts, on both backends (signals the kernel delivers separately are never merged)."""
+    with start(backend, "async") as app:
+        app.send(signal.SIGINT)
+        deadline = time.perf_counter() + 0.001
+        while time.perf_counter() < deadline:  # 1 ms: apart for the kernel, together for Python
+            pass
+        app.send(signal.SIGINT)
+        status = app.wait(timeout=5)
+        assert status == 1, app.dump()
+        assert app.count("second signal; forcing shutdown") == 1, app.dump()
