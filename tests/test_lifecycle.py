@@ -840,16 +840,18 @@ async def test_blocking_def_run_without_stop_does_not_block_shutdown() -> None:
     app = test_app("t")
     app.register(Blocking(), name="blk")
     shutdown_when_ready(app)
-    started = time.monotonic()
     try:
-        status = await serve(app)
-        elapsed = time.monotonic() - started
+        with structlog.testing.capture_logs() as logs:
+            status = await serve(app, limit=3)  # the 5 s wait in the thread is not waited for
     finally:
         release.set()
-    assert elapsed < 3
     # The thread cannot be interrupted: the runner stops waiting for it. Cancelling
-    # a run without stop() is the ordinary way to stop it, not a failure.
+    # a run without stop() is the ordinary way to stop it, not a failure, but it is said.
     assert status == 0, app.errors
+    warnings = [e for e in logs if e.get("log_level") == "warning" and e.get("component") == "blk"]
+    assert [e["event"] for e in warnings] == [
+        "run abandoned: a plain def run() cannot be cancelled; give the process a stop()"
+    ]
 
 
 # -- errors and logs -------------------------------------------------------------------
@@ -1113,24 +1115,3 @@ async def test_trace_before_needs_both_events() -> None:
     assert not trace.before("b", "a")
     trace.add("b")
     assert trace.before("a", "b") and not trace.before("b", "a")
-
-
-async def test_a_plain_def_run_without_stop_is_abandoned_with_a_warning() -> None:
-    release = threading.Event()
-
-    class Blocking(Process):
-        def run(self) -> None:
-            release.wait(10)
-
-    app = test_app("t")
-    app.register(Blocking(), name="blocking")
-    shutdown_when_ready(app)
-    try:
-        with structlog.testing.capture_logs() as logs:
-            assert await serve(app) == 0
-    finally:
-        release.set()
-    warnings = [e for e in logs if e.get("log_level") == "warning" and e.get("component") == "blocking"]
-    assert [e["event"] for e in warnings] == [
-        "run abandoned: a plain def run() cannot be cancelled; give the process a stop()"
-    ]

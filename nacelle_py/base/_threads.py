@@ -108,23 +108,27 @@ class ThreadPool:
         """Threads running a task that still has no outcome."""
         return sum(1 for slot in self.slots if slot.task is not None and slot.claim)  # timed out: not counted
 
-    def take_queued(self) -> list[Any]:
-        """Remove and return the tasks no thread has taken yet (they will never run)."""
-        taken = []
+    def _drain(self) -> tuple[list[Item], int]:
+        """Empty the queue: the tasks in order, and how many exit requests were in it."""
+        items: list[Item] = []
         stops = 0
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return items, stops
             if item is _STOP:
                 stops += 1
             else:
-                taken.append(item[3])
+                items.append(item)
+
+    def take_queued(self) -> list[Any]:
+        """Remove and return the tasks no thread has taken yet (they will never run)."""
+        items, stops = self._drain()
         for _ in range(stops):  # exit requests are not tasks: they go back
             self._queue.put(_STOP)
-        self.submitted -= len(taken)
-        return taken
+        self.submitted -= len(items)
+        return [item[3] for item in items]
 
     def check_timeouts(self, now: float) -> list[Any]:
         """Claim the outcome of overdue tasks as timed out; returns those tasks.
@@ -152,17 +156,9 @@ class ThreadPool:
     def reopen(self) -> None:
         """Withdraw the exit requests of an earlier ``close()``: its threads serve the new run."""
         with self._lock:
-            kept = []
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    self._stops -= 1
-                else:
-                    kept.append(item)
-            for item in kept:
+            items, stops = self._drain()
+            self._stops -= stops
+            for item in items:
                 self._queue.put(item)
 
     def close(self) -> None:
