@@ -9,17 +9,33 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Dispatcher", "DispatcherError", "DispatcherStats", "DispatcherStatus"]
+__all__ = [
+    "Dispatcher",
+    "DispatcherError",
+    "DispatcherStats",
+    "DispatcherStatus",
+    "Pipeline",
+    "PipelineError",
+    "PipelineSettings",
+    "Stage",
+    "StageStats",
+]
 
 _WHERE = {
     "Dispatcher": "._dispatcher",
     "DispatcherError": "._dispatcher",
     "DispatcherStats": "._dispatcher",
     "DispatcherStatus": "._dispatcher",
+    "Pipeline": "._pipeline",
+    "PipelineError": "._pipeline",
+    "PipelineSettings": "._pipeline",
+    "Stage": "._pipeline",
+    "StageStats": "._pipeline",
 }
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher, DispatcherError, DispatcherStats, DispatcherStatus
+    from ._pipeline import Pipeline, PipelineError, PipelineSettings, Stage, StageStats
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,190 @@
+"""Edges of the parallel engine: bounded inboxes and the ``emit`` functions that fill them.
+
+The per-message path is the reason this module exists; it does as little as
+a hand-written producer/consumer pair would:
+
+- ``emit(item)`` is a plain function: it appends to the child's list and,
+  while there is room and the child is awake, returns ``READY``, an
+  awaitable that completes at once without a coroutine or a scheduler
+  round-trip. Only a full edge or a sleeping consumer takes the slow path.
+- A consumer takes the whole list at once (swapping in an empty one) and
+  walks it with a plain ``for`` loop: no per-message pop, lock or counter.
+  The iterator it walks tells the stats how far it got, and an error's
+  message index, at no cost per message.
+- While a consumer sleeps, ``room`` is 0, so the next ``emit`` takes the slow
+  path and wakes it; one flag check serves both cases.
+
+So an edge holds at most ``buffer`` waiting messages, and the stage works on
+at most one batch it took earlier (the list it swapped out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+
+__all__ = ["READY", "Collector", "Inbox", "emitter"]
+
+
+class _Ready(tuple):  # type: ignore[type-arg]
+    """An awaitable that is already done: awaiting it iterates an empty tuple."""
+
+    __slots__ = ()
+    __await__ = tuple.__iter__
+
+
+READY: Any = _Ready()
+
+
+class Inbox:
+    """A stage's input edge: a list the parent appends to and the stage swaps out."""
+
+    __slots__ = ("cap", "closed", "consumer", "items", "producer", "room")
+
+    def __init__(self, cap: int) -> None:
+        self.items: list[Any] = []
+        self.cap = cap
+        self.room = cap  # 0 while the consumer sleeps, so the next put wakes it
+        self.consumer: anyio.Event | None = None  # set to wake sleeping consumers
+        self.producer: anyio.Event | None = None  # set to wake producers waiting for room
+        self.closed = False  # the parent has finished: no more messages
+
+    def after_put(self) -> Any:
+        """The slow path of a put: wake the consumer, wait while the edge is full."""
+        consumer = self.consumer
+        if consumer is not None:
+            self.consumer = None
+            self.room = self.cap
+            consumer.set()
+        if len(self.items) >= self.cap:
+            return self.wait_room()
+        return READY
+
+    async def wait_room(self) -> None:
+        """Wait until the consumer takes the waiting messages."""
+        while len(self.items) >= self.cap:
+            producer = self.producer
+            if producer is None:
+                producer = self.producer = anyio.Event()
+            await producer.wait()
+
+    async def put_many(self, items: list[Any]) -> None:
+        """Append ``items`` in order, in pieces that fit the bound."""
+        position, total = 0, len(items)
+        while position < total:
+            queue = self.items
+            room = self.cap - len(queue)
+            if room <= 0:
+                self.after_put()
+                await self.wait_room()
+                continue
+            if position == 0 and room >= total:
+                queue.extend(items)
+            else:
+                queue.extend(items[position : position + room])
+            position += room
+            await self.after_put()
+
+    def take(self) -> list[Any] | None:
+        """Everything waiting (and an empty list in its place), or None."""
+        items = self.items
+        if not items:
+            return None
+        self.items = []
+        producer = self.producer
+        if producer is not None:
+            self.producer = None
+            producer.set()
+        return items
+
+    async def wait(self) -> None:
+        """Sleep until a put or ``close()``."""
+        self.room = 0
+        consumer = self.consumer
+        if consumer is None:
+            consumer = self.consumer = anyio.Event()
+        await consumer.wait()
+
+    def close(self) -> None:
+        """No more messages: wake the consumers so they finish."""
+        self.closed = True
+        consumer = self.consumer
+        if consumer is not None:
+            self.consumer = None
+            consumer.set()
+
+
+def _as_list(items: Iterable[Any]) -> list[Any]:
+    return items if type(items) is list else list(items)
+
+
+def emitter(inboxes: list[Inbox], node: Any) -> Any:
+    """The async ``emit`` of a stage whose children read ``inboxes`` (with ``emit.many``)."""
+    if not inboxes:
+
+        def emit(item: Any) -> Any:
+            node.out += 1
+            return READY
+
+        async def many(items: Iterable[Any]) -> None:
+            node.out += len(_as_list(items))
+
+    elif len(inboxes) == 1:
+        inbox = inboxes[0]
+
+        def emit(item: Any) -> Any:
+            items = inbox.items
+            items.append(item)
+            if len(items) >= inbox.room:
+                return inbox.after_put()
+            return READY
+
+        async def many(items: Iterable[Any]) -> None:
+            await inbox.put_many(_as_list(items))
+
+    else:
+
+        def emit(item: Any) -> Any:
+            slow = False
+            for inbox in inboxes:
+                items = inbox.items
+                items.append(item)
+                if len(items) >= inbox.room:
+                    slow = True
+            return _after_put_all(inboxes) if slow else READY
+
+        async def many(items: Iterable[Any]) -> None:
+            chunk = _as_list(items)
+            for inbox in inboxes:
+                await inbox.put_many(chunk)
+
+    emit.many = many  # type: ignore[attr-defined]
+    return emit
+
+
+async def _after_put_all(inboxes: list[Inbox]) -> None:
+    for inbox in inboxes:
+        await inbox.after_put()
+
+
+class Collector(list):  # type: ignore[type-arg]
+    """A plain stage's ``emit``: collects what one slice of work emitted, for the loop to forward."""
+
+    __slots__ = ()
+    __call__ = list.append
+    many = list.extend
+
+
+class AsyncCollector(list):  # type: ignore[type-arg]
+    """An async stage's ``emit`` that collects one message's output (ordered stages with workers)."""
+
+    __slots__ = ()
+
+    def __call__(self, item: Any) -> Any:
+        self.append(item)
+        return READY
+
+    async def many(self, items: Iterable[Any]) -> None:
+        self.extend(items)

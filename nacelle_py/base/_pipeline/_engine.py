@@ -1,0 +1,124 @@
+"""What every engine shares: the failure it reports, stopping, the threads of plain stages.
+
+An engine runs the nodes of one pipeline once. The ``Pipeline`` process
+picks the engine by name (``ENGINES``), so a new engine is a new module and
+one entry here, and must pass the same equivalence suite
+(``tests/base/test_pipeline_engines.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import anyio
+
+from ..._waker import Waker
+from ._lanes import Lane
+from ._stage import Node
+
+__all__ = ["Engine", "Failure", "check_result"]
+
+
+class Failure(Exception):
+    """The first error of a run: which stage, which message, what was raised."""
+
+    def __init__(self, node: Node, index: int | None, error: BaseException) -> None:
+        super().__init__(node.name, index, error)
+        self.node = node
+        self.index = index
+        self.error = error
+
+
+class Engine:
+    """The base of the engines: the run's state, failure and stop bookkeeping."""
+
+    name = "engine"
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = nodes
+        self.roots = [n for n in nodes if n.role == "root"]
+        self.failure: Failure | None = None
+        self.stopping = False
+        self.dropped = 0
+        self.waker: Waker | None = None
+        self._lanes: dict[str, list[Lane]] = {}
+        self._scope: anyio.CancelScope | None = None
+
+    async def run(self) -> None:
+        """Run every node to completion, a stop, or the first failure (kept in ``failure``)."""
+        raise NotImplementedError
+
+    # -- progress, read by stats and the stall watch ------------------------------------------
+
+    def started(self, node: Node) -> int:
+        """Messages the stage has started processing (its ``messages_in``)."""
+        return node.taken - node.remaining()
+
+    def depth(self, node: Node) -> int:
+        """Messages waiting for the stage: on its edge, and taken but not started."""
+        return node.remaining()
+
+    def pending(self) -> int:
+        """Messages accepted and not finished anywhere: what a cut-off now would drop."""
+        return sum(self.depth(n) + n.active for n in self.nodes)
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    def stop_roots(self) -> None:
+        """Stop producing; what is in flight drains."""
+        self.stopping = True
+
+    def cut_off(self) -> int:
+        """Cancel everything still running (a drain that took too long); return what was dropped."""
+        if self._scope is not None and not self._scope.cancel_called:
+            self.dropped = self.pending()
+            self._note_dropped()
+            self._scope.cancel()
+        return self.dropped
+
+    def fail(self, node: Node, index: int | None, error: BaseException) -> None:
+        """Record a stage's error; the first one stops the run."""
+        node.errors += 1
+        if self.failure is None:
+            self.failure = Failure(node, index, error)
+            self.dropped = self.pending()
+            self._note_dropped()
+            if self._scope is not None:
+                self._scope.cancel()
+
+    def _note_dropped(self) -> None:
+        for node in self.nodes:
+            node.dropped = self.depth(node) + node.active
+
+    # -- plain stages ------------------------------------------------------------------------
+
+    def lane(self, node: Node, worker: int = 0) -> Lane:
+        """The thread of a plain stage's worker (created on first use)."""
+        lanes = self._lanes.setdefault(node.name, [])
+        while len(lanes) <= worker:
+            assert self.waker is not None
+            lanes.append(Lane(self.waker, f"nacelle pipeline {node.name}"))
+        return lanes[worker]
+
+    def needs_threads(self) -> bool:
+        """Whether any stage is a plain function."""
+        return any(not n.is_async for n in self.nodes)
+
+    def close_lanes(self) -> None:
+        """Let the plain stages' threads exit."""
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.close()
+        self._lanes.clear()
+
+
+def check_result(node: Node, result: Any) -> None:
+    """A plain stage that returned a coroutine forgot ``async``: that is its error, not a silent no-op."""
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        raise TypeError(
+            f"stage {node.name!r}: the plain function returned an awaitable; declare it 'async def'"
+        )

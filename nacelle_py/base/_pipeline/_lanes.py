@@ -1,0 +1,147 @@
+"""Plain-function stages: a daemon thread per stage worker, and the channel a plain root emits into.
+
+The threads are daemons of our own (as in ``nacelle_py._calls``): a plain
+stage blocked in I/O must not keep the interpreter alive at exit. A stopped
+or failed pipeline abandons a busy thread; it finishes its call and exits.
+Completions wake the loop through the run's ``Waker`` (a socket pair), which
+works the same on asyncio and trio.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..._waker import Waker
+
+__all__ = ["Lane", "Outbox", "Stopped"]
+
+
+class Stopped(BaseException):
+    """Raised by a plain root's ``emit`` once the pipeline stops: it ends the root's function.
+
+    A ``BaseException``, so that a root's ``except Exception`` does not swallow it.
+    """
+
+
+class Lane:
+    """One daemon thread that runs jobs one after another; ``await lane.run(job)`` waits for one."""
+
+    def __init__(self, waker: Waker, name: str) -> None:
+        self._waker = waker
+        self._name = name
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, job: Callable[[], Any]) -> Any:
+        """Run ``job`` on the lane's thread; return its result or raise its exception."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        box: list[Any] = []
+        self._jobs.put((contextvars.copy_context(), job, box))
+        waker = self._waker
+        while not box:
+            await waker.changed()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Let the thread exit after the job it runs (if any)."""
+        if self._thread is not None:
+            self._jobs.put(None)
+
+    def _serve(self) -> None:
+        jobs, notify = self._jobs, self._waker.notify
+        while (entry := jobs.get()) is not None:
+            context, job, box = entry
+            try:
+                box.append((True, context.run(job)))
+            except BaseException as exc:  # handed to the loop and raised there
+                box.append((False, exc))
+            notify()
+
+
+class Outbox:
+    """What a plain root emits, from its thread to the loop: bounded, blocking the thread when full.
+
+    The thread appends and wakes the loop only if the loop sleeps (it says so
+    in ``sleeping`` before its last look at the queue, so a wake-up is never
+    missed). ``emit`` raises ``Stopped`` once ``stop()`` was called.
+    """
+
+    def __init__(self, waker: Waker, cap: int) -> None:
+        self._waker = waker
+        self.cap = cap
+        self.items: deque[Any] = deque()
+        self.room = threading.Event()
+        self.sleeping = False
+        self.stopped = False
+        self.done = False
+
+    # -- the thread's side ----------------------------------------------------------------
+
+    def put(self, item: Any) -> None:
+        """``emit(item)`` in a plain root."""
+        if self.stopped:
+            raise Stopped
+        items = self.items
+        items.append(item)
+        if self.sleeping:
+            self._waker.notify()
+        if len(items) >= self.cap:
+            self._wait_room()
+
+    def put_many(self, items: Iterable[Any]) -> None:
+        """``emit.many(items)`` in a plain root."""
+        for item in items:
+            self.put(item)
+
+    def _wait_room(self) -> None:
+        while len(self.items) >= self.cap:
+            if self.stopped:
+                raise Stopped
+            self.room.clear()
+            if len(self.items) < self.cap:
+                return
+            self.room.wait(0.05)  # a bound: stop() sets stopped without a way to reach us otherwise
+
+    def finish(self) -> None:
+        """The root's function returned (or raised): the loop forwards what is left and ends."""
+        self.done = True
+        self._waker.notify()
+
+    # -- the loop's side ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Make the root's next ``emit`` raise ``Stopped``."""
+        self.stopped = True
+        self.room.set()
+
+    async def forward(self, many: Callable[[list[Any]], Any]) -> None:
+        """Hand everything the thread emits to ``many`` (the root's async ``emit.many``) until done."""
+        items, waker = self.items, self._waker
+        while True:
+            if items:
+                chunk = [items.popleft() for _ in range(len(items))]
+                self.room.set()
+                await many(chunk)
+                continue
+            if self.done:
+                if items:
+                    continue
+                return
+            self.sleeping = True
+            if items or self.done:
+                self.sleeping = False
+                continue
+            try:
+                await waker.changed()
+            finally:
+                self.sleeping = False

@@ -1,0 +1,328 @@
+"""The parallel engine: a task per stage worker, connected by bounded inboxes (``_edge``).
+
+A stage finishes when its parent has finished and its inbox is empty; it
+then closes its children's inboxes, so a finished root drains its subtree
+in order. Plain functions run on the stage's own daemon thread in slices of
+a few milliseconds (one thread hop per slice, not per message), and a plain
+root emits through an ``Outbox`` that blocks its thread while the edge is full.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import anyio
+
+from ..._waker import Waker
+from ._edge import AsyncCollector, Collector, Inbox, emitter
+from ._engine import Engine, check_result
+from ._lanes import Outbox, Stopped
+from ._stage import Node
+
+__all__ = ["ParallelEngine"]
+
+_END: Any = object()
+_SLICE = 0.002  # seconds of work per thread hop: hop cost well under 1%, output latency bounded
+_perf = time.perf_counter
+
+
+class ParallelEngine(Engine):
+    """Every stage worker is a task; edges are bounded buffers with backpressure."""
+
+    name = "parallel"
+
+    def __init__(self, nodes: list[Node]) -> None:
+        super().__init__(nodes)
+        self._emits: dict[str, Any] = {}
+        self._outboxes: list[Outbox] = []
+
+    def depth(self, node: Node) -> int:
+        """Waiting on the edge plus taken and not started."""
+        inbox = node.inbox
+        return node.remaining() + (len(inbox.items) if inbox is not None else 0)
+
+    async def run(self) -> None:
+        """Run every stage; returns when all have finished, were cut off, or one failed."""
+        for node in self.nodes:
+            node.reset()
+            if node.role != "root":
+                node.inbox = Inbox(node.buffer)
+        for node in self.nodes:
+            self._emits[node.name] = emitter([c.inbox for c in node.children], node)
+        try:
+            async with anyio.create_task_group() as outer:
+                self._scope = outer.cancel_scope
+                if self.needs_threads():
+                    self.waker = Waker()
+                    outer.start_soon(self.waker.pump)
+                async with anyio.create_task_group() as stages:
+                    for node in self.nodes:
+                        stages.start_soon(self._run_node, node, name=f"pipeline stage {node.name}")
+                outer.cancel_scope.cancel()
+        finally:
+            self.close_lanes()
+            if self.waker is not None:
+                self.waker.close()
+
+    def stop_roots(self) -> None:
+        """Cancel async roots, make plain roots' next emit raise; the rest drains."""
+        super().stop_roots()
+        for node in self.roots:
+            if node.scope is not None:
+                node.scope.cancel()
+        for outbox in self._outboxes:
+            outbox.stop()
+
+    async def _run_node(self, node: Node) -> None:
+        if node.role == "root":
+            done = await self._root(node)
+        elif node.workers > 1:
+            done = await self._pool(node)
+        elif node.is_async:
+            done = await self._single(node)
+        else:
+            done = await self._single_plain(node)
+        if done:
+            for child in node.children:
+                child.inbox.close()
+
+    # -- roots -------------------------------------------------------------------------------
+
+    async def _root(self, node: Node) -> bool:
+        emit = self._emits[node.name]
+        started = _perf()
+        with anyio.CancelScope() as scope:
+            node.scope = scope
+            node.active = 1
+            if self.stopping:
+                scope.cancel()
+            try:
+                if node.is_async:
+                    await node.fn(emit)
+                else:
+                    await self._plain_root(node, emit)
+            except Stopped:
+                pass
+            except Exception as exc:
+                self.fail(node, None, exc)
+                return False
+            finally:
+                node.active = 0
+                node.busy += _perf() - started
+        return True
+
+    async def _plain_root(self, node: Node, emit: Any) -> None:
+        assert self.waker is not None
+        outbox = Outbox(self.waker, node.buffer)
+        self._outboxes.append(outbox)
+        if self.stopping:
+            outbox.stop()
+        fn = node.fn
+
+        def job() -> None:
+            try:
+                check_result(node, fn(outbox))
+            finally:
+                outbox.finish()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(outbox.forward, emit.many)
+            await self.lane(node).run(job)
+
+    # -- one worker --------------------------------------------------------------------------
+
+    async def _single(self, node: Node) -> bool:
+        """An async stage with one worker: the hot loop."""
+        inbox, fn = node.inbox, node.fn
+        emit = self._emits[node.name] if node.children else None
+        while True:
+            batch = inbox.take()
+            if batch is None:
+                if inbox.closed:
+                    return True
+                await inbox.wait()
+                continue
+            it = node.load(batch)
+            started = _perf()
+            try:
+                if emit is None:
+                    for msg in it:
+                        await fn(msg)
+                else:
+                    for msg in it:
+                        await fn(msg, emit)
+            except Exception as exc:
+                self.fail(node, node.index(it), exc)
+                return False
+            finally:
+                node.busy += _perf() - started
+            node.cursor = None
+
+    async def _single_plain(self, node: Node) -> bool:
+        """A plain stage with one worker: slices of the batch on the stage's thread."""
+        inbox = node.inbox
+        lane = self.lane(node)
+        forward = self._emits[node.name].many if node.children else None
+        job = functools.partial(_slice, node, node.fn, bool(node.children))
+        while True:
+            batch = inbox.take()
+            if batch is None:
+                if inbox.closed:
+                    return True
+                await inbox.wait()
+                continue
+            it = node.load(batch)
+            started = _perf()
+            try:
+                while True:
+                    out, error = await lane.run(functools.partial(job, it))
+                    if out:
+                        assert forward is not None
+                        await forward(out)
+                    if error is not None:
+                        self.fail(node, node.index(it), error)
+                        return False
+                    if not it.__length_hint__():
+                        break
+            finally:
+                node.busy += _perf() - started
+            node.cursor = None
+
+    # -- several workers ---------------------------------------------------------------------
+
+    async def _pool(self, node: Node) -> bool:
+        """``workers`` tasks share the stage's inbox; ordered stages put outputs back in order."""
+        pool = _Pool(self, node)
+        async with anyio.create_task_group() as tg:
+            for worker in range(node.workers):
+                tg.start_soon(pool.work, worker)
+        return not pool.failed
+
+
+class _Pool:
+    """The shared state of a stage's workers: the batch they pull from, and the reorder buffer."""
+
+    def __init__(self, engine: ParallelEngine, node: Node) -> None:
+        self.engine = engine
+        self.node = node
+        self.emit = engine._emits[node.name] if node.children else None
+        self.forward = self.emit.many if self.emit is not None else None
+        self.collect = node.children and node.ordered  # outputs wait for their turn
+        self.pulled = 0  # units handed out, in order: the sequence numbers of the reorder buffer
+        self.next = 0  # the next sequence number to forward
+        self.ready: dict[int, list[Any]] = {}
+        self.forwarding = False
+        self.moved: anyio.Event | None = None
+        self.window = max(2 * node.workers, 16)  # units a worker may run ahead of the slowest
+        self.failed = False
+
+    async def work(self, worker: int) -> None:
+        node, engine, inbox = self.node, self.engine, self.node.inbox
+        fn = node.fn
+        lane = None if node.is_async else engine.lane(node, worker)
+        while not self.failed:
+            if self.collect and self.pulled - self.next >= self.window:
+                await self._wait_moved()
+                continue
+            it = node.cursor
+            unit = next(it, _END) if it is not None else _END
+            if unit is _END:
+                batch = inbox.take()
+                if batch is None:
+                    if inbox.closed:
+                        return
+                    await inbox.wait()
+                    continue
+                node.load(batch)
+                continue
+            index = node.index(it)
+            seq = self.pulled
+            self.pulled += 1
+            node.active += 1
+            started = _perf()
+            try:
+                if lane is not None:
+                    out, error = await lane.run(functools.partial(_one, node, fn, unit, bool(node.children)))
+                    if error is not None:
+                        raise error
+                elif self.emit is None:
+                    out = None
+                    await fn(unit)
+                elif self.collect:
+                    out = AsyncCollector()
+                    await fn(unit, out)
+                else:
+                    out = None
+                    await fn(unit, self.emit)
+            except Exception as exc:
+                self.failed = True
+                engine.fail(node, index, exc)
+                return
+            finally:
+                node.active -= 1
+                node.busy += _perf() - started
+            if self.collect:
+                self.ready[seq] = out or []
+                await self._forward_in_order()
+            elif out:
+                assert self.forward is not None
+                await self.forward(out)
+
+    async def _forward_in_order(self) -> None:
+        """Forward every consecutive finished unit; one worker at a time does it."""
+        if self.forwarding:
+            return
+        self.forwarding = True
+        try:
+            assert self.forward is not None
+            while self.next in self.ready:
+                out = self.ready.pop(self.next)
+                self.next += 1
+                if out:
+                    await self.forward(out)
+                moved, self.moved = self.moved, None
+                if moved is not None:
+                    moved.set()
+        finally:
+            self.forwarding = False
+
+    async def _wait_moved(self) -> None:
+        if self.moved is None:
+            self.moved = anyio.Event()
+        await self.moved.wait()
+
+
+def _slice(node: Node, fn: Any, with_emit: bool, it: Any) -> tuple[list[Any], BaseException | None]:
+    """On the stage's thread: run messages from ``it`` for about ``_SLICE`` seconds."""
+    out = Collector()
+    deadline = _perf() + _SLICE
+    try:
+        if with_emit:
+            for msg in it:
+                result = fn(msg, out)
+                if result is not None:
+                    check_result(node, result)
+                if _perf() > deadline:
+                    break
+        else:
+            for msg in it:
+                result = fn(msg)
+                if result is not None:
+                    check_result(node, result)
+                if _perf() > deadline:
+                    break
+    except Exception as exc:
+        return out, exc
+    return out, None
+
+
+def _one(node: Node, fn: Any, unit: Any, with_emit: bool) -> tuple[list[Any], BaseException | None]:
+    """On a worker's thread: run one message (or batch)."""
+    out = Collector()
+    try:
+        check_result(node, fn(unit, out) if with_emit else fn(unit))
+    except Exception as exc:
+        return out, exc
+    return out, None

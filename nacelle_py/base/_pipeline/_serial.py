@@ -1,0 +1,234 @@
+"""The serial engine: one task, depth-first, deterministic — the reference semantics.
+
+``emit(item)`` hands the item to each child in turn and returns once the
+child's whole subtree has handled it; roots run one after another. Nothing
+is buffered, so the order in which every stage sees its messages depends
+only on the code, which makes this engine the tool for tests. Plain
+functions still run on a thread (one hop per message): a blocking call
+must not block the event loop, whatever the engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+
+from ..._waker import Waker
+from ._edge import Collector
+from ._engine import Engine, check_result
+from ._lanes import Stopped
+from ._stage import Node
+
+__all__ = ["SerialEngine"]
+
+_perf = time.perf_counter
+Deliver = Callable[[Any], Awaitable[None]]
+
+
+class _Abort(BaseException):
+    """Unwinds the stages above a failed one (a parent's ``except Exception`` must not catch it)."""
+
+
+class SerialEngine(Engine):
+    """One task runs everything, depth-first."""
+
+    name = "serial"
+
+    def __init__(self, nodes: list[Node]) -> None:
+        super().__init__(nodes)
+        self._one: dict[str, Deliver] = {}  # deliver one message to a stage
+        self._many: dict[str, Callable[[list[Any]], Awaitable[None]]] = {}  # deliver several
+        self._in_emit = False  # the current root is inside emit (its subtree is working)
+        self._current: Node | None = None
+        self._token: Any = None
+
+    def started(self, node: Node) -> int:
+        """Every message a stage took is started at once."""
+        return node.taken
+
+    def depth(self, node: Node) -> int:
+        """Nothing waits: a message is handed over directly."""
+        return 0
+
+    async def run(self) -> None:
+        """Run the roots in order; each returns once its last message has gone through its subtree."""
+        for node in self.nodes:
+            node.reset()
+        for node in reversed(self.nodes):  # children first: a stage's emit calls its children's deliverers
+            self._wire(node)
+        self._token = anyio.lowlevel.current_token()
+        try:
+            async with anyio.create_task_group() as outer:
+                self._scope = outer.cancel_scope
+                if self.needs_threads():
+                    self.waker = Waker()
+                    outer.start_soon(self.waker.pump)
+                for root in self.roots:
+                    if self.stopping or self.failure is not None:
+                        break
+                    await self._root(root)
+                outer.cancel_scope.cancel()
+        finally:
+            self.close_lanes()
+            if self.waker is not None:
+                self.waker.close()
+
+    def stop_roots(self) -> None:
+        """Let the current message finish its subtree; the root's next emit ends it."""
+        super().stop_roots()
+        current = self._current
+        if current is not None and not self._in_emit and current.scope is not None:
+            current.scope.cancel()  # the root waits for its own input: nothing is in flight
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def _emit_for(self, node: Node) -> Any:
+        """The ``emit`` a stage is given: deliver to every child, depth-first."""
+        ones = [self._one[c.name] for c in node.children]
+        manys = [self._many[c.name] for c in node.children]
+
+        async def emit(item: Any) -> None:
+            if not ones:
+                node.out += 1
+            for one in ones:
+                await one(item)
+
+        async def many(items: Iterable[Any]) -> None:
+            chunk = items if type(items) is list else list(items)
+            if not manys:
+                node.out += len(chunk)
+            for deliver in manys:
+                await deliver(chunk)
+
+        emit.many = many  # type: ignore[attr-defined]
+        return emit
+
+    def _wire(self, node: Node) -> None:
+        if node.role == "root":
+            return
+        emit = self._emit_for(node) if node.children else None
+        fn = node.fn
+        size = node.batch
+
+        async def call(unit: Any, index: int) -> None:
+            node.active += 1
+            started = _perf()
+            try:
+                if node.is_async:
+                    await (fn(unit, emit) if emit is not None else fn(unit))
+                else:
+                    out = await self.lane(node).run(functools.partial(_call_plain, node, fn, unit, emit is not None))
+                    if out:
+                        assert emit is not None
+                        await emit.many(out)
+            except (_Abort, Stopped):
+                raise
+            except Exception as exc:
+                self.fail(node, index, exc)
+                raise _Abort from exc
+            finally:
+                node.active -= 1
+                node.busy += _perf() - started
+
+        async def one(item: Any) -> None:
+            index = node.taken
+            node.taken = index + 1
+            await call([item] if size else item, index)
+
+        async def many(items: list[Any]) -> None:
+            if not size:
+                for item in items:
+                    await one(item)
+                return
+            step = len(items) if size < 0 else size
+            for start in range(0, len(items), step or 1):
+                unit = items[start : start + step]
+                index = node.taken
+                node.taken = index + len(unit)
+                await call(unit, index)
+
+        self._one[node.name] = one
+        self._many[node.name] = many
+
+    # -- roots -------------------------------------------------------------------------------
+
+    async def _root(self, node: Node) -> None:
+        inner = self._emit_for(node)
+
+        async def emit(item: Any) -> None:
+            if self.stopping:
+                raise Stopped
+            self._in_emit = True
+            try:
+                await inner(item)
+            finally:
+                self._in_emit = False
+
+        async def many(items: Iterable[Any]) -> None:
+            if self.stopping:
+                raise Stopped
+            self._in_emit = True
+            try:
+                await inner.many(items)
+            finally:
+                self._in_emit = False
+
+        emit.many = many  # type: ignore[attr-defined]
+        self._current = node
+        started = _perf()
+        try:
+            with anyio.CancelScope() as scope:
+                node.scope = scope
+                node.active = 1
+                if node.is_async:
+                    await node.fn(emit)
+                else:
+                    await self.lane(node).run(functools.partial(node.fn, _ThreadEmit(self, emit)))
+        except (Stopped, _Abort):
+            pass
+        except Exception as exc:
+            self.fail(node, None, exc)
+        finally:
+            node.active = 0
+            node.busy += _perf() - started
+            self._current = None
+
+
+class _ThreadEmit:
+    """A plain root's ``emit`` under the serial engine: each call runs the subtree on the loop and waits."""
+
+    def __init__(self, engine: SerialEngine, emit: Any) -> None:
+        self._engine = engine
+        self._emit = emit
+
+    def __call__(self, item: Any) -> None:
+        self._run(self._emit, item)
+
+    def many(self, items: Iterable[Any]) -> None:
+        """Deliver several messages (to batch children as one list)."""
+        self._run(self._emit.many, list(items))
+
+    def _run(self, fn: Any, arg: Any) -> None:
+        engine = self._engine
+        if engine.stopping or engine.failure is not None:
+            raise Stopped
+        try:
+            anyio.from_thread.run(fn, arg, token=engine._token)
+        except anyio.RunFinishedError:
+            raise Stopped from None
+        except Exception:
+            raise
+        except BaseException:  # the subtree failed (_Abort) or the run was cancelled: end the root
+            raise Stopped from None
+
+
+def _call_plain(node: Node, fn: Any, unit: Any, with_emit: bool) -> list[Any]:
+    out = Collector()
+    check_result(node, fn(unit, out) if with_emit else fn(unit))
+    return out
