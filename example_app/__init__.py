@@ -1,9 +1,11 @@
 """example_app: a small application built on nacelle_py, written as a user would.
 
-``python -m example_app`` opens a SQLite database (priority 0), then runs a
-heartbeat process (priority 1) that writes a row every ``EXAMPLE_TICK``
-seconds and reports healthy once the first row is in. SIGINT or SIGTERM
-stops it gracefully (exit status 0); ``--help`` lists every setting.
+``python -m example_app`` opens a SQLite database (priority 0), starts a job
+dispatcher (priority 1), then runs a heartbeat process that writes a row every
+``EXAMPLE_TICK`` seconds and reports healthy once the first row is in, and a
+pipeline that samples the load average, smooths it and stores it in batches
+(both priority 2). SIGINT or SIGTERM stops it gracefully (exit status 0);
+``--help`` lists every setting.
 """
 
 from __future__ import annotations
@@ -11,6 +13,16 @@ from __future__ import annotations
 from .app import build_app
 from .db import Database
 from .heartbeat import Heartbeat
+from .load import LoadPipeline, LoadSettings
 from .settings import DEFAULT_DB_PATH, DbSettings, HeartbeatSettings
 
-__all__ = ["DEFAULT_DB_PATH", "Database", "DbSettings", "Heartbeat", "HeartbeatSettings", "build_app"]
+__all__ = [
+    "DEFAULT_DB_PATH",
+    "Database",
+    "DbSettings",
+    "Heartbeat",
+    "HeartbeatSettings",
+    "LoadPipeline",
+    "LoadSettings",
+    "build_app",
+]

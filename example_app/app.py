@@ -7,6 +7,7 @@ from nacelle_py.base import Dispatcher
 
 from .db import Database
 from .heartbeat import Heartbeat
+from .load import LoadPipeline
 
 __all__ = ["build_app"]
 
@@ -20,4 +21,6 @@ def build_app() -> App:
     jobs = app.register(Dispatcher(max_buffered=100, min_workers=1, max_workers=4, task_timeout=5), name="jobs", priority=1)
     app.services.set("jobs", jobs)
     app.register(Heartbeat(), name="heartbeat", priority=2, start_timeout=5, shutdown_timeout=5)
+    # sample -> smooth -> store: on SIGTERM it stops sampling and drains into the database.
+    app.register(LoadPipeline(), name="load", priority=2, shutdown_timeout=5)
     return app

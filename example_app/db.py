@@ -17,7 +17,13 @@ create table if not exists heartbeat (
     id   integer primary key,
     beat integer not null,
     at   real    not null   -- unix time
-)
+);
+create table if not exists load (
+    id      integer primary key,
+    at      real not null,  -- unix time
+    load    real not null,  -- 1-minute load average
+    average real not null   -- its exponential moving average
+);
 """
 
 
@@ -36,7 +42,7 @@ class Database(Initializer):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.connection = sqlite3.connect(path, check_same_thread=False)
         with self.connection:
-            self.connection.execute(SCHEMA)
+            self.connection.executescript(SCHEMA)
         self.services.set("db", self.connection)
         self.logger.info("database opened", path=str(path))
 

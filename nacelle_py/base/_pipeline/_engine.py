@@ -61,7 +61,7 @@ class Engine:
 
     def pending(self) -> int:
         """Messages accepted and not finished anywhere: what a cut-off now would drop."""
-        return sum(self.depth(n) + n.active for n in self.nodes)
+        return sum(self.depth(n) + n.in_flight() for n in self.nodes if n.role != "root")
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -82,14 +82,17 @@ class Engine:
         node.errors += 1
         if self.failure is None:
             self.failure = Failure(node, index, error)
-            self.dropped = self.pending()
             self._note_dropped()
+            if node.role != "root":  # the message that failed is in flight, and not dropped
+                node.dropped = max(0, node.dropped - (node.unit if node.batch else 1))
+            self.dropped = sum(n.dropped for n in self.nodes)
             if self._scope is not None:
                 self._scope.cancel()
 
     def _note_dropped(self) -> None:
         for node in self.nodes:
-            node.dropped = self.depth(node) + node.active
+            if node.role != "root":
+                node.dropped = self.depth(node) + node.in_flight()
 
     # -- plain stages ------------------------------------------------------------------------
 

@@ -103,6 +103,9 @@ class Outbox:
         for item in items:
             self.put(item)
 
+    __call__ = put  # the outbox is the plain root's emit
+    many = put_many
+
     def _wait_room(self) -> None:
         while len(self.items) >= self.cap:
             if self.stopped:

@@ -127,9 +127,18 @@ class ParallelEngine(Engine):
             finally:
                 outbox.finish()
 
+        error: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(outbox.forward, emit.many)
-            await self.lane(node).run(job)
+            try:
+                await self.lane(node).run(job)
+            except Stopped:
+                pass  # what it emitted before still drains
+            except Exception as exc:  # raised below, not wrapped in the task group's ExceptionGroup
+                error = exc
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
 
     # -- one worker --------------------------------------------------------------------------
 
@@ -145,6 +154,7 @@ class ParallelEngine(Engine):
                 await inbox.wait()
                 continue
             it = node.load(batch)
+            node.active = 1  # from here to the end of the batch, one message is always in flight
             started = _perf()
             try:
                 if emit is None:
@@ -159,6 +169,7 @@ class ParallelEngine(Engine):
             finally:
                 node.busy += _perf() - started
             node.cursor = None
+            node.active = 0
 
     async def _single_plain(self, node: Node) -> bool:
         """A plain stage with one worker: slices of the batch on the stage's thread."""
@@ -174,6 +185,7 @@ class ParallelEngine(Engine):
                 await inbox.wait()
                 continue
             it = node.load(batch)
+            node.active = 1
             started = _perf()
             try:
                 while True:
@@ -189,6 +201,7 @@ class ParallelEngine(Engine):
             finally:
                 node.busy += _perf() - started
             node.cursor = None
+            node.active = 0
 
     # -- several workers ---------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ class SerialEngine(Engine):
         self._in_emit = False  # the current root is inside emit (its subtree is working)
         self._current: Node | None = None
         self._token: Any = None
+        self._emitted = 0  # by the roots: every 256th emit lets other tasks run
 
     def started(self, node: Node) -> int:
         """Every message a stage took is started at once."""
@@ -164,6 +165,13 @@ class SerialEngine(Engine):
         async def emit(item: Any) -> None:
             if self.stopping:
                 raise Stopped
+            self._emitted += 1
+            if not self._emitted & 255:
+                # Nothing below may ever wait: without this, a busy root would never let
+                # another task (a stop(), a signal handler, a cancellation) run.
+                await anyio.lowlevel.checkpoint()
+                if self.stopping:
+                    raise Stopped
             self._in_emit = True
             try:
                 await inner(item)
@@ -171,6 +179,7 @@ class SerialEngine(Engine):
                 self._in_emit = False
 
         async def many(items: Iterable[Any]) -> None:
+            await anyio.lowlevel.checkpoint()
             if self.stopping:
                 raise Stopped
             self._in_emit = True

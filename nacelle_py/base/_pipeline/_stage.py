@@ -135,6 +135,10 @@ class Node:
         left: int = it.__length_hint__()
         return self.base + (self.count - left - 1) * self.unit
 
+    def in_flight(self) -> int:
+        """Messages being processed right now."""
+        return self.active * (self.unit if self.batch else 1)
+
     def remaining(self) -> int:
         """Messages taken off the edge and not started yet."""
         cursor = self.cursor
