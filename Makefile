@@ -29,6 +29,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/boot.py
 	$(BIN)/python bench/import_time.py
 	$(BIN)/python bench/dispatcher.py
+	$(BIN)/python bench/pipeline.py
 
 docs: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[docs]'
