@@ -20,7 +20,7 @@ at most one batch it took earlier (the list it swapped out).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -40,32 +40,47 @@ READY: Any = _Ready()
 
 
 class Inbox:
-    """A stage's input edge: a list the parent appends to and the stage swaps out."""
+    """A stage's input edge: a list the parent appends to and the stage swaps out.
 
-    __slots__ = ("cap", "closed", "consumer", "items", "producer", "room")
+    The bound covers the messages waiting here *and* those the stage took and has
+    not started (``node.remaining()``): ``buffer`` is what may wait for the stage.
+    """
 
-    def __init__(self, cap: int) -> None:
+    __slots__ = ("cap", "closed", "consumer", "items", "node", "on_take", "producer", "room")
+
+    def __init__(self, cap: int, node: Any) -> None:
         self.items: list[Any] = []
         self.cap = cap
-        self.room = cap  # 0 while the consumer sleeps, so the next put wakes it
+        self.node = node  # the consumer stage: how much of its batch it has not started
+        # The fast path admits a put while len(items) < room: cap less the consumer's
+        # unstarted messages when last looked (a safe under-estimate as it works through
+        # them), or 0 while the consumer sleeps, so that the next put wakes it.
+        self.room = cap
         self.consumer: anyio.Event | None = None  # set to wake sleeping consumers
         self.producer: anyio.Event | None = None  # set to wake producers waiting for room
         self.closed = False  # the parent has finished: no more messages
+        # Called when the stage takes its edge or finds it empty: a plain root's thread waits for that.
+        self.on_take: Callable[[], None] | None = None
 
     def after_put(self) -> Any:
-        """The slow path of a put: wake the consumer, wait while the edge is full."""
+        """The slow path of a put: wake the consumer, refresh ``room``, wait while the edge is full."""
         consumer = self.consumer
         if consumer is not None:
             self.consumer = None
-            self.room = self.cap
             consumer.set()
-        if len(self.items) >= self.cap:
+        self.room = room = self.cap - self.node.remaining()
+        if len(self.items) >= room:
             return self.wait_room()
         return READY
 
+    def full(self) -> bool:
+        """Whether the waiting messages reach the bound."""
+        waiting: int = len(self.items) + self.node.remaining()
+        return waiting >= self.cap
+
     async def wait_room(self) -> None:
         """Wait until the consumer takes the waiting messages."""
-        while len(self.items) >= self.cap:
+        while self.full():
             producer = self.producer
             if producer is None:
                 producer = self.producer = anyio.Event()
@@ -76,7 +91,7 @@ class Inbox:
         position, total = 0, len(items)
         while position < total:
             queue = self.items
-            room = self.cap - len(queue)
+            room = self.cap - self.node.remaining() - len(queue)
             if room <= 0:
                 self.after_put()
                 await self.wait_room()
@@ -94,15 +109,25 @@ class Inbox:
         if not items:
             return None
         self.items = []
+        # The consumer is about to start on these: they count against the bound until started.
+        self.room = self.cap - len(items) - self.node.remaining()
         producer = self.producer
         if producer is not None:
             self.producer = None
             producer.set()
+        if self.on_take is not None:
+            self.on_take()
         return items
 
     async def wait(self) -> None:
         """Sleep until a put or ``close()``."""
         self.room = 0
+        producer = self.producer
+        if producer is not None:  # nothing left to take: whoever waits for room has it now
+            self.producer = None
+            producer.set()
+        if self.on_take is not None:
+            self.on_take()
         consumer = self.consumer
         if consumer is None:
             consumer = self.consumer = anyio.Event()

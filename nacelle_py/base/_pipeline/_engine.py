@@ -47,6 +47,21 @@ class Engine:
 
     async def run(self) -> None:
         """Run every node to completion, a stop, or the first failure (kept in ``failure``)."""
+        try:
+            async with anyio.create_task_group() as outer:
+                self._scope = outer.cancel_scope
+                if self.needs_threads():
+                    self.waker = Waker()
+                    outer.start_soon(self.waker.pump)
+                await self.run_nodes()
+                outer.cancel_scope.cancel()
+        finally:
+            self.close_lanes()
+            if self.waker is not None:
+                self.waker.close()
+
+    async def run_nodes(self) -> None:
+        """The engine's own part of ``run``: within the run's cancel scope, threads ready."""
         raise NotImplementedError
 
     # -- progress, read by stats and the stall watch ------------------------------------------
@@ -59,10 +74,6 @@ class Engine:
         """Messages waiting for the stage: on its edge, and taken but not started."""
         return node.remaining()
 
-    def pending(self) -> int:
-        """Messages accepted and not finished anywhere: what a cut-off now would drop."""
-        return sum(self.depth(n) + n.in_flight() for n in self.nodes if n.role != "root")
-
     # -- stopping ----------------------------------------------------------------------------
 
     def stop_roots(self) -> None:
@@ -72,7 +83,6 @@ class Engine:
     def cut_off(self) -> int:
         """Cancel everything still running (a drain that took too long); return what was dropped."""
         if self._scope is not None and not self._scope.cancel_called:
-            self.dropped = self.pending()
             self._note_dropped()
             self._scope.cancel()
         return self.dropped
@@ -82,17 +92,25 @@ class Engine:
         node.errors += 1
         if self.failure is None:
             self.failure = Failure(node, index, error)
-            self._note_dropped()
             if node.role != "root":  # the message that failed is in flight, and not dropped
-                node.dropped = max(0, node.dropped - (node.unit if node.batch else 1))
-            self.dropped = sum(n.dropped for n in self.nodes)
+                node.active = max(0, node.active - 1)
+            self._note_dropped()
+            if node.role != "root":
+                node.active += 1
             if self._scope is not None:
                 self._scope.cancel()
 
+    def drop(self, node: Node, count: int) -> None:
+        """Count messages lost outside any stage's edge (a plain root's last emits during a stop)."""
+        node.dropped += count
+        self.dropped += count
+
     def _note_dropped(self) -> None:
+        """Everything accepted and not finished is dropped: on each edge, and in flight."""
         for node in self.nodes:
             if node.role != "root":
                 node.dropped = self.depth(node) + node.in_flight()
+        self.dropped = sum(node.dropped for node in self.nodes)
 
     # -- plain stages ------------------------------------------------------------------------
 

@@ -76,9 +76,10 @@ class Outbox:
     missed). ``emit`` raises ``Stopped`` once ``stop()`` was called.
     """
 
-    def __init__(self, waker: Waker, cap: int) -> None:
+    def __init__(self, waker: Waker, cap: int, backlog: Callable[[], int] = lambda: 0) -> None:
         self._waker = waker
         self.cap = cap
+        self._backlog = backlog  # messages waiting downstream, counted against the same bound
         self.items: deque[Any] = deque()
         self.room = threading.Event()
         self.sleeping = False
@@ -93,9 +94,10 @@ class Outbox:
             raise Stopped
         items = self.items
         items.append(item)
-        if self.sleeping:
+        if self.sleeping:  # one wake-up per sleep, not a syscall per message
+            self.sleeping = False
             self._waker.notify()
-        if len(items) >= self.cap:
+        if len(items) + self._backlog() >= self.cap:
             self._wait_room()
 
     def put_many(self, items: Iterable[Any]) -> None:
@@ -107,13 +109,15 @@ class Outbox:
     many = put_many
 
     def _wait_room(self) -> None:
-        while len(self.items) >= self.cap:
+        while len(self.items) + self._backlog() >= self.cap:
             if self.stopped:
                 raise Stopped
             self.room.clear()
-            if len(self.items) < self.cap:
+            if len(self.items) + self._backlog() < self.cap:
                 return
-            self.room.wait(0.05)  # a bound: stop() sets stopped without a way to reach us otherwise
+            # Set when the loop forwards, a child takes its edge, or stop(); the timeout
+            # only bounds the wait should a wake-up race past the check above.
+            self.room.wait(0.05)
 
     def finish(self) -> None:
         """The root's function returned (or raised): the loop forwards what is left and ends."""
@@ -123,9 +127,10 @@ class Outbox:
     # -- the loop's side ------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Make the root's next ``emit`` raise ``Stopped``."""
+        """Make the root's next ``emit`` raise ``Stopped``; ``forward`` ends once the outbox is empty."""
         self.stopped = True
         self.room.set()
+        self._waker.notify()
 
     async def forward(self, many: Callable[[list[Any]], Any]) -> None:
         """Hand everything the thread emits to ``many`` (the root's async ``emit.many``) until done."""
@@ -136,12 +141,12 @@ class Outbox:
                 self.room.set()
                 await many(chunk)
                 continue
-            if self.done:
+            if self.done or self.stopped:
                 if items:
                     continue
                 return
             self.sleeping = True
-            if items or self.done:
+            if items or self.done or self.stopped:
                 self.sleeping = False
                 continue
             try:

@@ -15,7 +15,6 @@ from typing import Any
 
 import anyio
 
-from ..._waker import Waker
 from ._edge import AsyncCollector, Collector, Inbox, emitter
 from ._engine import Engine, check_result
 from ._lanes import Outbox, Stopped
@@ -43,28 +42,17 @@ class ParallelEngine(Engine):
         inbox = node.inbox
         return node.remaining() + (len(inbox.items) if inbox is not None else 0)
 
-    async def run(self) -> None:
+    async def run_nodes(self) -> None:
         """Run every stage; returns when all have finished, were cut off, or one failed."""
         for node in self.nodes:
             node.reset()
             if node.role != "root":
-                node.inbox = Inbox(node.buffer)
+                node.inbox = Inbox(node.buffer, node)
         for node in self.nodes:
             self._emits[node.name] = emitter([c.inbox for c in node.children], node)
-        try:
-            async with anyio.create_task_group() as outer:
-                self._scope = outer.cancel_scope
-                if self.needs_threads():
-                    self.waker = Waker()
-                    outer.start_soon(self.waker.pump)
-                async with anyio.create_task_group() as stages:
-                    for node in self.nodes:
-                        stages.start_soon(self._run_node, node, name=f"pipeline stage {node.name}")
-                outer.cancel_scope.cancel()
-        finally:
-            self.close_lanes()
-            if self.waker is not None:
-                self.waker.close()
+        async with anyio.create_task_group() as stages:
+            for node in self.nodes:
+                stages.start_soon(self._run_node, node, name=f"pipeline stage {node.name}")
 
     def stop_roots(self) -> None:
         """Cancel async roots, make plain roots' next emit raise; the rest drains."""
@@ -93,32 +81,43 @@ class ParallelEngine(Engine):
     async def _root(self, node: Node) -> bool:
         emit = self._emits[node.name]
         started = _perf()
-        with anyio.CancelScope() as scope:
-            node.scope = scope
-            node.active = 1
-            if self.stopping:
-                scope.cancel()
-            try:
-                if node.is_async:
+        node.active = 1
+        try:
+            if node.is_async:
+                with anyio.CancelScope() as scope:
+                    node.scope = scope
+                    if self.stopping:
+                        scope.cancel()
                     await node.fn(emit)
-                else:
-                    await self._plain_root(node, emit)
-            except Stopped:
-                pass
-            except Exception as exc:
-                self.fail(node, None, exc)
-                return False
-            finally:
-                node.active = 0
-                node.busy += _perf() - started
+            else:
+                await self._plain_root(node, emit)
+        except Exception as exc:
+            self.fail(node, None, exc)
+            return False
+        finally:
+            node.active = 0
+            node.busy += _perf() - started
         return True
 
     async def _plain_root(self, node: Node, emit: Any) -> None:
+        """The root's function on its thread; what it emits is forwarded from the outbox.
+
+        A stop cancels only the wait for the thread (which may be blocked in its own
+        code, where nothing can interrupt it): what is already in the outbox drains.
+        """
         assert self.waker is not None
-        outbox = Outbox(self.waker, node.buffer)
+        inboxes = [child.inbox for child in node.children]
+
+        def backlog() -> int:  # read from the root's thread: lengths only, atomic under the GIL
+            return max((len(inbox.items) + inbox.node.remaining() for inbox in inboxes), default=0)
+
+        # The thread waits while what it emitted and its children's edges reach the
+        # smallest child buffer: the outbox adds no hidden buffer of its own.
+        cap = min((inbox.cap for inbox in inboxes), default=node.buffer)
+        outbox = Outbox(self.waker, cap, backlog)
+        for inbox in inboxes:
+            inbox.on_take = outbox.room.set
         self._outboxes.append(outbox)
-        if self.stopping:
-            outbox.stop()
         fn = node.fn
 
         def job() -> None:
@@ -130,15 +129,23 @@ class ParallelEngine(Engine):
         error: Exception | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(outbox.forward, emit.many)
-            try:
-                await self.lane(node).run(job)
-            except Stopped:
-                pass  # what it emitted before still drains
-            except Exception as exc:  # raised below, not wrapped in the task group's ExceptionGroup
-                error = exc
-                tg.cancel_scope.cancel()
+            with anyio.CancelScope() as scope:
+                node.scope = scope
+                if self.stopping:
+                    outbox.stop()
+                    scope.cancel()
+                try:
+                    await self.lane(node).run(job)
+                except Stopped:
+                    pass  # what it emitted before still drains
+                except Exception as exc:  # raised below, not wrapped in the task group's ExceptionGroup
+                    error = exc
+                    tg.cancel_scope.cancel()
         if error is not None:
             raise error
+        # Emitted while stop() was being called, after the outbox's last look: dropped.
+        if outbox.items:
+            self.drop(node, len(outbox.items))
 
     # -- one worker --------------------------------------------------------------------------
 
@@ -146,13 +153,7 @@ class ParallelEngine(Engine):
         """An async stage with one worker: the hot loop."""
         inbox, fn = node.inbox, node.fn
         emit = self._emits[node.name] if node.children else None
-        while True:
-            batch = inbox.take()
-            if batch is None:
-                if inbox.closed:
-                    return True
-                await inbox.wait()
-                continue
+        while (batch := inbox.take() or await _take(inbox)) is not None:
             it = node.load(batch)
             node.active = 1  # from here to the end of the batch, one message is always in flight
             started = _perf()
@@ -170,6 +171,7 @@ class ParallelEngine(Engine):
                 node.busy += _perf() - started
             node.cursor = None
             node.active = 0
+        return True
 
     async def _single_plain(self, node: Node) -> bool:
         """A plain stage with one worker: slices of the batch on the stage's thread."""
@@ -177,13 +179,7 @@ class ParallelEngine(Engine):
         lane = self.lane(node)
         forward = self._emits[node.name].many if node.children else None
         job = functools.partial(_slice, node, node.fn, bool(node.children))
-        while True:
-            batch = inbox.take()
-            if batch is None:
-                if inbox.closed:
-                    return True
-                await inbox.wait()
-                continue
+        while (batch := inbox.take() or await _take(inbox)) is not None:
             it = node.load(batch)
             node.active = 1
             started = _perf()
@@ -202,6 +198,7 @@ class ParallelEngine(Engine):
                 node.busy += _perf() - started
             node.cursor = None
             node.active = 0
+        return True
 
     # -- several workers ---------------------------------------------------------------------
 
@@ -242,13 +239,15 @@ class _Pool:
             it = node.cursor
             unit = next(it, _END) if it is not None else _END
             if unit is _END:
+                # Take the next batch only once the current one is used up: a worker that
+                # waited must look at the cursor again (another may have loaded one meanwhile).
                 batch = inbox.take()
-                if batch is None:
-                    if inbox.closed:
-                        return
+                if batch is not None:
+                    node.load(batch)
+                elif inbox.closed:
+                    return
+                else:
                     await inbox.wait()
-                    continue
-                node.load(batch)
                 continue
             index = node.index(it)
             seq = self.pulled
@@ -305,6 +304,15 @@ class _Pool:
         if self.moved is None:
             self.moved = anyio.Event()
         await self.moved.wait()
+
+
+async def _take(inbox: Inbox) -> list[Any] | None:
+    """The next batch on ``inbox``, waiting for one; None once it is closed and empty."""
+    while (batch := inbox.take()) is None:
+        if inbox.closed:
+            return None
+        await inbox.wait()
+    return batch
 
 
 def _slice(node: Node, fn: Any, with_emit: bool, it: Any) -> tuple[list[Any], BaseException | None]:

@@ -19,7 +19,6 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from ..._waker import Waker
 from ._edge import Collector
 from ._engine import Engine, check_result
 from ._lanes import Stopped
@@ -57,28 +56,17 @@ class SerialEngine(Engine):
         """Nothing waits: a message is handed over directly."""
         return 0
 
-    async def run(self) -> None:
+    async def run_nodes(self) -> None:
         """Run the roots in order; each returns once its last message has gone through its subtree."""
         for node in self.nodes:
             node.reset()
         for node in reversed(self.nodes):  # children first: a stage's emit calls its children's deliverers
             self._wire(node)
         self._token = anyio.lowlevel.current_token()
-        try:
-            async with anyio.create_task_group() as outer:
-                self._scope = outer.cancel_scope
-                if self.needs_threads():
-                    self.waker = Waker()
-                    outer.start_soon(self.waker.pump)
-                for root in self.roots:
-                    if self.stopping or self.failure is not None:
-                        break
-                    await self._root(root)
-                outer.cancel_scope.cancel()
-        finally:
-            self.close_lanes()
-            if self.waker is not None:
-                self.waker.close()
+        for root in self.roots:
+            if self.stopping or self.failure is not None:
+                break
+            await self._root(root)
 
     def stop_roots(self) -> None:
         """Let the current message finish its subtree; the root's next emit ends it."""

@@ -208,25 +208,25 @@ def _check(node: Node, stage: Stage, owner: str) -> None:
     required, most = _arity(stage.fn)
     if required is None:
         return  # no signature to check (a builtin, say): trust the wiring
-    if node.role == "root" and required >= 2:
-        raise RegistrationError(
-            f"{where} is a root and takes a message ({_sig(stage.fn)}); a root is fn(emit) and "
-            "produces messages. Make it a child of another stage, or drop the message parameter"
-        )
-    if node.role == "root" and most < 1:
-        raise RegistrationError(f"{where} is a root and must accept emit: fn(emit), got {_sig(stage.fn)}")
-    if node.role == "inner" and most < 2:
-        raise RegistrationError(
-            f"{where} has children but does not accept emit ({_sig(stage.fn)}); an inner stage is "
-            "fn(msg, emit). Add the emit parameter, or remove its children"
-        )
-    if node.role == "leaf" and required >= 2:
-        raise RegistrationError(
-            f"{where} is a leaf (no children) but takes emit ({_sig(stage.fn)}); what it emitted would "
-            "go nowhere. Give it children, or make it fn(msg)"
-        )
-    if node.role == "leaf" and most < 1:
-        raise RegistrationError(f"{where} is a leaf and must accept the message: fn(msg), got {_sig(stage.fn)}")
+    for role, broken, text in _SIGNATURE_RULES:
+        if node.role == role and broken(required, most):
+            raise RegistrationError(f"{where} " + text.format(sig=_sig(stage.fn)))
+
+
+# (role, is the signature wrong for it? given (required, most) positional parameters, message)
+_SIGNATURE_RULES: tuple[tuple[str, Callable[[int, int], bool], str], ...] = (
+    ("root", lambda required, most: required >= 2,
+     "is a root and takes a message ({sig}); a root is fn(emit) and produces messages. "
+     "Make it a child of another stage, or drop the message parameter"),
+    ("root", lambda required, most: most < 1, "is a root and must accept emit: fn(emit), got {sig}"),
+    ("inner", lambda required, most: most < 2,
+     "has children but does not accept emit ({sig}); an inner stage is fn(msg, emit). "
+     "Add the emit parameter, or remove its children"),
+    ("leaf", lambda required, most: required >= 2,
+     "is a leaf (no children) but takes emit ({sig}); what it emitted would go nowhere. "
+     "Give it children, or make it fn(msg)"),
+    ("leaf", lambda required, most: most < 1, "is a leaf and must accept the message: fn(msg), got {sig}"),
+)
 
 
 def _arity(fn: Callable[..., Any]) -> tuple[int | None, int]:
