@@ -24,7 +24,10 @@ def is_async(method: Callable[..., Any]) -> bool:
     code = getattr(getattr(method, "__func__", method), "__code__", None)
     if code is not None:
         return bool(code.co_flags & inspect.CO_COROUTINE)
-    return inspect.iscoroutinefunction(method)  # partials, callable objects, ...
+    if inspect.iscoroutinefunction(method):  # partials, ...
+        return True
+    call = getattr(type(method), "__call__", None)  # an object whose __call__ is async def
+    return call is not None and not isinstance(method, type) and inspect.iscoroutinefunction(call)
 
 
 def _escaped(label: str, exc: BaseException) -> RuntimeError:

@@ -20,11 +20,14 @@ at most one batch it took earlier (the list it swapped out).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+
+from ._lanes import Stopped
 
 __all__ = ["READY", "Collector", "Inbox", "emitter"]
 
@@ -46,7 +49,7 @@ class Inbox:
     not started (``node.remaining()``): ``buffer`` is what may wait for the stage.
     """
 
-    __slots__ = ("cap", "closed", "consumer", "items", "node", "on_take", "producer", "room")
+    __slots__ = ("cap", "closed", "consumer", "items", "node", "on_take", "producer", "room", "sealed")
 
     def __init__(self, cap: int, node: Any) -> None:
         self.items: list[Any] = []
@@ -59,19 +62,33 @@ class Inbox:
         self.consumer: anyio.Event | None = None  # set to wake sleeping consumers
         self.producer: anyio.Event | None = None  # set to wake producers waiting for room
         self.closed = False  # the parent has finished: no more messages
+        self.sealed = False  # the parent is a stopped root: a put raises Stopped
         # Called when the stage takes its edge or finds it empty: a plain root's thread waits for that.
         self.on_take: Callable[[], None] | None = None
 
     def after_put(self) -> Any:
         """The slow path of a put: wake the consumer, refresh ``room``, wait while the edge is full."""
+        if self.sealed:
+            self.items.pop()  # the message this put appended: a stopped root emits nothing more
+            raise Stopped
+        self.wake()
+        if len(self.items) >= self.room:
+            return self.wait_room()
+        return READY
+
+    def wake(self) -> None:
+        """Wake a sleeping consumer and refresh ``room``."""
         consumer = self.consumer
         if consumer is not None:
             self.consumer = None
             consumer.set()
-        self.room = room = self.cap - self.node.remaining()
-        if len(self.items) >= room:
-            return self.wait_room()
-        return READY
+        if not self.sealed:
+            self.room = self.cap - self.node.remaining()
+
+    def seal(self) -> None:
+        """The parent (a root) stopped: every later put raises ``Stopped``; what is here drains."""
+        self.sealed = True
+        self.room = 0  # every put takes the slow path, which checks ``sealed``
 
     def full(self) -> bool:
         """Whether the waiting messages reach the bound."""
@@ -86,22 +103,37 @@ class Inbox:
                 producer = self.producer = anyio.Event()
             await producer.wait()
 
-    async def put_many(self, items: list[Any]) -> None:
-        """Append ``items`` in order, in pieces that fit the bound."""
+    def free(self) -> int:
+        """How many messages fit now."""
+        free: int = self.cap - self.node.remaining() - len(self.items)
+        return free
+
+    async def put_many(self, items: Iterable[Any]) -> None:
+        """Append ``items`` in order, in pieces that fit the bound; an iterator is read as room allows."""
+        if type(items) is list or type(items) is tuple:
+            await self.put_list(items)  # type: ignore[arg-type]
+            return
+        iterator = iter(items)
+        while piece := list(islice(iterator, max(1, self.free()))):
+            await self.put_list(piece)
+
+    async def put_list(self, items: list[Any]) -> None:
+        """Append a list in order, in pieces that fit the bound."""
         position, total = 0, len(items)
         while position < total:
-            queue = self.items
-            room = self.cap - self.node.remaining() - len(queue)
+            if self.sealed:
+                raise Stopped
+            room = self.free()
             if room <= 0:
-                self.after_put()
+                self.wake()
                 await self.wait_room()
                 continue
             if position == 0 and room >= total:
-                queue.extend(items)
+                self.items.extend(items)
             else:
-                queue.extend(items[position : position + room])
+                self.items.extend(items[position : position + room])
             position += room
-            await self.after_put()
+            self.wake()
 
     def take(self) -> list[Any] | None:
         """Everything waiting (and an empty list in its place), or None."""
@@ -109,8 +141,9 @@ class Inbox:
         if not items:
             return None
         self.items = []
-        # The consumer is about to start on these: they count against the bound until started.
-        self.room = self.cap - len(items) - self.node.remaining()
+        if not self.sealed:
+            # The consumer is about to start on these: they count against the bound until started.
+            self.room = self.cap - len(items) - self.node.remaining()
         producer = self.producer
         if producer is not None:
             self.producer = None
@@ -142,8 +175,14 @@ class Inbox:
             consumer.set()
 
 
-def _as_list(items: Iterable[Any]) -> list[Any]:
-    return items if type(items) is list else list(items)
+def pieces(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` as lists of at most ``size`` (a list as itself): an iterator is never read ahead further."""
+    if type(items) is list:
+        yield items
+        return
+    iterator = iter(items)
+    while piece := list(islice(iterator, size)):
+        yield piece
 
 
 def emitter(inboxes: list[Inbox], node: Any) -> Any:
@@ -156,8 +195,9 @@ def emitter(inboxes: list[Inbox], node: Any) -> Any:
             return READY if out & 255 else anyio.lowlevel.checkpoint()
 
         async def many(items: Iterable[Any]) -> None:
-            node.out += len(_as_list(items))
-            await anyio.lowlevel.checkpoint()
+            for piece in pieces(items, 1024):
+                node.out += len(piece)
+                await anyio.lowlevel.checkpoint()
 
     elif len(inboxes) == 1:
         inbox = inboxes[0]
@@ -170,7 +210,7 @@ def emitter(inboxes: list[Inbox], node: Any) -> Any:
             return READY
 
         async def many(items: Iterable[Any]) -> None:
-            await inbox.put_many(_as_list(items))
+            await inbox.put_many(items)
 
     else:
 
@@ -183,18 +223,31 @@ def emitter(inboxes: list[Inbox], node: Any) -> Any:
                     slow = True
             return _after_put_all(inboxes) if slow else READY
 
+        smallest = min(inbox.cap for inbox in inboxes)
+
         async def many(items: Iterable[Any]) -> None:
-            chunk = _as_list(items)
-            for inbox in inboxes:
-                await inbox.put_many(chunk)
+            for piece in pieces(items, smallest):
+                for inbox in inboxes:
+                    await inbox.put_list(piece)
 
     emit.many = many  # type: ignore[attr-defined]
     return emit
 
 
-async def _after_put_all(inboxes: list[Inbox]) -> None:
+def _after_put_all(inboxes: list[Inbox]) -> Any:
+    """A fan-out put's slow path: wake every child first, then wait for room where it is short."""
+    if any(inbox.sealed for inbox in inboxes):
+        for inbox in inboxes:
+            inbox.items.pop()
+        raise Stopped
     for inbox in inboxes:
-        await inbox.after_put()
+        inbox.wake()
+    return _wait_all(inboxes)
+
+
+async def _wait_all(inboxes: list[Inbox]) -> None:
+    for inbox in inboxes:
+        await inbox.wait_room()
 
 
 class Collector(list):  # type: ignore[type-arg]

@@ -14,10 +14,13 @@ from typing import Any
 import anyio
 
 from ..._waker import Waker
-from ._lanes import Lane
+from ._lanes import Lane, Outbox
 from ._stage import Node
 
-__all__ = ["Engine", "Failure", "check_result"]
+__all__ = ["FAILURES", "Engine", "Failure", "check_result"]
+
+FAILURES = (Exception, SystemExit, KeyboardInterrupt)
+"""What a stage may raise and have reported as its failure: a stage does not end the process."""
 
 
 class Failure(Exception):
@@ -42,8 +45,13 @@ class Engine:
         self.stopping = False
         self.dropped = 0
         self.waker: Waker | None = None
+        self.outboxes: list[Outbox] = []  # plain roots' outboxes: told to stop when the run ends
         self._lanes: dict[str, list[Lane]] = {}
         self._scope: anyio.CancelScope | None = None
+
+    @classmethod
+    def check(cls, nodes: list[Node], owner: str) -> None:
+        """Refuse, before anything runs, a tree this engine cannot run (``RegistrationError``)."""
 
     async def run(self) -> None:
         """Run every node to completion, a stop, or the first failure (kept in ``failure``)."""
@@ -56,6 +64,11 @@ class Engine:
                 await self.run_nodes()
                 outer.cancel_scope.cancel()
         finally:
+            # However the run ended (a cut-off, an error, the caller's cancellation), a
+            # plain root's thread must not go on emitting into a pipeline nobody runs.
+            self.stopping = True
+            for outbox in self.outboxes:
+                outbox.stop()
             self.close_lanes()
             if self.waker is not None:
                 self.waker.close()
@@ -79,6 +92,8 @@ class Engine:
     def stop_roots(self) -> None:
         """Stop producing; what is in flight drains."""
         self.stopping = True
+        for outbox in self.outboxes:
+            outbox.stop()
 
     def cut_off(self) -> int:
         """Cancel everything still running (a drain that took too long); return what was dropped."""
@@ -109,8 +124,12 @@ class Engine:
         """Everything accepted and not finished is dropped: on each edge, and in flight."""
         for node in self.nodes:
             if node.role != "root":
-                node.dropped = self.depth(node) + node.in_flight()
+                node.dropped = self.depth(node) + node.in_flight() + self.held(node)
         self.dropped = sum(node.dropped for node in self.nodes)
+
+    def held(self, node: Node) -> int:
+        """Messages a stage produced and holds back (an ordered stage's reorder buffer)."""
+        return 0
 
     # -- plain stages ------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ class Outbox:
         self.sleeping = False
         self.stopped = False
         self.done = False
+        self.processing = 0  # taken by the loop and not yet handed on: still within the bound
 
     # -- the thread's side ----------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class Outbox:
         if self.sleeping:  # one wake-up per sleep, not a syscall per message
             self.sleeping = False
             self._waker.notify()
-        if len(items) + self._backlog() >= self.cap:
+        if len(items) + self.processing + self._backlog() >= self.cap:
             self._wait_room()
 
     def put_many(self, items: Iterable[Any]) -> None:
@@ -109,11 +110,11 @@ class Outbox:
     many = put_many
 
     def _wait_room(self) -> None:
-        while len(self.items) + self._backlog() >= self.cap:
+        while len(self.items) + self.processing + self._backlog() >= self.cap:
             if self.stopped:
                 raise Stopped
             self.room.clear()
-            if len(self.items) + self._backlog() < self.cap:
+            if len(self.items) + self.processing + self._backlog() < self.cap:
                 return
             # Set when the loop forwards, a child takes its edge, or stop(); the timeout
             # only bounds the wait should a wake-up race past the check above.
@@ -127,7 +128,10 @@ class Outbox:
     # -- the loop's side ------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Make the root's next ``emit`` raise ``Stopped``; ``forward`` ends once the outbox is empty."""
+        """Make the root's next ``emit`` (or its wait for room) raise ``Stopped``.
+
+        ``forward`` hands on what is already in the outbox, then ends.
+        """
         self.stopped = True
         self.room.set()
         self._waker.notify()
@@ -138,8 +142,12 @@ class Outbox:
         while True:
             if items:
                 chunk = [items.popleft() for _ in range(len(items))]
-                self.room.set()
-                await many(chunk)
+                self.processing = len(chunk)
+                try:
+                    await many(chunk)
+                finally:
+                    self.processing = 0
+                    self.room.set()
                 continue
             if self.done or self.stopped:
                 if items:

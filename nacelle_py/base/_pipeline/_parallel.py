@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from ._edge import AsyncCollector, Collector, Inbox, emitter
-from ._engine import Engine, check_result
+from ._engine import FAILURES, Engine, check_result
 from ._lanes import Outbox, Stopped
 from ._stage import Node
 
@@ -35,7 +35,7 @@ class ParallelEngine(Engine):
     def __init__(self, nodes: list[Node]) -> None:
         super().__init__(nodes)
         self._emits: dict[str, Any] = {}
-        self._outboxes: list[Outbox] = []
+        self._pools: dict[str, _Pool] = {}
 
     def depth(self, node: Node) -> int:
         """Waiting on the edge plus taken and not started."""
@@ -54,14 +54,24 @@ class ParallelEngine(Engine):
             for node in self.nodes:
                 stages.start_soon(self._run_node, node, name=f"pipeline stage {node.name}")
 
+    def held(self, node: Node) -> int:
+        """Outputs an ordered pool finished and holds for their turn."""
+        pool = self._pools.get(node.name)
+        return sum(len(out) for out in pool.ready.values()) if pool is not None else 0
+
     def stop_roots(self) -> None:
-        """Cancel async roots, make plain roots' next emit raise; the rest drains."""
+        """Cancel async roots, make plain roots' next emit raise; the rest drains.
+
+        The roots' edges are sealed too: a root that catches the cancellation
+        gets ``Stopped`` from its next ``emit`` instead of feeding the drain.
+        """
         super().stop_roots()
         for node in self.roots:
+            if node.is_async:  # a plain root's outbox is stopped instead, and what it holds drains
+                for child in node.children:
+                    child.inbox.seal()
             if node.scope is not None:
                 node.scope.cancel()
-        for outbox in self._outboxes:
-            outbox.stop()
 
     async def _run_node(self, node: Node) -> None:
         if node.role == "root":
@@ -91,7 +101,9 @@ class ParallelEngine(Engine):
                     await node.fn(emit)
             else:
                 await self._plain_root(node, emit)
-        except Exception as exc:
+        except Stopped:
+            pass  # its edges were sealed by stop(): what it emitted before drains
+        except FAILURES as exc:
             self.fail(node, None, exc)
             return False
         finally:
@@ -117,7 +129,7 @@ class ParallelEngine(Engine):
         outbox = Outbox(self.waker, cap, backlog)
         for inbox in inboxes:
             inbox.on_take = outbox.room.set
-        self._outboxes.append(outbox)
+        self.outboxes.append(outbox)
         fn = node.fn
 
         def job() -> None:
@@ -126,7 +138,7 @@ class ParallelEngine(Engine):
             finally:
                 outbox.finish()
 
-        error: Exception | None = None
+        error: BaseException | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(outbox.forward, emit.many)
             with anyio.CancelScope() as scope:
@@ -138,7 +150,7 @@ class ParallelEngine(Engine):
                     await self.lane(node).run(job)
                 except Stopped:
                     pass  # what it emitted before still drains
-                except Exception as exc:  # raised below, not wrapped in the task group's ExceptionGroup
+                except FAILURES as exc:  # raised below, not wrapped in the task group's ExceptionGroup
                     error = exc
                     tg.cancel_scope.cancel()
         if error is not None:
@@ -164,7 +176,7 @@ class ParallelEngine(Engine):
                 else:
                     for msg in it:
                         await fn(msg, emit)
-            except Exception as exc:
+            except FAILURES as exc:
                 self.fail(node, node.index(it), exc)
                 return False
             finally:
@@ -204,7 +216,7 @@ class ParallelEngine(Engine):
 
     async def _pool(self, node: Node) -> bool:
         """``workers`` tasks share the stage's inbox; ordered stages put outputs back in order."""
-        pool = _Pool(self, node)
+        pool = self._pools[node.name] = _Pool(self, node)
         async with anyio.create_task_group() as tg:
             for worker in range(node.workers):
                 tg.start_soon(pool.work, worker)
@@ -268,7 +280,7 @@ class _Pool:
                 else:
                     out = None
                     await fn(unit, self.emit)
-            except Exception as exc:
+            except FAILURES as exc:
                 self.failed = True
                 engine.fail(node, index, exc)
                 return
@@ -334,7 +346,7 @@ def _slice(node: Node, fn: Any, with_emit: bool, it: Any) -> tuple[list[Any], Ba
                     check_result(node, result)
                 if _perf() > deadline:
                     break
-    except Exception as exc:
+    except FAILURES as exc:
         return out, exc
     return out, None
 
@@ -344,6 +356,6 @@ def _one(node: Node, fn: Any, unit: Any, with_emit: bool) -> tuple[list[Any], Ba
     out = Collector()
     try:
         check_result(node, fn(unit, out) if with_emit else fn(unit))
-    except Exception as exc:
+    except FAILURES as exc:
         return out, exc
     return out, None

@@ -125,8 +125,9 @@ class Pipeline(Process):
                 "(or set PIPELINE_ENGINE)"
             )
         self._nodes: list[Node] = build(roots, "Pipeline")
-        self._engine_name = engine or "parallel"
-        self.shutdown_timeout: float = positive("Pipeline", "shutdown_timeout", shutdown_timeout)
+        self._code_engine = self._engine_name = engine or "parallel"
+        self._code_timeout = positive("Pipeline", "shutdown_timeout", shutdown_timeout)
+        self.shutdown_timeout: float = self._code_timeout
         self.stall_after: float = positive("Pipeline", "stall_after", stall_after)
         self._engine: Engine | None = None
         self._running = False
@@ -198,7 +199,9 @@ class Pipeline(Process):
         if "settings" not in vars(self):  # standalone: read the same settings from the environment
             self._apply(Config().load(PipelineSettings))
         self._log = vars(self).get("logger") or structlog.get_logger().bind(component="pipeline")
-        engine = self._engine = ENGINES[self._engine_name](self._nodes)
+        engine_class = ENGINES[self._engine_name]
+        engine_class.check(self._nodes, "Pipeline")
+        engine = self._engine = engine_class(self._nodes)
         self._running = True
         self._stop_requested = False
         self._stalled.clear()
@@ -215,10 +218,10 @@ class Pipeline(Process):
         finally:
             self._running = False
             self._finished.set()
+            if self._health is not None:  # healthy while running: a finished batch is not serving
+                self._health.update(False)
         failure = engine.failure
         if failure is not None:
-            if self._health is not None:
-                self._health.update(False)
             emitted = self.stats()[failure.node.name].messages_out
             error = PipelineError(failure.node.name, failure.index, failure.error, emitted)
             raise error from failure.error
@@ -247,6 +250,8 @@ class Pipeline(Process):
     # -- inside -----------------------------------------------------------------------------
 
     def _apply(self, settings: PipelineSettings | None) -> None:
+        """The constructor's values, overridden by the settings that are set (looked at anew each time)."""
+        self._engine_name, self.shutdown_timeout = self._code_engine, self._code_timeout
         if settings is None:
             return
         if settings.engine is not None:
@@ -268,7 +273,7 @@ class Pipeline(Process):
                 if node.role == "root":
                     continue
                 progress = engine.started(node) + node.errors
-                busy = node.active or engine.depth(node) or node.cursor is not None
+                busy = node.active or engine.depth(node)
                 last = seen.get(node.name)
                 if last is None or last[0] != progress or not busy:
                     seen[node.name] = (progress, now)

@@ -11,23 +11,47 @@ must not block the event loop, whatever the engine.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import anyio.lowlevel
 
-from ._edge import Collector
-from ._engine import Engine, check_result
-from ._lanes import Stopped
+from ._edge import Collector, pieces
+from ..._errors import RegistrationError
+from ._engine import FAILURES, Engine, check_result
+from ._lanes import Outbox, Stopped
 from ._stage import Node
 
 __all__ = ["SerialEngine"]
 
 _perf = time.perf_counter
 Deliver = Callable[[Any], Awaitable[None]]
+
+
+_FRAMES_PER_STAGE = 4  # emit -> deliver one -> call -> the stage's function
+_MOST_STAGES = 2000  # 8,000 nested frames: far below what the C stack allows
+_HEADROOM = 300  # frames below the root (the caller, the App, anyio) and inside a stage's own code
+
+
+def _depth(node: Node) -> int:
+    depth = 1
+    while node.parent is not None:
+        node, depth = node.parent, depth + 1
+    return depth
+
+
+def _allow_depth(depth: int) -> None:
+    """Raise the interpreter's recursion limit so a tree ``depth`` stages deep runs.
+
+    Only ever raised, never lowered: another task or thread may be deep in
+    nested calls that the higher limit already allowed.
+    """
+    needed = depth * _FRAMES_PER_STAGE + _HEADROOM
+    if sys.getrecursionlimit() < needed:
+        sys.setrecursionlimit(needed)
 
 
 class _Abort(BaseException):
@@ -45,8 +69,18 @@ class SerialEngine(Engine):
         self._many: dict[str, Callable[[list[Any]], Awaitable[None]]] = {}  # deliver several
         self._in_emit = False  # the current root is inside emit (its subtree is working)
         self._current: Node | None = None
-        self._token: Any = None
         self._emitted = 0  # by the roots: every 256th emit lets other tasks run
+
+    @classmethod
+    def check(cls, nodes: list[Node], owner: str) -> None:
+        """Refuse a tree deeper than ``_MOST_STAGES``: a message goes down it as nested calls."""
+        depth = max(_depth(node) for node in nodes)
+        if depth > _MOST_STAGES:
+            raise RegistrationError(
+                f"{owner}: the stage tree is {depth} stages deep; the serial engine runs a message "
+                f"through its subtree as nested calls and goes to {_MOST_STAGES} stages deep. "
+                "Use engine='parallel' (or PIPELINE_ENGINE=parallel) for this tree"
+            )
 
     def started(self, node: Node) -> int:
         """Every message a stage took is started at once."""
@@ -62,7 +96,7 @@ class SerialEngine(Engine):
             node.reset()
         for node in reversed(self.nodes):  # children first: a stage's emit calls its children's deliverers
             self._wire(node)
-        self._token = anyio.lowlevel.current_token()
+        _allow_depth(max(_depth(node) for node in self.nodes))
         for root in self.roots:
             if self.stopping or self.failure is not None:
                 break
@@ -89,11 +123,11 @@ class SerialEngine(Engine):
                 await one(item)
 
         async def many(items: Iterable[Any]) -> None:
-            chunk = items if type(items) is list else list(items)
-            if not manys:
-                node.out += len(chunk)
-            for deliver in manys:
-                await deliver(chunk)
+            for chunk in pieces(items, 1024):  # an iterator is read a piece at a time
+                if not manys:
+                    node.out += len(chunk)
+                for deliver in manys:
+                    await deliver(chunk)
 
         emit.many = many  # type: ignore[attr-defined]
         return emit
@@ -118,7 +152,7 @@ class SerialEngine(Engine):
                         await emit.many(out)
             except (_Abort, Stopped):
                 raise
-            except Exception as exc:
+            except FAILURES as exc:
                 self.fail(node, index, exc)
                 raise _Abort from exc
             finally:
@@ -179,50 +213,70 @@ class SerialEngine(Engine):
         emit.many = many  # type: ignore[attr-defined]
         self._current = node
         started = _perf()
+        node.active = 1
         try:
-            with anyio.CancelScope() as scope:
-                node.scope = scope
-                node.active = 1
-                if node.is_async:
+            if node.is_async:
+                with anyio.CancelScope() as scope:
+                    node.scope = scope
                     await node.fn(emit)
-                else:
-                    await self.lane(node).run(functools.partial(node.fn, _ThreadEmit(self, emit)))
+            else:
+                await self._plain_root(node, emit)
         except (Stopped, _Abort):
             pass
-        except Exception as exc:
+        except FAILURES as exc:
             self.fail(node, None, exc)
         finally:
             node.active = 0
             node.busy += _perf() - started
             self._current = None
 
+    async def _plain_root(self, node: Node, emit: Any) -> None:
+        """The root's function on its thread; each ``emit`` waits until the loop has run the subtree.
 
-class _ThreadEmit:
-    """A plain root's ``emit`` under the serial engine: each call runs the subtree on the loop and waits."""
+        The thread hands one message at a time to an outbox of size 1 and waits
+        there until the message has gone through the subtree: depth-first, as
+        for an async root, with every delivery inside the run's cancel scope.
+        """
+        assert self.waker is not None
+        outbox = Outbox(self.waker, 1)
+        self.outboxes.append(outbox)
+        fn = node.fn
 
-    def __init__(self, engine: SerialEngine, emit: Any) -> None:
-        self._engine = engine
-        self._emit = emit
+        def job() -> None:
+            try:
+                check_result(node, fn(outbox))
+            finally:
+                outbox.finish()
 
-    def __call__(self, item: Any) -> None:
-        self._run(self._emit, item)
+        async def deliver(chunk: list[Any]) -> None:
+            for item in chunk:
+                await emit(item)
 
-    def many(self, items: Iterable[Any]) -> None:
-        """Deliver several messages (to batch children as one list)."""
-        self._run(self._emit.many, list(items))
+        async def forward() -> None:
+            try:
+                await outbox.forward(deliver)
+            except (Stopped, _Abort):
+                outbox.stop()  # the root's next emit ends it
 
-    def _run(self, fn: Any, arg: Any) -> None:
-        engine = self._engine
-        if engine.stopping or engine.failure is not None:
-            raise Stopped
-        try:
-            anyio.from_thread.run(fn, arg, token=engine._token)
-        except anyio.RunFinishedError:
-            raise Stopped from None
-        except Exception:
-            raise
-        except BaseException:  # the subtree failed (_Abort) or the run was cancelled: end the root
-            raise Stopped from None
+        error: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(forward)
+            with anyio.CancelScope() as scope:
+                node.scope = scope  # stop() cancels the wait for the thread, not the forwarding
+                if self.stopping:
+                    outbox.stop()
+                    scope.cancel()
+                try:
+                    await self.lane(node).run(job)
+                except Stopped:
+                    pass
+                except FAILURES as exc:  # raised below, not wrapped in the task group's ExceptionGroup
+                    error = exc
+                    tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if outbox.items:  # emitted while the pipeline stopped: never delivered
+            self.drop(node, len(outbox.items))
 
 
 def _call_plain(node: Node, fn: Any, unit: Any, with_emit: bool) -> list[Any]:

@@ -182,6 +182,8 @@ def build(roots: Sequence[Stage], owner: str) -> list[Node]:
             parent.children.append(node)
         on_path.add(id(stage))
         for child in stage.children:
+            if not isinstance(child, Stage):  # put there after the Stage was made
+                raise RegistrationError(f"{owner}: stage {stage.name!r} has a child that is not a Stage: {child!r}")
             visit(child, node)
         on_path.discard(id(stage))
 
