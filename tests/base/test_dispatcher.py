@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from nacelle_py import RegistrationError
 from nacelle_py.base import Dispatcher, DispatcherError, DispatcherStats, DispatcherStatus
+from _support import Boom, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -35,18 +36,7 @@ STOPPED, STOPPING, RUNNING, DRAINING = (
 )
 
 
-class Boom(Exception):
-    """The error our failing tasks raise."""
-
-
 # -- helpers ----------------------------------------------------------------------------
-
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    """Poll a state predicate (a short sleep between looks), failing after ``limit`` seconds."""
-    with anyio.fail_after(limit):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 @asynccontextmanager

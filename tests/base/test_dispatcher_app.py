@@ -2,52 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
 import structlog
 
-from nacelle_py import App, ComponentTimeoutError, Process
+from nacelle_py import ComponentTimeoutError, Process
 from nacelle_py.base import Dispatcher, DispatcherStatus
 from nacelle_py.testing import test_app
+from _support import serving, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with anyio.fail_after(limit):
-        while not predicate():
-            await anyio.sleep(0.002)
-
-
-class Served:
-    """The exit status of a background ``serve()``."""
-
-    status: int | None = None
-
-
-@asynccontextmanager
-async def serving(app: App, limit: float = 10.0) -> AsyncIterator[Served]:
-    """Serve ``app`` in the background until the block ends; the block calls ``app.shutdown()``."""
-    ready = anyio.Event()
-    app.on_ready(ready.set)
-    served = Served()
-
-    async def serve() -> None:
-        served.status = await app.serve()
-        ready.set()  # a boot that fails must not leave the block waiting
-
-    with anyio.fail_after(limit):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            await ready.wait()
-            try:
-                yield served
-            finally:
-                app.shutdown()
 
 
 def blocker(release: anyio.Event, started: list[str], name: str) -> Callable[[], Any]:

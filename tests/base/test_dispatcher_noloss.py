@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nacelle_py.base import Dispatcher, DispatcherError, DispatcherStatus
+from _support import Boom, wait_until
 
 UNSET: Any = object()
 LIMIT = 10.0
-
-
-class Boom(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -117,12 +113,6 @@ def make_task(spec: Spec, ident: int, tracker: Tracker) -> Any:
             await run_async()
 
     return Execute()
-
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with anyio.fail_after(limit):
-        while not predicate():
-            await anyio.sleep(0.002)
 
 
 async def scenario_run(sc: Scenario) -> None:

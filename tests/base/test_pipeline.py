@@ -12,6 +12,7 @@ import pytest
 
 from nacelle_py import RegistrationError
 from nacelle_py.base import Pipeline, PipelineError, Stage, StageStats
+from _support import Boom, counting_root, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -22,41 +23,9 @@ CONCURRENT_ENGINES = [e for e in ENGINES if e != "serial"]
 LIMIT = 10.0
 
 
-@pytest.fixture(autouse=True)
-def no_pipeline_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PIPELINE_ENGINE", raising=False)
-    monkeypatch.delenv("PIPELINE_SHUTDOWN_TIMEOUT", raising=False)
-
-
-@pytest.fixture
-def abort() -> Any:
-    """Set at the end of a test: an endless plain root checks it, so its thread always ends."""
-    flag = threading.Event()
-    yield flag
-    flag.set()
-
-
-class Boom(Exception):
-    pass
-
-
 async def run(p: Pipeline, limit: float = LIMIT) -> None:
     with anyio.fail_after(limit):
         await p.run()
-
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with anyio.fail_after(limit):
-        while not predicate():
-            await anyio.sleep(0.002)
-
-
-def counting_root(n: int) -> Callable[..., Any]:
-    async def root(emit: Any) -> None:
-        for i in range(n):
-            await emit(i)
-
-    return root
 
 
 def endless_root(plain: bool, abort: threading.Event, emitted: list[int] | None = None) -> Callable[..., Any]:

@@ -2,70 +2,20 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
 import structlog
 
-from nacelle_py import App, ComponentError, ConfigError, Process
+from nacelle_py import ComponentError, ConfigError, Process
 from nacelle_py.base import Pipeline, PipelineError, Stage
 from nacelle_py.testing import test_app
+from _support import counting_root, serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
 ENGINES = ["serial", "parallel"]
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.endswith(("PIPELINE_ENGINE", "PIPELINE_SHUTDOWN_TIMEOUT")):
-            monkeypatch.delenv(key)
-
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with anyio.fail_after(limit):
-        while not predicate():
-            await anyio.sleep(0.002)
-
-
-class Served:
-    """The exit status of a background ``serve()``."""
-
-    status: int | None = None
-
-
-@asynccontextmanager
-async def serving(app: App, limit: float = 10.0) -> AsyncIterator[Served]:
-    """Serve ``app`` in the background until the block ends; the block calls ``app.shutdown()``."""
-    ready = anyio.Event()
-    app.on_ready(ready.set)
-    served = Served()
-
-    async def serve() -> None:
-        served.status = await app.serve()
-        ready.set()  # a boot that fails must not leave the block waiting
-
-    with anyio.fail_after(limit):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            await ready.wait()
-            try:
-                yield served
-            finally:
-                app.shutdown()
-
-
-def counting_root(n: int) -> Callable[..., Any]:
-    async def root(emit: Any) -> None:
-        for i in range(n):
-            await emit(i)
-
-    return root
 
 
 async def endless_root(emit: Any) -> None:

@@ -32,13 +32,6 @@ ENGINES = ["serial", "parallel"]
 RUN_LIMIT = 10.0
 
 
-@pytest.fixture(autouse=True)
-def no_engine_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A variable that is set overrides the constructor's engine: keep the environment out."""
-    monkeypatch.delenv("PIPELINE_ENGINE", raising=False)
-    monkeypatch.delenv("PIPELINE_SHUTDOWN_TIMEOUT", raising=False)
-
-
 # -- recording --------------------------------------------------------------------------------
 
 

@@ -14,40 +14,21 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
 
-from nacelle_py import App, ConfigError, Process, RegistrationError
+from nacelle_py import ConfigError, Process, RegistrationError
 from nacelle_py.base import Pipeline, PipelineError, Stage
 from nacelle_py.testing import test_app
+from _support import Boom, counting_root, serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
 ENGINES = ["serial", "parallel"]
 LIMIT = 10.0
-
-
-@pytest.fixture(autouse=True)
-def no_pipeline_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.endswith(("PIPELINE_ENGINE", "PIPELINE_SHUTDOWN_TIMEOUT")):
-            monkeypatch.delenv(key)
-
-
-@pytest.fixture
-def abort() -> Any:
-    """Set when the test ends: endless plain roots check it, so their threads always end."""
-    flag = threading.Event()
-    yield flag
-    flag.set()
-
-
-class Boom(Exception):
-    pass
 
 
 class BugFound(Exception):
@@ -59,12 +40,6 @@ async def run(p: Pipeline, limit: float = LIMIT) -> None:
         await p.run()
 
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:
-    with anyio.fail_after(limit):
-        while not predicate():
-            await anyio.sleep(0.002)
-
-
 def pipeline_threads(baseline: set[threading.Thread] | None = None) -> list[str]:
     """Pipeline threads alive now that were not alive at ``baseline`` (threads leaked by other tests excluded)."""
     return [t.name for t in threading.enumerate()
@@ -73,14 +48,6 @@ def pipeline_threads(baseline: set[threading.Thread] | None = None) -> list[str]
 
 def thread_baseline() -> set[threading.Thread]:
     return set(threading.enumerate())
-
-
-def counting_root(n: int) -> Callable[..., Any]:
-    async def root(emit: Any) -> None:
-        for i in range(n):
-            await emit(i)
-
-    return root
 
 
 def recorder(into: list[Any]) -> Callable[..., Any]:
@@ -1118,25 +1085,6 @@ async def test_a_cut_off_counts_outputs_held_in_the_reorder_buffer_as_dropped() 
 
 
 # -- health --------------------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def serving(app: App, limit: float = 10.0) -> AsyncIterator[None]:
-    ready = anyio.Event()
-    app.on_ready(ready.set)
-
-    async def serve() -> None:
-        await app.serve()
-        ready.set()
-
-    with anyio.fail_after(limit):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            await ready.wait()
-            try:
-                yield
-            finally:
-                app.shutdown()
 
 
 class Waiter(Process):

@@ -9,12 +9,13 @@ one entry here, and must pass the same equivalence suite
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
 
 from ..._waker import Waker
-from ._lanes import Lane, Outbox
+from ._lanes import Lane, Outbox, Stopped
 from ._stage import Node
 
 __all__ = ["FAILURES", "Engine", "Failure", "check_result"]
@@ -140,6 +141,42 @@ class Engine:
             assert self.waker is not None
             lanes.append(Lane(self.waker, f"nacelle pipeline {node.name}"))
         return lanes[worker]
+
+    async def run_plain_root(self, node: Node, outbox: Outbox, forward: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a plain root's function on its thread, emitting into ``outbox``, while ``forward`` hands on.
+
+        ``stop()`` cancels the wait for the thread (which the outbox then ends at its
+        next ``emit``), not the forwarding: what the root emitted before drains. A
+        failure of the root is raised as itself, not in the task group's ExceptionGroup.
+        """
+        self.outboxes.append(outbox)
+        fn = node.fn
+
+        def job() -> None:
+            try:
+                check_result(node, fn(outbox))
+            finally:
+                outbox.finish()
+
+        error: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(forward)
+            with anyio.CancelScope() as scope:
+                node.scope = scope
+                if self.stopping:
+                    outbox.stop()
+                    scope.cancel()
+                try:
+                    await self.lane(node).run(job)
+                except Stopped:
+                    pass  # what it emitted before still drains
+                except FAILURES as exc:
+                    error = exc
+                    tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if outbox.items:  # emitted while stop() was being called, after the outbox's last look
+            self.drop(node, len(outbox.items))
 
     def needs_threads(self) -> bool:
         """Whether any stage is a plain function."""

@@ -129,35 +129,7 @@ class ParallelEngine(Engine):
         outbox = Outbox(self.waker, cap, backlog)
         for inbox in inboxes:
             inbox.on_take = outbox.room.set
-        self.outboxes.append(outbox)
-        fn = node.fn
-
-        def job() -> None:
-            try:
-                check_result(node, fn(outbox))
-            finally:
-                outbox.finish()
-
-        error: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(outbox.forward, emit.many)
-            with anyio.CancelScope() as scope:
-                node.scope = scope
-                if self.stopping:
-                    outbox.stop()
-                    scope.cancel()
-                try:
-                    await self.lane(node).run(job)
-                except Stopped:
-                    pass  # what it emitted before still drains
-                except FAILURES as exc:  # raised below, not wrapped in the task group's ExceptionGroup
-                    error = exc
-                    tg.cancel_scope.cancel()
-        if error is not None:
-            raise error
-        # Emitted while stop() was being called, after the outbox's last look: dropped.
-        if outbox.items:
-            self.drop(node, len(outbox.items))
+        await self.run_plain_root(node, outbox, functools.partial(outbox.forward, emit.many))
 
     # -- one worker --------------------------------------------------------------------------
 

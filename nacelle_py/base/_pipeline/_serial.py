@@ -239,14 +239,6 @@ class SerialEngine(Engine):
         """
         assert self.waker is not None
         outbox = Outbox(self.waker, 1)
-        self.outboxes.append(outbox)
-        fn = node.fn
-
-        def job() -> None:
-            try:
-                check_result(node, fn(outbox))
-            finally:
-                outbox.finish()
 
         async def deliver(chunk: list[Any]) -> None:
             for item in chunk:
@@ -258,25 +250,7 @@ class SerialEngine(Engine):
             except (Stopped, _Abort):
                 outbox.stop()  # the root's next emit ends it
 
-        error: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(forward)
-            with anyio.CancelScope() as scope:
-                node.scope = scope  # stop() cancels the wait for the thread, not the forwarding
-                if self.stopping:
-                    outbox.stop()
-                    scope.cancel()
-                try:
-                    await self.lane(node).run(job)
-                except Stopped:
-                    pass
-                except FAILURES as exc:  # raised below, not wrapped in the task group's ExceptionGroup
-                    error = exc
-                    tg.cancel_scope.cancel()
-        if error is not None:
-            raise error
-        if outbox.items:  # emitted while the pipeline stopped: never delivered
-            self.drop(node, len(outbox.items))
+        await self.run_plain_root(node, outbox, forward)
 
 
 def _call_plain(node: Node, fn: Any, unit: Any, with_emit: bool) -> list[Any]:
