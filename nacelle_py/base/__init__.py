@@ -14,14 +14,40 @@ __all__ = [
     "DispatcherError",
     "DispatcherStats",
     "DispatcherStatus",
+    "Machine",
+    "MachineError",
+    "MachineOverflowError",
+    "MachineSettings",
+    "MachineStats",
     "Pipeline",
     "PipelineError",
     "PipelineSettings",
+    "Routine",
+    "RoutineInfo",
     "Stage",
     "StageStats",
+    "Subscription",
+    "cron",
+    "every",
+    "recover",
+    "retry",
+    "timeout",
 ]
 
 _WHERE = {
+    "Machine": "._machine",
+    "MachineError": "._machine",
+    "MachineOverflowError": "._machine",
+    "MachineSettings": "._machine",
+    "MachineStats": "._machine",
+    "Routine": "._machine",
+    "RoutineInfo": "._machine",
+    "Subscription": "._machine",
+    "cron": "._machine",
+    "every": "._machine",
+    "recover": "._machine",
+    "retry": "._machine",
+    "timeout": "._machine",
     "Dispatcher": "._dispatcher",
     "DispatcherError": "._dispatcher",
     "DispatcherStats": "._dispatcher",
@@ -35,6 +61,21 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher, DispatcherError, DispatcherStats, DispatcherStatus
+    from ._machine import (
+        Machine,
+        MachineError,
+        MachineOverflowError,
+        MachineSettings,
+        MachineStats,
+        Routine,
+        RoutineInfo,
+        Subscription,
+        cron,
+        every,
+        recover,
+        retry,
+        timeout,
+    )
     from ._pipeline import Pipeline, PipelineError, PipelineSettings, Stage, StageStats
 
 

@@ -1,0 +1,23 @@
+"""Machine: supervised background routines, throttling, middlewares and pub/sub."""
+
+from ._bus import MachineOverflowError, Subscription
+from ._machine import Machine, MachineError, MachineStats
+from ._middleware import cron, every, recover, retry, timeout
+from ._routine import Routine, RoutineInfo
+from ._settings import MachineSettings
+
+__all__ = [
+    "Machine",
+    "MachineError",
+    "MachineOverflowError",
+    "MachineSettings",
+    "MachineStats",
+    "Routine",
+    "RoutineInfo",
+    "Subscription",
+    "cron",
+    "every",
+    "recover",
+    "retry",
+    "timeout",
+]

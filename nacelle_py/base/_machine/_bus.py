@@ -1,0 +1,233 @@
+"""Publish/subscribe for a machine tree: bounded per-subscriber buffers, each drained by its own task.
+
+A publish appends to each matching subscription's buffer and wakes its task
+only if it sleeps: no task and no await per delivery on the fast path. A
+full buffer is the subscription's choice: ``block`` makes the publisher wait
+for room in that buffer alone, ``drop_oldest`` drops its oldest message,
+``error`` refuses the message to that subscription and makes ``publish``
+raise once every other subscriber has it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import anyio.lowlevel
+
+from ..._calls import is_async
+from ._patterns import is_exact, matches
+
+if TYPE_CHECKING:
+    from ._machine import Machine
+    from ._routine import Routine
+
+__all__ = ["OVERFLOWS", "Bus", "Handler", "MachineOverflowError", "Overflow", "Subscription"]
+
+Overflow = Literal["block", "drop_oldest", "error"]
+OVERFLOWS = ("block", "drop_oldest", "error")
+Handler = Callable[[Any], "Awaitable[Any] | Any"]
+
+
+class MachineOverflowError(Exception):
+    """``publish`` found the buffer of an ``overflow="error"`` subscription full; the others got the message."""
+
+    def __init__(self, channel: str, full: list[Subscription]) -> None:
+        self.channel = channel
+        self.subscriptions = full
+        names = ", ".join(repr(s.pattern) for s in full)
+        super().__init__(
+            f"publish to {channel!r}: the buffer of subscription {names} (overflow='error') is full; "
+            "the message was not delivered to it. Give it a larger buffer, or overflow='block' or 'drop_oldest'"
+        )
+
+
+class Subscription:
+    """A handler subscribed to a pattern; its task calls the handler for each message, in order.
+
+    ``cancel()`` unsubscribes (safe at any time, also during a publish);
+    ``pending`` is what waits in its buffer, ``dropped`` what ``drop_oldest``
+    or its end discarded, ``delivered`` what its handler was called with.
+    """
+
+    __slots__ = ("_closing", "_room", "_scope", "_task", "_wake", "active", "bus", "cap", "delivered", "dropped",
+                 "handler", "is_async", "items", "machine", "overflow", "owner", "pattern")
+
+    def __init__(self, bus: Bus, machine: Machine, pattern: str, handler: Handler, cap: int, overflow: Overflow,
+                 owner: Routine | None) -> None:
+        self.bus = bus
+        self.machine = machine
+        self.pattern = pattern
+        self.handler = handler
+        self.is_async = is_async(handler)
+        self.cap = cap
+        self.overflow = overflow
+        self.owner = owner
+        self.items: deque[Any] = deque()
+        self.active = True
+        self.delivered = 0
+        self.dropped = 0
+        self._closing = False  # drain what is buffered, then end
+        self._wake: anyio.Event | None = None  # set to wake the sleeping task
+        self._room: anyio.Event | None = None  # set to wake blocked publishers
+        self._scope = anyio.CancelScope()
+        self._task: Any = None
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting in the buffer."""
+        return len(self.items)
+
+    def cancel(self) -> None:
+        """Unsubscribe now; what waits in the buffer is dropped (and counted)."""
+        if not self.active:
+            return
+        self._end()
+        if self._task != anyio.get_current_task().id:  # a handler unsubscribing itself just returns
+            self._scope.cancel()
+
+    def close(self) -> None:
+        """Unsubscribe once the buffer is drained (the owner ended gracefully)."""
+        if self.active:
+            self.bus.remove(self)
+            self._closing = True
+            self._notify()
+
+    def _end(self) -> None:
+        self.active = False
+        self.bus.remove(self)
+        self.dropped += len(self.items)
+        self.items.clear()
+        self._notify()
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()
+
+    def _notify(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            wake.set()
+
+    async def wait_room(self) -> None:
+        """Wait until the buffer has room or the subscription ended (a ``block`` publisher)."""
+        while self.active and len(self.items) >= self.cap:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+
+    async def consume(self) -> None:
+        """The subscription's task: call the handler for each message until it ends."""
+        self._task = anyio.get_current_task().id
+        items, handler, calls = self.items, self.handler, 0
+        try:
+            with self._scope:
+                while self.active:
+                    if items:
+                        msg = items.popleft()
+                        room = self._room
+                        if room is not None:
+                            self._room = None
+                            room.set()
+                        self.delivered += 1
+                        result = await handler(msg) if self.is_async else handler(msg)
+                        if result is False:  # the handler is done with this subscription
+                            break
+                        if inspect.isawaitable(result):  # a plain handler returned a coroutine
+                            close = getattr(result, "close", None)
+                            if close is not None:
+                                close()
+                            raise TypeError(
+                                f"subscription {self.pattern!r}: the handler returned an awaitable; "
+                                "declare it 'async def'"
+                            )
+                        calls += 1
+                        if not calls & 1023:  # a handler that never waits must not starve the loop
+                            await anyio.lowlevel.checkpoint()
+                        continue
+                    if self._closing:
+                        break
+                    wake = self._wake = anyio.Event()
+                    await wake.wait()
+        except Exception as exc:
+            self.machine._failed_subscription(self, exc)
+        except (SystemExit, KeyboardInterrupt) as exc:  # a handler does not end the process
+            error = RuntimeError(f"subscription {self.pattern!r}: the handler raised {type(exc).__name__}")
+            error.__cause__ = exc
+            self.machine._failed_subscription(self, error)
+        finally:
+            if self.active:
+                self._end()
+
+
+class Bus:
+    """The subscriptions of one machine tree, with a cache of who matches each channel."""
+
+    __slots__ = ("_cache", "exact", "wild")
+
+    def __init__(self) -> None:
+        self.exact: dict[str, list[Subscription]] = {}
+        self.wild: list[Subscription] = []
+        self._cache: dict[str, tuple[Subscription, ...]] = {}
+
+    def add(self, sub: Subscription) -> None:
+        """Subscribe ``sub`` to its pattern."""
+        if is_exact(sub.pattern):
+            self.exact.setdefault(sub.pattern, []).append(sub)
+        else:
+            self.wild.append(sub)
+        self._cache.clear()
+
+    def remove(self, sub: Subscription) -> None:
+        """Unsubscribe ``sub``: later publishes no longer see it (one in progress checks ``active``)."""
+        group = self.exact.get(sub.pattern) if is_exact(sub.pattern) else self.wild
+        if group is not None and sub in group:
+            group.remove(sub)
+            if not group and group is not self.wild:
+                del self.exact[sub.pattern]
+            self._cache.clear()
+
+    def match(self, channel: str) -> tuple[Subscription, ...]:
+        """Every subscription whose pattern matches ``channel``, in subscription order per kind."""
+        found = self._cache.get(channel)
+        if found is None:
+            found = tuple(self.exact.get(channel, ())) + tuple(s for s in self.wild if matches(s.pattern, channel))
+            if len(self._cache) > 4096:  # many distinct channels: keep the cache bounded
+                self._cache.clear()
+            self._cache[channel] = found
+        return found
+
+    def count(self) -> int:
+        """How many subscriptions are active."""
+        return sum(len(group) for group in self.exact.values()) + len(self.wild)
+
+    def offer(self, channel: str, msg: Any) -> tuple[int, list[Subscription] | None, list[Subscription] | None]:
+        """Deliver without waiting: (delivered, full ``error`` subscriptions, full ``block`` subscriptions)."""
+        delivered = 0
+        refused: list[Subscription] | None = None
+        blocked: list[Subscription] | None = None
+        for sub in self.match(channel):
+            if not sub.active or sub._closing:
+                continue
+            items = sub.items
+            if len(items) < sub.cap:
+                items.append(msg)
+                wake = sub._wake
+                if wake is not None:
+                    sub._wake = None
+                    wake.set()
+                delivered += 1
+            elif sub.overflow == "drop_oldest":
+                items.popleft()
+                items.append(msg)
+                sub.dropped += 1
+                delivered += 1
+            elif sub.overflow == "error":
+                refused = [sub] if refused is None else [*refused, sub]
+            else:
+                blocked = [sub] if blocked is None else [*blocked, sub]
+        return delivered, refused, blocked
