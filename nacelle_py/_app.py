@@ -20,6 +20,7 @@ from ._health import Health
 from ._inject import Injector
 from ._lifecycle import Entry, Runner
 from ._logging import make_logger
+from ._machines import MachineService
 from ._services import PerComponent, ServiceContainer
 from ._settings import AppSettings, LogSettings
 
@@ -84,6 +85,8 @@ class App:
         self.services.set("config", self.config)
         self.services.set("health", PerComponent(self.health.for_component))
         self.services.set("logger", PerComponent(self._component_logger))
+        self._machines = MachineService(self.logger)
+        self.services.set("machine", PerComponent(self._machines.for_component, release=self._machines.release))
 
     # -- registration ---------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class App:
 
     def describe(self) -> str:
         """The ``--help`` text: every setting the registered components read."""
-        users: dict[Any, list[str]] = {AppSettings: ["nacelle_py"]}
+        users: dict[Any, list[str]] = {AppSettings: ["nacelle_py"], MachineService.settings_model(): ["machine"]}
         for component, options in self._registered:
             for model in self._injector.settings_models(component):
                 users.setdefault(model, []).append(options.name)
@@ -223,11 +226,16 @@ class App:
                 on_error=self._log_error,
                 on_ready=tuple(self._ready_hooks),
                 hard_exit=self._hard_exit,
+                release=self.services.release,
             )
             self._runner = runner
             self.logger.info("app starting", components=len(entries))
             started = anyio.current_time()
-            await runner.run(stop_already_requested=self._early_shutdown)
+            await self._machines.open(self._machine_settings, self.logger)
+            try:
+                await runner.run(stop_already_requested=self._early_shutdown)
+            finally:
+                await self._machines.close()  # the root's task group: closed where it was opened
             status = 1 if self._errors else 0
             ms = round((anyio.current_time() - started) * 1000, 3)
             if status:
@@ -265,6 +273,10 @@ class App:
         else:
             self.logger = self._given_logger.bind(app=self.name)
         self._settings = settings
+        try:
+            self._machine_settings = self.config.load(MachineService.settings_model())
+        except ConfigError as exc:
+            problems.extend(exc.errors)
         models: dict[Any, list[str]] = {}
         for component, options in self._registered:
             for model in self._injector.settings_models(component):

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -132,6 +132,7 @@ class Runner:
         on_error: Callable[[ComponentError], None] | None = None,
         on_ready: Sequence[Callable[[], object]] = (),
         hard_exit: bool = False,
+        release: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.app_name = app_name
         self.entries = entries
@@ -143,6 +144,7 @@ class Runner:
         self.on_error = on_error
         self.on_ready = on_ready
         self.hard_exit = hard_exit
+        self.release = release
         priorities = sorted({e.options.priority for e in self.entries})
         self._groups = [[e for e in self.entries if e.options.priority == p] for p in priorities]
         self._init_order: list[Entry] = []
@@ -464,6 +466,7 @@ class Runner:
             if entry.countdown is not None:
                 entry.countdown.done_one()
             self._run_ended(entry, outcome, started)
+            await self._release(entry)
 
     def _run_ended(self, entry: Entry, outcome: str, started: float) -> None:
         if outcome == "cancelled":
@@ -570,31 +573,51 @@ class Runner:
             if not await self._wait_run(entry, anyio.current_time() + CANCEL_GRACE):
                 self.logger.warning("run ignored cancellation; abandoned", component=entry.name, grace=CANCEL_GRACE)
 
+    async def _release(self, entry: Entry) -> None:
+        """End what per-component services made for the component (its routines), within a bound.
+
+        Shielded: it runs as a cancelled run unwinds, and must still happen.
+        """
+        if self.release is None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE) as scope:
+            try:
+                await self.release(entry.name)
+            except Exception as exc:
+                self._record(ComponentError(entry.name, "release", exc))
+        if scope.cancelled_caught:
+            self.logger.warning("routines ignored cancellation; abandoned", component=entry.name, grace=CANCEL_GRACE)
+
     async def _finalize_all(self) -> None:
         for entry in reversed(self._init_order):
-            finalize = overridden(entry.component, "finalize")
-            if finalize is None:
-                continue
-            if anyio.current_time() >= self._forced_deadline:
-                self._record(ComponentTimeoutError(
-                    entry.name, "finalize", FORCED_FINALIZE_BUDGET, "skipped: the forced shutdown budget was spent"
-                ))
-                continue
-            self.logger.info("finalize starting", component=entry.name)
-            started = time.perf_counter()
-            timeout = entry.finalize_timeout
-            deadline = min(self._deadline(anyio.current_time(), timeout), self._forced_deadline)
-            try:
-                with anyio.CancelScope(deadline=deadline) as self._finalize_scope:
-                    await call(finalize, self._waker, f"{entry.name}.finalize")
-            except Exception as exc:
-                self._record(ComponentError(entry.name, "finalize", exc))
-                continue
-            finally:
-                scope, self._finalize_scope = self._finalize_scope, None
-            if scope.cancelled_caught:
-                limit = min(timeout or math.inf, FORCED_FINALIZE_BUDGET if self._forced else math.inf)
-                self._record(ComponentTimeoutError(entry.name, "finalize", limit))
-                continue
-            self.logger.info("finalize finished", component=entry.name, ms=_ms(started))
+            await self._finalize_one(entry)
+            await self._release(entry)
+
+    async def _finalize_one(self, entry: Entry) -> None:
+        """Finalize one component within its bound (and the forced-shutdown budget)."""
+        finalize = overridden(entry.component, "finalize")
+        if finalize is None:
+            return
+        if anyio.current_time() >= self._forced_deadline:
+            self._record(ComponentTimeoutError(
+                entry.name, "finalize", FORCED_FINALIZE_BUDGET, "skipped: the forced shutdown budget was spent"
+            ))
+            return
+        self.logger.info("finalize starting", component=entry.name)
+        started = time.perf_counter()
+        timeout = entry.finalize_timeout
+        deadline = min(self._deadline(anyio.current_time(), timeout), self._forced_deadline)
+        try:
+            with anyio.CancelScope(deadline=deadline) as self._finalize_scope:
+                await call(finalize, self._waker, f"{entry.name}.finalize")
+        except Exception as exc:
+            self._record(ComponentError(entry.name, "finalize", exc))
+            return
+        finally:
+            scope, self._finalize_scope = self._finalize_scope, None
+        if scope.cancelled_caught:
+            limit = min(timeout or math.inf, FORCED_FINALIZE_BUDGET if self._forced else math.inf)
+            self._record(ComponentTimeoutError(entry.name, "finalize", limit))
+            return
+        self.logger.info("finalize finished", component=entry.name, ms=_ms(started))
 

@@ -12,7 +12,7 @@ Services that differ per component (the ``logger`` bound with its name, the
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar, overload
 
@@ -30,13 +30,18 @@ class PerComponent(Generic[T]):
     """A service whose value depends on the component that asks for it.
 
     ``make(name)`` is called once per component at injection time; outside a
-    component (``ServiceContainer.get``) the value is ``make(None)``.
+    component (``ServiceContainer.get``) the value is ``make(None)``. When the
+    component's lifecycle ends (a process's run has ended, an initializer
+    has finalized), the runner awaits ``release(name)`` if given: what the
+    service made for that component ends with it.
     """
 
-    __slots__ = ("make",)
+    __slots__ = ("make", "release")
 
-    def __init__(self, make: Callable[[str | None], T]) -> None:
+    def __init__(self, make: Callable[[str | None], T],
+                 release: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.make = make
+        self.release = release
 
 
 class ServiceContainer:
@@ -126,6 +131,14 @@ class ServiceContainer:
                 if isinstance(value, kind):
                     found.append((key, value))
         return found
+
+    async def release(self, component: str) -> None:
+        """End what per-component services made for ``component`` (the runner calls it as the component ends)."""
+        for provider in list(self._providers.values()):
+            if isinstance(provider, providers.Object):
+                value = provider()
+                if isinstance(value, PerComponent) and value.release is not None:
+                    await value.release(component)
 
     @contextmanager
     def override(self, key: str, value: object) -> Iterator[None]:

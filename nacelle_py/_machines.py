@@ -1,0 +1,77 @@
+"""The app's ``"machine"`` service: one root Machine, a sub-machine per component that asks.
+
+The issue asks the core to pre-register a Machine, so this is the one place
+the core reaches into ``nacelle_py.base``, and only lazily: importing
+``nacelle_py`` does not import the Machine, and an app that never injects it
+pays for one idle task group while it serves.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
+    from .base._machine import Machine
+
+__all__ = ["MachineService"]
+
+
+class MachineService:
+    """Owns an app's root machine: opened around the lifecycle, a sub-machine per component."""
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+        self._root: Machine | None = None
+
+    @staticmethod
+    def settings_model() -> type[BaseSettings]:
+        """The settings the root machine reads (``MACHINE_MAX_ROUTINES``, ``MACHINE_BUFFER``)."""
+        from .base._machine import MachineSettings
+
+        return MachineSettings
+
+    def root(self) -> Machine:
+        """The root machine (built on first use)."""
+        if self._root is None:
+            from .base._machine import Machine
+
+            self._root = Machine(name="machine", logger=self._logger.bind(component="machine"))
+        return self._root
+
+    def for_component(self, name: str | None) -> Machine:
+        """A component's own sub-machine (named after it); the root outside a component."""
+        root = self.root()
+        if name is None:
+            return root
+        return root.children.get(name) or root.sub(name)
+
+    async def release(self, name: str) -> None:
+        """Cancel and await a component's sub-machine; its errors were logged as they happened."""
+        root = self._root
+        if root is None:
+            return
+        sub = root._children.pop(name, None)
+        if sub is not None:
+            sub.cancel()
+            await sub._wait_idle()
+            sub._take_errors()
+
+    async def open(self, settings: Any, logger: Any) -> None:
+        """Open the root machine with the app's settings, before anything is injected."""
+        self._logger = logger
+        root = self.root()
+        root._log = logger.bind(component="machine")
+        root.max_routines = settings.max_routines
+        root.buffer = settings.buffer
+        await root.__aenter__()
+
+    async def close(self) -> None:
+        """Cancel whatever still runs in the tree and close it (errors were logged already)."""
+        root = self._root
+        if root is None or root._tg is None:
+            return
+        root.cancel()
+        root._take_errors()
+        await root.__aexit__(None, None, None)
