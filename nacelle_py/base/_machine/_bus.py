@@ -54,7 +54,7 @@ class Subscription:
     """
 
     __slots__ = ("_closing", "_room", "_scope", "_task", "_wake", "active", "bus", "cap", "delivered", "dropped",
-                 "handler", "is_async", "items", "machine", "overflow", "owner", "pattern")
+                 "handler", "is_async", "items", "limit", "machine", "overflow", "owner", "pattern")
 
     def __init__(self, bus: Bus, machine: Machine, pattern: str, handler: Handler, cap: int, overflow: Overflow,
                  owner: Routine | None) -> None:
@@ -64,6 +64,7 @@ class Subscription:
         self.handler = handler
         self.is_async = is_async(handler)
         self.cap = cap
+        self.limit = cap  # the publishers' fast-path bound: -1 once it accepts nothing more
         self.overflow = overflow
         self.owner = owner
         self.items: deque[Any] = deque()
@@ -94,10 +95,12 @@ class Subscription:
         if self.active:
             self.bus.remove(self)
             self._closing = True
+            self.limit = -1
             self._notify()
 
     def _end(self) -> None:
         self.active = False
+        self.limit = -1
         self.bus.remove(self)
         self.dropped += len(self.items)
         self.items.clear()
@@ -115,7 +118,7 @@ class Subscription:
 
     async def wait_room(self) -> None:
         """Wait until the buffer has room or the subscription ended (a ``block`` publisher)."""
-        while self.active and len(self.items) >= self.cap:
+        while self.limit >= 0 and len(self.items) >= self.cap:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
@@ -123,36 +126,32 @@ class Subscription:
     async def consume(self) -> None:
         """The subscription's task: call the handler for each message until it ends."""
         self._task = anyio.get_current_task().id
-        items, handler, calls = self.items, self.handler, 0
+        items, handler, is_async = self.items, self.handler, self.is_async
+        popleft = items.popleft
         try:
             with self._scope:
                 while self.active:
-                    if items:
-                        msg = items.popleft()
-                        room = self._room
-                        if room is not None:
-                            self._room = None
-                            room.set()
-                        self.delivered += 1
-                        result = await handler(msg) if self.is_async else handler(msg)
-                        if result is False:  # the handler is done with this subscription
+                    if not items:
+                        if self._closing:
                             break
-                        if inspect.isawaitable(result):  # a plain handler returned a coroutine
-                            close = getattr(result, "close", None)
-                            if close is not None:
-                                close()
-                            raise TypeError(
-                                f"subscription {self.pattern!r}: the handler returned an awaitable; "
-                                "declare it 'async def'"
-                            )
-                        calls += 1
-                        if not calls & 1023:  # a handler that never waits must not starve the loop
-                            await anyio.lowlevel.checkpoint()
+                        wake = self._wake = anyio.Event()
+                        await wake.wait()
                         continue
-                    if self._closing:
-                        break
-                    wake = self._wake = anyio.Event()
-                    await wake.wait()
+                    count = 0
+                    try:
+                        while items and count < 1024:
+                            msg = popleft()
+                            count += 1
+                            if self._room is not None:
+                                self._room.set()
+                                self._room = None
+                            result = await handler(msg) if is_async else handler(msg)
+                            if result is not None and self._finished_by(result):
+                                return
+                    finally:
+                        self.delivered += count
+                    if count == 1024:  # a handler that never waits must not starve the loop
+                        await anyio.lowlevel.checkpoint()
         except Exception as exc:
             self.machine._failed_subscription(self, exc)
         except (SystemExit, KeyboardInterrupt) as exc:  # a handler does not end the process
@@ -162,6 +161,17 @@ class Subscription:
         finally:
             if self.active:
                 self._end()
+
+    def _finished_by(self, result: object) -> bool:
+        """Whether the handler's result ends the subscription (``False``); a coroutine is an error."""
+        if result is False:
+            return True
+        if inspect.isawaitable(result):  # a plain handler that returned a coroutine forgot 'async'
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise TypeError(f"subscription {self.pattern!r}: the handler returned an awaitable; declare it 'async def'")
+        return False
 
 
 class Bus:
@@ -207,23 +217,33 @@ class Bus:
 
     def offer(self, channel: str, msg: Any) -> tuple[int, list[Subscription] | None, list[Subscription] | None]:
         """Deliver without waiting: (delivered, full ``error`` subscriptions, full ``block`` subscriptions)."""
+        found = self._cache.get(channel)
+        if found is None:
+            found = self.match(channel)
         delivered = 0
+        slow: list[Subscription] | None = None
+        for sub in found:
+            items = sub.items
+            if len(items) < sub.limit:  # the fast path: room, and still accepting
+                items.append(msg)
+                if sub._wake is not None:
+                    sub._wake.set()
+                    sub._wake = None
+                delivered += 1
+            elif slow is None:
+                slow = [sub]
+            else:
+                slow.append(sub)
+        if slow is None:
+            return delivered, None, None
         refused: list[Subscription] | None = None
         blocked: list[Subscription] | None = None
-        for sub in self.match(channel):
-            if not sub.active or sub._closing:
+        for sub in slow:
+            if sub.limit < 0:  # ended or ending: it takes nothing more
                 continue
-            items = sub.items
-            if len(items) < sub.cap:
-                items.append(msg)
-                wake = sub._wake
-                if wake is not None:
-                    sub._wake = None
-                    wake.set()
-                delivered += 1
-            elif sub.overflow == "drop_oldest":
-                items.popleft()
-                items.append(msg)
+            if sub.overflow == "drop_oldest":
+                sub.items.popleft()
+                sub.items.append(msg)
                 sub.dropped += 1
                 delivered += 1
             elif sub.overflow == "error":

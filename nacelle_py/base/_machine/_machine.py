@@ -434,7 +434,7 @@ class Machine:
         if blocked:
             for sub in blocked:
                 await sub.wait_room()
-                if sub.active and not sub._closing:
+                if sub.limit >= 0:
                     sub.items.append(msg)
                     sub._notify()
                     delivered += 1
