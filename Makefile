@@ -30,6 +30,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/import_time.py
 	$(BIN)/python bench/dispatcher.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/machine.py
 
 docs: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[docs]'

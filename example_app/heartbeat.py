@@ -8,7 +8,7 @@ import anyio
 from structlog.typing import FilteringBoundLogger
 
 from nacelle_py import Health, Inject, Process
-from nacelle_py.base import Dispatcher
+from nacelle_py.base import Dispatcher, Machine, Routine
 
 from .pruner import Prune
 from .settings import HeartbeatSettings
@@ -24,6 +24,7 @@ class Heartbeat(Process):
     logger: FilteringBoundLogger = Inject("logger")  # bound with this component's name
     settings: HeartbeatSettings = Inject()
     jobs: Dispatcher = Inject("jobs")
+    machine: Machine = Inject("machine")  # this component's own sub-machine: its routines end with it
 
     async def init(self) -> None:
         self.healthy = self.health.register("heartbeat")  # unhealthy until the first row is in
@@ -33,6 +34,7 @@ class Heartbeat(Process):
         tick = self.settings.tick
         self.logger.info("heartbeat started", tick=tick)
         beats = 0
+        await self.machine.go(self._observe, id="beat-observer", tags=("audit",))
         while not self.stopping.is_set():
             beats += 1
             # A one-row insert is quick enough to do on the loop thread; a slow
@@ -40,6 +42,7 @@ class Heartbeat(Process):
             with self.db:
                 self.db.execute("insert into heartbeat (beat, at) values (?, ?)", (beats, time.time()))
             self.logger.info("heartbeat", beat=beats)
+            await self.machine.publish("heartbeat.beat", beats)
             if beats == 1:
                 self.healthy.update(True)
             if beats % 10 == 0 and not self.jobs.dispatch(Prune(self.db, self.logger)):
@@ -48,6 +51,19 @@ class Heartbeat(Process):
             with anyio.move_on_after(tick):
                 await self.stopping.wait()
         self.logger.info("heartbeat stopped", beats=beats)
+
+    async def _observe(self, routine: Routine) -> None:
+        """A routine that listens to ``heartbeat.*`` and reports every tenth beat it saw."""
+        seen = 0
+
+        def on_beat(beat: int) -> None:
+            nonlocal seen
+            seen += 1
+            if seen % 10 == 0:
+                self.logger.info("beats observed", seen=seen, last=beat, routine=routine.id)
+
+        routine.subscribe("heartbeat.*", on_beat, buffer=16, overflow="drop_oldest")
+        await anyio.sleep_forever()  # cancelled, with its subscription, when the heartbeat stops
 
     async def stop(self) -> None:
         self.stopping.set()

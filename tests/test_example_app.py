@@ -97,6 +97,17 @@ def test_heartbeat_rows_are_written(tmp_path: Path) -> None:
     assert stopped[0]["beats"] == len(written)
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_heartbeat_routine_observes_beats_and_ends_with_it(backend: str, tmp_path: Path) -> None:
+    with boot(backend, tmp_path / "beats.sqlite3") as app:
+        observed = app.wait_event("beats observed", BOOT_TIMEOUT, component="heartbeat")
+        app.send(signal.SIGTERM)
+        assert app.wait(EXIT_TIMEOUT) == 0, app.dump()
+    assert observed["seen"] == 10 and observed["routine"] == "beat-observer"
+    # The routine was cancelled with its owner: nothing of it is logged as an error.
+    assert not [e for e in app.events if e.get("level") == "error"], app.dump()
+
+
 def test_two_quick_sigterms_are_one_request(tmp_path: Path) -> None:
     """make forwards SIGTERM and a process-group kill sends another: that is still a graceful stop."""
     with boot("asyncio", tmp_path / "beats.sqlite3") as app:
