@@ -132,7 +132,7 @@ class Runner:
         on_error: Callable[[ComponentError], None] | None = None,
         on_ready: Sequence[Callable[[], object]] = (),
         hard_exit: bool = False,
-        release: Callable[[str], Awaitable[None]] | None = None,
+        release: Callable[[str], Awaitable[None] | None] | None = None,
     ) -> None:
         self.app_name = app_name
         self.entries = entries
@@ -459,6 +459,8 @@ class Runner:
             self._record(ComponentError(entry.name, "run", exc))
             self.request_stop(f"{entry.name}: run failed")
         finally:
+            # What the process started ends with it: before its run counts as ended.
+            await self._release(entry)
             entry.finished = True
             self._running -= 1
             if entry.done is not None:
@@ -466,7 +468,6 @@ class Runner:
             if entry.countdown is not None:
                 entry.countdown.done_one()
             self._run_ended(entry, outcome, started)
-            await self._release(entry)
 
     def _run_ended(self, entry: Entry, outcome: str, started: float) -> None:
         if outcome == "cancelled":
@@ -580,9 +581,16 @@ class Runner:
         """
         if self.release is None:
             return
+        try:
+            ending = self.release(entry.name)
+        except Exception as exc:
+            self._record(ComponentError(entry.name, "release", exc))
+            return
+        if ending is None:  # nothing was made for it: no await, no scope
+            return
         with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE) as scope:
             try:
-                await self.release(entry.name)
+                await ending
             except Exception as exc:
                 self._record(ComponentError(entry.name, "release", exc))
         if scope.cancelled_caught:

@@ -8,6 +8,7 @@ pays for one idle task group while it serves.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,16 +48,19 @@ class MachineService:
             return root
         return root.children.get(name) or root.sub(name)
 
-    async def release(self, name: str) -> None:
-        """Cancel and await a component's sub-machine; its errors were logged as they happened."""
+    def release(self, name: str) -> Awaitable[None] | None:
+        """Cancel a component's sub-machine; what to await until its routines ended (None: it had none)."""
         root = self._root
-        if root is None:
-            return
-        sub = root._children.pop(name, None)
-        if sub is not None:
-            sub.cancel()
-            await sub._wait_idle()
-            sub._take_errors()
+        sub = root._children.pop(name, None) if root is not None else None
+        if sub is None:
+            return None
+        sub.cancel()
+        return self._ended(sub)
+
+    @staticmethod
+    async def _ended(sub: Machine) -> None:
+        await sub._wait_idle()
+        sub._take_errors()  # each was logged as it happened
 
     async def open(self, settings: Any, logger: Any) -> None:
         """Open the root machine with the app's settings, before anything is injected."""

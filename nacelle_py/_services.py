@@ -32,14 +32,15 @@ class PerComponent(Generic[T]):
     ``make(name)`` is called once per component at injection time; outside a
     component (``ServiceContainer.get``) the value is ``make(None)``. When the
     component's lifecycle ends (a process's run has ended, an initializer
-    has finalized), the runner awaits ``release(name)`` if given: what the
-    service made for that component ends with it.
+    has finalized), the runner calls ``release(name)`` if given and awaits
+    what it returns (None: nothing to end): what the service made for that
+    component ends with it.
     """
 
     __slots__ = ("make", "release")
 
     def __init__(self, make: Callable[[str | None], T],
-                 release: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 release: Callable[[str], Awaitable[None] | None] | None = None) -> None:
         self.make = make
         self.release = release
 
@@ -132,13 +133,23 @@ class ServiceContainer:
                     found.append((key, value))
         return found
 
-    async def release(self, component: str) -> None:
-        """End what per-component services made for ``component`` (the runner calls it as the component ends)."""
+    def release(self, component: str) -> Awaitable[None] | None:
+        """End what per-component services made for ``component``: an awaitable, or None if nothing was made.
+
+        The runner calls it as the component ends; the common case (nothing to
+        end) costs no await.
+        """
+        pending: list[Awaitable[None]] = []
         for provider in list(self._providers.values()):
             if isinstance(provider, providers.Object):
                 value = provider()
                 if isinstance(value, PerComponent) and value.release is not None:
-                    await value.release(component)
+                    ending = value.release(component)
+                    if ending is not None:
+                        pending.append(ending)
+        if not pending:
+            return None
+        return _all(pending)
 
     @contextmanager
     def override(self, key: str, value: object) -> Iterator[None]:
@@ -151,3 +162,8 @@ class ServiceContainer:
 
     def __repr__(self) -> str:
         return f"ServiceContainer({', '.join(self._providers)})"
+
+
+async def _all(pending: list[Awaitable[None]]) -> None:
+    for ending in pending:
+        await ending

@@ -471,7 +471,7 @@ async def test_stats_list_active_routines_with_id_tags_age_and_state() -> None:
     trace: list[str] = []
     async with Machine(name="m") as m:
         a = await m.go(blocker(release, trace, "a"), id="a", tags=("publish", "x"))
-        b = await m.go(blocker(release, trace, "b"), id="b")
+        await m.go(blocker(release, trace, "b"), id="b")
         done = await m.go(blocker(_set(anyio.Event()), trace, "done"), id="done")
         await done.wait()
         await wait_until(lambda: "a.start" in trace and "b.start" in trace)

@@ -116,6 +116,7 @@ async def scenario_run(sc: Scenario) -> None:
     closed: set[int] = set()  # machines cancelled (a sub and its descendants)
     machines: list[Machine] = []
     spec_of: dict[int, Job] = {}
+    in_go: set[int] = set()  # producers inside an await go()
 
     def check(where: str) -> None:
         root_stats = machines[0].stats()
@@ -171,15 +172,25 @@ async def scenario_run(sc: Scenario) -> None:
                             sc.limits[a] is not None and subtree_active(find(s, a)) >= sc.limits[a]  # type: ignore[operator]
                             for a in chain(job.machine)
                         )
-                        if not full and not any(x.waiting for x in all_stats(s)):
+                        # A slot handed to a queued go() that has not returned yet is taken but not
+                        # yet a running routine: that is the only "room" try_go may not use.
+                        if not full and not in_go and not any(x.waiting for x in all_stats(s)):
                             violations.append(f"try_go({jid}) gave None with room on machine {job.machine}")
                 elif job.spawn == "give_up":
-                    with anyio.move_on_after(0.002):
-                        r = await m.go(body(jid, job), **kwargs)
+                    in_go.add(jid)
+                    try:
+                        with anyio.move_on_after(0.002):
+                            r = await m.go(body(jid, job), **kwargs)
+                    finally:
+                        in_go.discard(jid)
                     if r is None:
                         gave_up.add(jid)
                 else:
-                    r = await m.go(body(jid, job), **kwargs)
+                    in_go.add(jid)
+                    try:
+                        r = await m.go(body(jid, job), **kwargs)
+                    finally:
+                        in_go.discard(jid)
             except MachineError:
                 if not closed & set(chain(job.machine)):
                     violations.append(f"go({jid}) raised MachineError on open machine {job.machine}")

@@ -505,7 +505,8 @@ class Machine:
 
     def stats(self) -> MachineStats:
         """Active and total routines, queued callers, errors, each active routine, and the sub-machines'."""
-        own = sum(len(r._subscriptions or ()) for r in self._routines.values()) + len(self._subscriptions)
+        owned = [*self._subscriptions, *(s for r in self._routines.values() for s in r._subscriptions or ())]
+        own = sum(1 for s in owned if s.active)
         return MachineStats(
             name=self.name,
             active=len(self._routines),
