@@ -278,6 +278,61 @@ async def test_a_go_cancelled_while_waiting_for_a_slot_takes_no_slot() -> None:
     assert m.stats().total == 2
 
 
+async def test_a_machine_with_room_does_not_wait_behind_a_caller_queued_for_another_full_machine() -> None:
+    """Only a full machine (or a full ancestor) makes go() wait: a queue elsewhere in the tree does not."""
+    release = anyio.Event()
+    trace: list[str] = []
+    with anyio.fail_after(10):
+        async with Machine(max_routines=10) as m:
+            a = m.sub("a", max_routines=1)
+            b = m.sub("b")
+            await a.go(blocker(release, trace, "a1"))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.go, blocker(release, trace, "a2"))
+                await wait_until(lambda: a.stats().waiting == 1)
+                b1: Routine | None = None
+                with anyio.move_on_after(2):
+                    b1 = await b.go(blocker(release, trace, "b1"))
+                assert b1 is not None, "go() on b (room) waited behind a caller queued for a (full)"
+                b2 = b.try_go(blocker(release, trace, "b2"))
+                assert b2 is not None, "try_go() on b (room) refused because a caller waits for a (full)"
+                assert m.try_go(blocker(release, trace, "root")) is not None  # the root has room as well
+                await wait_until(lambda: {"b1.start", "b2.start", "root.start"} <= set(trace))
+                assert "a2.start" not in trace
+                release.set()
+    assert trace.index("a1.end") < trace.index("a2.start")
+
+
+async def test_a_go_timeout_counts_from_the_routines_start_not_from_the_call() -> None:
+    """A routine that waited for a slot longer than its timeout still gets its whole timeout."""
+    release = anyio.Event()
+    trace: list[str] = []
+    got: list[Routine] = []
+
+    async def short_job() -> str:
+        trace.append("b.start")
+        await anyio.sleep(0.01)
+        trace.append("b.end")
+        return "finished"
+
+    with anyio.fail_after(10):
+        async with Machine(max_routines=1) as m:
+            await m.go(blocker(release, trace, "a"))
+
+            async def queue_b() -> None:
+                got.append(await m.go(short_job, timeout=0.2))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(queue_b)
+                await wait_until(lambda: m.stats().waiting == 1)
+                await anyio.sleep(0.3)  # b waits for a slot longer than its timeout
+                release.set()
+            (b,) = got
+            await b.wait()
+    assert trace == ["a.start", "a.end", "b.start", "b.end"]
+    assert b.state == "done" and await b.wait() == "finished"
+
+
 async def test_cancelling_a_routine_twice_releases_its_slot_once() -> None:
     trace: list[str] = []
     hold = anyio.Event()
