@@ -333,6 +333,75 @@ async def test_a_go_timeout_counts_from_the_routines_start_not_from_the_call() -
     assert b.state == "done" and await b.wait() == "finished"
 
 
+async def test_cancelling_a_machine_fails_the_go_calls_waiting_on_it() -> None:
+    """A go() queued on a machine (or under a machine) that is cancelled raises MachineError; nothing starts."""
+    trace: list[str] = []
+    raised: list[str] = []
+
+    async def queued(machine: Machine, name: str) -> None:
+        try:
+            await machine.go(blocker(anyio.Event(), trace, name))
+        except MachineError:
+            raised.append(name)
+
+    with anyio.fail_after(10):
+        async with Machine(max_routines=1) as m:
+            child = m.sub("child")
+            a = await m.go(blocker(anyio.Event(), trace, "a"))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(queued, m, "b")
+                await wait_until(lambda: m.stats().waiting == 1)
+                tg.start_soon(queued, child, "c")
+                await wait_until(lambda: child.stats().waiting == 1)
+                m.cancel()
+            await a.wait()
+            assert m.stats().waiting == 0 and child.stats().waiting == 0
+    assert sorted(raised) == ["b", "c"]
+    assert a.state == "cancelled"
+    assert trace == ["a.start", "a.end"]
+    assert m.stats().total == 1 and child.stats().total == 0
+
+
+@pytest.mark.parametrize("order", ["caller first", "machine first"])
+async def test_a_waiting_go_cancelled_by_its_caller_and_its_machine_at_once(order: str) -> None:
+    """Both cancels land before the queued go() resumes: it ends cancelled or with MachineError, nothing else."""
+    release = anyio.Event()
+    trace: list[str] = []
+    outcome: list[str] = []
+    scope = anyio.CancelScope()
+    with anyio.fail_after(10):
+        async with Machine(max_routines=1) as m:
+            child = m.sub("child")
+            a = await m.go(blocker(release, trace, "a"))
+
+            async def waiting() -> None:
+                try:
+                    with scope:
+                        await child.go(blocker(anyio.Event(), trace, "b"))
+                    outcome.append("cancelled" if scope.cancelled_caught else "returned")
+                except MachineError:
+                    outcome.append("MachineError")
+                except Exception as exc:  # noqa: BLE001 - what the test is about
+                    outcome.append(repr(exc))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiting)
+                await wait_until(lambda: child.stats().waiting == 1)
+                if order == "caller first":
+                    scope.cancel()
+                    child.cancel()
+                else:
+                    child.cancel()
+                    scope.cancel()
+            assert m.stats().waiting == 0
+            release.set()
+            await a.wait()
+            assert m.try_go(blocker(_set(anyio.Event()), trace, "c")) is not None
+            assert m.stats().active == 1
+    assert outcome in (["cancelled"], ["MachineError"]), outcome
+    assert "b.start" not in trace
+
+
 async def test_cancelling_a_routine_twice_releases_its_slot_once() -> None:
     trace: list[str] = []
     hold = anyio.Event()
@@ -728,7 +797,12 @@ def plain(r: Any = None) -> None:
     """A plain function: not a routine."""
 
 
-@pytest.mark.parametrize("fn", [plain, lambda: None, 42, None, "fn"], ids=["def", "lambda", "int", "none", "str"])
+async def two_args(a: Any, b: Any) -> None:
+    """An async function that takes more than the routine."""
+
+
+@pytest.mark.parametrize("fn", [plain, lambda: None, 42, None, "fn", two_args],
+                         ids=["def", "lambda", "int", "none", "str", "two-args"])
 async def test_a_plain_or_non_callable_fn_is_a_type_error_at_go(fn: Any) -> None:
     async with Machine(max_routines=1) as m:
         with pytest.raises(TypeError):
@@ -957,6 +1031,39 @@ async def test_recover_logs_counts_and_ends_done(logs: list[dict[str, Any]]) -> 
     entries = [e for e in logs if e.get("log_level") == "error" and mentions(e, "panicky")]
     assert entries, logs  # never silent
     assert any(mentions(e, "panic") or e.get("exc_info") is not None for e in entries), entries
+
+
+async def test_recover_inside_every_keeps_a_panicking_routine_running() -> None:
+    """The seed's WithMiddlewares(PanicRecover()) with a ticker: each panic is recovered, the ticks go on."""
+    calls = 0
+
+    async def panics() -> None:
+        nonlocal calls
+        calls += 1
+        raise Boom(calls)
+
+    with anyio.fail_after(10):
+        async with Machine() as m:
+            r = await m.go(panics, id="ticker", timeout=0.15, middlewares=[every(0.01), recover()])
+            await r.wait()
+    assert r.state == "timed_out"
+    s = m.stats()
+    assert calls >= 3 and s.recovered == calls and s.errors == 0
+
+
+async def test_errors_go_to_the_logger_given_to_the_machine(logs: list[dict[str, Any]]) -> None:
+    async def fails() -> None:
+        raise Boom("to my logger")
+
+    with pytest.raises(ExceptionGroup):
+        async with Machine(logger=structlog.get_logger().bind(mine="yes")) as m:
+            child = m.sub("child")
+            r = await m.go(fails, id="r1")
+            c = await child.go(fails, id="c1")
+            await wait_until(lambda: r.done and c.done)
+    for rid in ("r1", "c1"):
+        entries = [e for e in logs if e.get("log_level") == "error" and mentions(e, rid)]
+        assert entries and all(e.get("mine") == "yes" for e in entries), (rid, logs)
 
 
 async def test_recover_does_not_swallow_cancellation() -> None:

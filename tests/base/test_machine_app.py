@@ -222,6 +222,22 @@ async def test_the_machine_settings_apply_to_the_root(prefix: str, monkeypatch: 
         with pytest.raises(MachineOverflowError):
             await root.publish("n", 4)
         release.set()
+
+        holding_sub = anyio.Event()
+        release_sub = anyio.Event()
+
+        async def stuck_sub(msg: int) -> None:
+            holding_sub.set()
+            await release_sub.wait()
+
+        w.machine.subscribe("s", stuck_sub, overflow="error")  # a component's sub-machine has the same default
+        await w.machine.publish("s", 0)
+        await holding_sub.wait()
+        for i in range(1, 4):
+            await w.machine.publish("s", i)
+        with pytest.raises(MachineOverflowError):
+            await w.machine.publish("s", 4)
+        release_sub.set()
     assert served.status == 0, app.errors
     assert got == [0, 1, 2, 3]
 

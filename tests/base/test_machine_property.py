@@ -228,6 +228,7 @@ async def scenario_run(sc: Scenario) -> None:
                 errors = [leaf for e in errors for leaf in (e.exceptions if isinstance(e, BaseExceptionGroup) else [e])]
 
     assert violations == [], violations
+    assert all(isinstance(e, Boom) for e in errors), errors  # not a producer's own failure
     assert started <= set(spawned), f"routines ran that no go()/try_go() returned: {started - set(spawned)}"
     assert not gave_up & started, f"a given-up go() still ran: {gave_up & started}"
     for jid, r in spawned.items():
@@ -249,7 +250,6 @@ async def scenario_run(sc: Scenario) -> None:
                 assert state == "timed_out", (jid, job, state)
     raised = sorted(jid for jid, how in outcome.items() if how == "raised")
     assert sorted(e.args[0] for e in errors if isinstance(e, Boom)) == raised
-    assert all(isinstance(e, Boom) for e in errors), errors
     final = machines[0].stats()
     for k in range(4):
         s = find(final, k)

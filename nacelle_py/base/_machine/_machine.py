@@ -193,12 +193,14 @@ class Machine:
         """
         call, takes = self._prepare(fn, middlewares)
         tags = _tags(tags, self.name)
-        deadline = self._deadline(timeout)
+        seconds = self._timeout(timeout)
         if id is not None:
             self._check_id(id)
         self._check_open()
         root = self._root
-        if root._queue or not self._fits():
+        # Every caller still queued lacks a slot (each release hands out what fits), so a
+        # caller that fits takes no slot any of them could use: it goes ahead.
+        if not self._fits():
             waiter = _Waiter(self)
             root._queue.append(waiter)
             try:
@@ -206,7 +208,7 @@ class Machine:
             except BaseException:
                 if waiter.granted:  # handed its slots as the wait was cancelled: give them back
                     self._release()
-                else:
+                elif waiter in root._queue:  # not already taken off by a cancel of its machine
                     root._queue.remove(waiter)
                     root._grant()  # it may have been holding up a caller behind it
                 raise
@@ -218,21 +220,21 @@ class Machine:
                 self._check_id(id)
         else:
             self._acquire()
-        return self._start(call, takes, id, tags, deadline)
+        return self._start(call, takes, id, tags, seconds)
 
     def try_go(self, fn: Callable[..., Awaitable[Any]], *, id: str | None = None, tags: Iterable[str] = (),
                timeout: float | None = None, middlewares: Sequence[Middleware] = ()) -> Routine | None:
         """Start ``fn`` as a routine if a slot is free now; None otherwise (never waits)."""
         call, takes = self._prepare(fn, middlewares)
         tags = _tags(tags, self.name)
-        deadline = self._deadline(timeout)
+        seconds = self._timeout(timeout)
         if id is not None:
             self._check_id(id)
         self._check_open()
-        if self._root._queue or not self._fits():
+        if not self._fits():
             return None
         self._acquire()
-        return self._start(call, takes, id, tags, deadline)
+        return self._start(call, takes, id, tags, seconds)
 
     def _prepare(self, fn: Any, middlewares: Sequence[Middleware]) -> tuple[Any, bool]:
         takes = self._root._takes_routine.get(fn)
@@ -263,11 +265,12 @@ class Machine:
             call = middleware(call)
         return call, True
 
-    def _deadline(self, timeout: float | None) -> float:
+    def _timeout(self, timeout: float | None) -> float:
+        """The timeout in seconds (inf: none), checked now; it counts from the routine's start, not the call."""
         if timeout is None:
             return math.inf
         seconds: float = positive(f"Machine {self.name!r}.go", "timeout", timeout)
-        return anyio.current_time() + seconds
+        return seconds
 
     def _check_id(self, id: object) -> None:
         if not isinstance(id, str) or not id:
@@ -284,12 +287,12 @@ class Machine:
                 "in a component of a served App"
             )
 
-    def _start(self, call: Any, takes: bool, id: str | None, tags: tuple[str, ...], deadline: float) -> Routine:
+    def _start(self, call: Any, takes: bool, id: str | None, tags: tuple[str, ...], seconds: float) -> Routine:
         if id is None:
             id = f"{self.name}-{next(self._ids)}"
             while id in self._routines:
                 id = f"{self.name}-{next(self._ids)}"
-        routine = Routine(self, id, tags, deadline)
+        routine = Routine(self, id, tags, seconds if seconds == math.inf else anyio.current_time() + seconds)
         self._routines[id] = routine
         self._total += 1
         tg = self._root._tg
@@ -377,6 +380,11 @@ class Machine:
         The errors are those of routines and subscriptions that failed since the
         last ``wait()``; each is raised once.
         """
+        current = _CURRENT.get()
+        if current is not None and not current.done and self in current.machine._path:
+            raise MachineError(
+                f"Machine {self.name!r}.wait() called from its own routine {current.id!r}: it would wait for itself"
+            )
         await self._wait_idle()
         errors = self._take_errors()
         if errors:
