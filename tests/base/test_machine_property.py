@@ -169,7 +169,7 @@ async def scenario_run(sc: Scenario) -> None:
                     if r is None:
                         s = machines[0].stats()
                         full = any(
-                            sc.limits[a] is not None and subtree_active(find(s, a)) >= sc.limits[a]  # type: ignore[operator]
+                            sc.limits[a] is not None and subtree_active(find(s, a)) >= sc.limits[a]
                             for a in chain(job.machine)
                         )
                         # A slot handed to a queued go() that has not returned yet is taken but not

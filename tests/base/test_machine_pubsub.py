@@ -43,7 +43,7 @@ class Stuck:
 
 
 @pytest.fixture
-def logs() -> Iterator[list[dict[str, Any]]]:
+def logs() -> Iterator[Any]:
     with structlog.testing.capture_logs() as captured:
         yield captured
 
@@ -215,7 +215,7 @@ async def test_error_overflow_delivers_to_every_other_subscriber_then_raises_nam
 
 
 @pytest.mark.parametrize("overflow", ["drop_oldest", "error"])
-async def test_a_stuck_subscriber_does_not_hold_up_the_others_unless_it_blocks(overflow: str) -> None:
+async def test_a_stuck_subscriber_does_not_hold_up_the_others_unless_it_blocks(overflow: Any) -> None:
     stuck = Stuck()
     fast: list[int] = []
     overflows = 0
