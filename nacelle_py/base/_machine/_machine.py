@@ -185,18 +185,13 @@ class Machine:
 
     async def go(self, fn: Callable[..., Awaitable[Any]], *, id: str | None = None, tags: Iterable[str] = (),
                  timeout: float | None = None, middlewares: Sequence[Middleware] = ()) -> Routine:
-        """Start ``fn`` as a routine, waiting (in arrival order) for a slot while the limit is reached.
+        """Start ``fn`` as a routine, waiting (oldest caller first) for a slot while a limit is reached.
 
         ``fn`` is an async callable taking nothing or the ``Routine``.
         ``timeout`` ends it as ``timed_out`` after that many seconds;
         ``middlewares`` wrap it, the first outermost.
         """
-        call, takes = self._prepare(fn, middlewares)
-        tags = _tags(tags, self.name)
-        seconds = self._timeout(timeout)
-        if id is not None:
-            self._check_id(id)
-        self._check_open()
+        start = self._request(fn, id, tags, timeout, middlewares)
         root = self._root
         # Every caller still queued lacks a slot (each release hands out what fits), so a
         # caller that fits takes no slot any of them could use: it goes ahead.
@@ -220,21 +215,27 @@ class Machine:
                 self._check_id(id)
         else:
             self._acquire()
-        return self._start(call, takes, id, tags, seconds)
+        return self._start(*start)
 
     def try_go(self, fn: Callable[..., Awaitable[Any]], *, id: str | None = None, tags: Iterable[str] = (),
                timeout: float | None = None, middlewares: Sequence[Middleware] = ()) -> Routine | None:
         """Start ``fn`` as a routine if a slot is free now; None otherwise (never waits)."""
+        start = self._request(fn, id, tags, timeout, middlewares)
+        if not self._fits():
+            return None
+        self._acquire()
+        return self._start(*start)
+
+    def _request(self, fn: Any, id: str | None, tags: Iterable[str], timeout: float | None,
+                 middlewares: Sequence[Middleware]) -> tuple[Any, bool, str | None, tuple[str, ...], float]:
+        """Check a go()/try_go() call before it takes a slot: the arguments of ``_start``."""
         call, takes = self._prepare(fn, middlewares)
-        tags = _tags(tags, self.name)
+        checked = _tags(tags, self.name)
         seconds = self._timeout(timeout)
         if id is not None:
             self._check_id(id)
         self._check_open()
-        if not self._fits():
-            return None
-        self._acquire()
-        return self._start(call, takes, id, tags, seconds)
+        return call, takes, id, checked, seconds
 
     def _prepare(self, fn: Any, middlewares: Sequence[Middleware]) -> tuple[Any, bool]:
         takes = self._root._takes_routine.get(fn)
