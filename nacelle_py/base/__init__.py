@@ -27,6 +27,9 @@ __all__ = [
     "Stage",
     "StageStats",
     "Subscription",
+    "Worker",
+    "WorkerSettings",
+    "WorkerStats",
     "cron",
     "every",
     "recover",
@@ -35,6 +38,9 @@ __all__ = [
 ]
 
 _WHERE = {
+    "Worker": "._worker",
+    "WorkerSettings": "._worker",
+    "WorkerStats": "._worker",
     "Machine": "._machine",
     "MachineError": "._machine",
     "MachineOverflowError": "._machine",
@@ -77,6 +83,7 @@ if TYPE_CHECKING:
         timeout,
     )
     from ._pipeline import Pipeline, PipelineError, PipelineSettings, Stage, StageStats
+    from ._worker import Worker, WorkerSettings, WorkerStats
 
 
 def __getattr__(name: str) -> Any:
