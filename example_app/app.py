@@ -8,6 +8,7 @@ from nacelle_py.base import Dispatcher
 from .db import Database
 from .heartbeat import Heartbeat
 from .load import LoadPipeline
+from .report import Report
 
 __all__ = ["build_app"]
 
@@ -23,4 +24,5 @@ def build_app() -> App:
     app.register(Heartbeat(), name="heartbeat", priority=2, start_timeout=5, shutdown_timeout=5)
     # sample -> smooth -> store: on SIGTERM it stops sampling and drains into the database.
     app.register(LoadPipeline(), name="load", priority=2, shutdown_timeout=5)
+    app.register(Report(), name="report", priority=2)  # a Worker: ticks until stopped
     return app

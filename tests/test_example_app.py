@@ -108,6 +108,15 @@ def test_the_heartbeat_routine_observes_beats_and_ends_with_it(backend: str, tmp
     assert not [e for e in app.events if e.get("level") == "error"], app.dump()
 
 
+def test_the_report_worker_ticks_at_once_and_stops_with_the_app(tmp_path: Path) -> None:
+    with boot("asyncio", tmp_path / "beats.sqlite3", EXAMPLE_WORKER_TICK_INTERVAL="0.1") as app:
+        app.wait_for(lambda e: e.get("event") == "report" and e.get("heartbeat_rows", 0) >= 1, BOOT_TIMEOUT)
+        app.send(signal.SIGTERM)
+        assert app.wait(EXIT_TIMEOUT) == 0, app.dump()
+    reports = [e for e in app.events if e.get("event") == "report"]
+    assert len(reports) >= 2 and all(e["component"] == "report" for e in reports)
+
+
 def test_two_quick_sigterms_are_one_request(tmp_path: Path) -> None:
     """make forwards SIGTERM and a process-group kill sends another: that is still a graceful stop."""
     with boot("asyncio", tmp_path / "beats.sqlite3") as app:
