@@ -46,21 +46,13 @@ class MachineService:
         root = self.root()
         if name is None:
             return root
-        return root.children.get(name) or root.sub(name)
+        return root._children.get(name) or root.sub(name)
 
     def release(self, name: str) -> Awaitable[None] | None:
         """Cancel a component's sub-machine; what to await until its routines ended (None: it had none)."""
         root = self._root
         sub = root._children.pop(name, None) if root is not None else None
-        if sub is None:
-            return None
-        sub.cancel()
-        return self._ended(sub)
-
-    @staticmethod
-    async def _ended(sub: Machine) -> None:
-        await sub._wait_idle()
-        sub._take_errors()  # each was logged as it happened
+        return None if sub is None else sub._end_quietly()
 
     async def open(self, settings: Any, logger: Any) -> None:
         """Open the root machine with the app's settings, before anything is injected."""
@@ -76,6 +68,5 @@ class MachineService:
         root = self._root
         if root is None or root._tg is None:
             return
-        root.cancel()
-        root._take_errors()
+        await root._end_quietly()  # errors a routine raises while it is cancelled are dropped too
         await root.__aexit__(None, None, None)

@@ -7,7 +7,7 @@ from typing import Any
 
 from ._errors import RegistrationError
 
-__all__ = ["positive"]
+__all__ = ["positive", "positive_setting"]
 
 
 def positive(owner: str, option: str, value: object, *, integer: bool = False, allow_none: bool = False) -> Any:
@@ -31,3 +31,13 @@ def positive(owner: str, option: str, value: object, *, integer: bool = False, a
         kind = "a positive int" if integer else "a positive number of seconds"
         raise RegistrationError(f"{owner}: {option} must be {kind}{hint}, got {value!r}")
     return value if integer else float(value)  # type: ignore[arg-type]
+
+
+def positive_setting(value: float | None) -> float | None:
+    """A settings validator's check: ``None`` (unset) or positive finite seconds, else ``ValueError``.
+
+    pydantic-settings turns the ValueError into a ``ConfigError`` naming the env variable.
+    """
+    if value is not None and not (0 < value < math.inf):
+        raise ValueError("must be a positive number of seconds")
+    return value

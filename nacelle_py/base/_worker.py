@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
@@ -18,7 +17,7 @@ from .._config import Config
 from .._errors import RegistrationError
 from .._health import Health, HealthComponent
 from .._inject import Inject
-from .._validate import positive
+from .._validate import positive, positive_setting
 from .._waker import Waker
 
 __all__ = ["Worker", "WorkerSettings", "WorkerStats"]
@@ -41,9 +40,7 @@ class WorkerSettings(BaseSettings):
     @field_validator("tick_interval")
     @classmethod
     def _positive(cls, value: float | None) -> float | None:
-        if value is not None and not (0 < value < math.inf):
-            raise ValueError("must be a positive number of seconds")
-        return value
+        return positive_setting(value)
 
 
 class WorkerStats(NamedTuple):
@@ -94,7 +91,6 @@ class Worker(Process):
         self._stopping: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
         self._health: HealthComponent | None = None
-        self._waker: Waker | None = None
 
     async def tick(self) -> None:
         """One unit of work; override it in a subclass (or pass ``tick=`` to the constructor)."""
@@ -119,7 +115,7 @@ class Worker(Process):
         log = vars(self).get("logger") or structlog.get_logger().bind(component="worker")
         stopping = self._stopping = anyio.Event()
         plain = not is_async(self._tick)
-        waker = self._waker = Waker() if plain else None
+        waker = Waker() if plain else None
         if self._health is not None:
             self._health.update(True)
         error: Exception | None = None

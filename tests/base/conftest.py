@@ -9,11 +9,22 @@ from collections.abc import Iterator
 import pytest
 
 
+# Every setting a built-in reads: the machine's own values (with any app prefix) must not steer a test.
+BUILTIN_SETTINGS = (
+    "PIPELINE_ENGINE",
+    "PIPELINE_SHUTDOWN_TIMEOUT",
+    "MACHINE_MAX_ROUTINES",
+    "MACHINE_BUFFER",
+    "WORKER_TICK_INTERVAL",
+    "WORKER_STRICT_CLOCK",
+)
+
+
 @pytest.fixture(autouse=True)
-def no_pipeline_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The machine's own PIPELINE_* settings (with any app prefix) must not steer a test."""
+def no_builtin_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset every built-in's settings, prefixed or not, for the length of a test."""
     for key in list(os.environ):
-        if key.endswith(("PIPELINE_ENGINE", "PIPELINE_SHUTDOWN_TIMEOUT")):
+        if key.endswith(BUILTIN_SETTINGS):
             monkeypatch.delenv(key)
 
 

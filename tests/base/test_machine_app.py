@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import anyio
 import pytest
@@ -14,14 +13,6 @@ from nacelle_py.testing import Trace, test_app
 from _support import Boom, serving, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def no_machine_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The machine's own MACHINE_* settings (with any app prefix) must not steer a test."""
-    for key in list(os.environ):
-        if key.endswith(("MACHINE_MAX_ROUTINES", "MACHINE_BUFFER")):
-            monkeypatch.delenv(key)
 
 
 class Worker(Process):

@@ -581,3 +581,33 @@ async def test_the_seed_scenario_a_timed_publisher_and_a_timed_subscriber() -> N
     assert all(n == 0 for was_done, n in results if was_done), results  # the subscription ended with its routine
     assert any(n == 1 for _, n in results)
     assert len(received) <= sum(n for _, n in results)
+
+
+async def test_publish_nowait_delivers_and_names_what_a_full_buffer_refused() -> None:
+    """Nothing waits: a full ``block`` buffer is WouldBlock, a full ``error`` one an overflow; the others get it."""
+    fast: list[int] = []
+    gate = anyio.Event()
+    blocked: list[int] = []
+
+    async def held(msg: int) -> None:
+        await gate.wait()
+        blocked.append(msg)
+
+    with anyio.fail_after(5):
+        async with Machine() as m:
+            m.subscribe("n", fast.append)
+            m.subscribe("n", held, buffer=1)  # overflow="block"
+            assert m.publish_nowait("n", 1) == 2
+            await wait_until(lambda: fast == [1])  # `held` has taken 1 and waits on the gate
+            assert m.publish_nowait("n", 2) == 2  # its buffer holds one
+            with pytest.raises(anyio.WouldBlock):
+                m.publish_nowait("n", 3)
+            await wait_until(lambda: fast == [1, 2, 3])  # the other subscriber had it
+            refusing = m.subscribe("e", fast.append, buffer=1, overflow="error")
+            assert m.publish_nowait("e", 10) == 1  # not yet taken by its task
+            with pytest.raises(MachineOverflowError) as info:
+                m.publish_nowait("e", 11)
+            assert info.value.subscriptions == [refusing]
+            gate.set()
+    assert blocked == [1, 2]
+    assert fast == [1, 2, 3, 10]

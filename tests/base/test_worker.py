@@ -17,15 +17,6 @@ from _support import Boom, serving, wait_until
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(autouse=True)
-def no_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.endswith(("WORKER_TICK_INTERVAL", "WORKER_STRICT_CLOCK")):
-            monkeypatch.delenv(key)
-
-
 async def run_until(w: Worker, done: Any, limit: float = 5.0) -> None:
     """Run ``w`` standalone until ``done()`` holds, then stop it; bounded."""
     with anyio.fail_after(limit):

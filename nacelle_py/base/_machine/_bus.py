@@ -211,10 +211,6 @@ class Bus:
             self._cache[channel] = found
         return found
 
-    def count(self) -> int:
-        """How many subscriptions are active."""
-        return sum(len(group) for group in self.exact.values()) + len(self.wild)
-
     def offer(self, channel: str, msg: Any) -> tuple[int, list[Subscription] | None, list[Subscription] | None]:
         """Deliver without waiting: (delivered, full ``error`` subscriptions, full ``block`` subscriptions)."""
         found = self._cache.get(channel)

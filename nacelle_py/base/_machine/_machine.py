@@ -238,7 +238,11 @@ class Machine:
         return call, takes, id, checked, seconds
 
     def _prepare(self, fn: Any, middlewares: Sequence[Middleware]) -> tuple[Any, bool]:
-        takes = self._root._takes_routine.get(fn)
+        cache = self._root._takes_routine
+        try:
+            takes = cache.get(fn)
+        except TypeError:  # an unhashable callable: checked every time
+            takes = None
         if takes is None:
             if not callable(fn):
                 raise TypeError(f"Machine {self.name!r}.go: fn must be an async callable, got {fn!r}")
@@ -248,7 +252,6 @@ class Machine:
                     "(a blocking function belongs in anyio.to_thread.run_sync inside a routine)"
                 )
             takes = _takes_one(fn)
-            cache = self._root._takes_routine
             if len(cache) > 1024:
                 cache.clear()
             try:
@@ -390,6 +393,12 @@ class Machine:
         errors = self._take_errors()
         if errors:
             raise ExceptionGroup(f"machine {self.name!r}: {len(errors)} routine(s) failed", errors)
+
+    async def _end_quietly(self) -> None:
+        """Cancel the tree and wait for it; drop its errors (each was logged as it happened)."""
+        self.cancel()
+        await self._wait_idle()
+        self._take_errors()
 
     async def _wait_idle(self) -> None:
         while self._active:

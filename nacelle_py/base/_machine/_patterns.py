@@ -7,18 +7,17 @@ __all__ = ["check_channel", "check_pattern", "is_exact", "matches"]
 
 def check_channel(channel: object) -> str:
     """A channel is a non-empty string of non-empty tokens without wildcards."""
-    if not isinstance(channel, str) or not channel or "" in channel.split("."):
+    if not isinstance(channel, str) or "" in (tokens := channel.split(".")):
         raise ValueError(f"Machine.publish: a channel is a non-empty dot-separated string, got {channel!r}")
-    if "*" in channel.split(".") or ">" in channel.split("."):
+    if "*" in tokens or ">" in tokens:
         raise ValueError(f"Machine.publish: channel {channel!r} has a wildcard; wildcards are for subscribe()")
     return channel
 
 
 def check_pattern(pattern: object) -> str:
     """A pattern is a channel in which ``*`` may stand for a token and ``>`` for the tail."""
-    if not isinstance(pattern, str) or not pattern or "" in pattern.split("."):
+    if not isinstance(pattern, str) or "" in (tokens := pattern.split(".")):
         raise ValueError(f"Machine.subscribe: a pattern is a non-empty dot-separated string, got {pattern!r}")
-    tokens = pattern.split(".")
     if ">" in tokens[:-1]:
         raise ValueError(f"Machine.subscribe: in {pattern!r}, '>' may only be the last token")
     return pattern

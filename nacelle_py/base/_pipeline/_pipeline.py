@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -17,7 +16,7 @@ from ..._config import Config
 from ..._errors import RegistrationError
 from ..._health import Health, HealthComponent
 from ..._inject import Inject
-from ..._validate import positive
+from ..._validate import positive, positive_setting
 from ._engine import Engine
 from ._parallel import ParallelEngine
 from ._serial import SerialEngine
@@ -53,9 +52,7 @@ class PipelineSettings(BaseSettings):
     @field_validator("shutdown_timeout")
     @classmethod
     def _positive(cls, value: float | None) -> float | None:
-        if value is not None and not (0 < value < math.inf):
-            raise ValueError("must be a positive number of seconds")
-        return value
+        return positive_setting(value)
 
 
 class PipelineError(RuntimeError):
