@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a machine with only python3:
-#   make run   - creates .venv, installs the package, runs example_app until Ctrl-C / SIGTERM
-#   make test  - creates .venv, installs the dev extras, runs every test
+#   make run   - creates .venv, installs the package with every extra, runs example_app until Ctrl-C / SIGTERM
+#   make test  - creates .venv, installs the dev and server extras, runs every test
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,11 +12,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,all]'
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed

@@ -14,6 +14,10 @@ __all__ = [
     "DispatcherError",
     "DispatcherStats",
     "DispatcherStatus",
+    "GRPCServer",
+    "GRPCSettings",
+    "HTTPServer",
+    "HTTPSettings",
     "Machine",
     "MachineError",
     "MachineOverflowError",
@@ -38,6 +42,10 @@ __all__ = [
 ]
 
 _WHERE = {
+    "GRPCServer": "._grpc",
+    "GRPCSettings": "._grpc",
+    "HTTPServer": "._http",
+    "HTTPSettings": "._http",
     "Worker": "._worker",
     "WorkerSettings": "._worker",
     "WorkerStats": "._worker",
@@ -67,6 +75,8 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher, DispatcherError, DispatcherStats, DispatcherStatus
+    from ._grpc import GRPCServer, GRPCSettings
+    from ._http import HTTPServer, HTTPSettings
     from ._machine import (
         Machine,
         MachineError,

@@ -1,0 +1,255 @@
+"""Serving an ASGI app on one listening socket, through Hypercorn, on the current anyio backend.
+
+Shared by ``base.HTTPServer`` and the App's ops endpoint. Hypercorn is the
+embedded server because it runs on asyncio and trio alike (uvicorn runs on
+asyncio only). The socket is bound here, before serving, so that a taken
+port is an error of ``init`` (boot fails naming the address) instead of a
+surprise once the app says it is up; Hypercorn is handed the descriptor
+(``fd://``) and closes it when it stops listening.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+import sniffio
+
+from ._extras import require
+
+__all__ = ["ASGIServing", "BindError", "check_tls", "format_address", "listen"]
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+class BindError(OSError):
+    """The address could not be listened on; the message names it, the settings and what to do."""
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with brackets around an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen(host: str, port: int, *, settings: str, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port`` 0: any free port); ``BindError`` otherwise."""
+    where = format_address(host, port)
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise BindError(f"cannot listen on {where}: the host does not resolve ({exc}); fix {settings}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        # Restart at once on a port whose last connections linger in TIME_WAIT; this does
+        # not let two servers share the port (that would be SO_REUSEPORT).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            hint = "another process listens there: stop it, or choose another port"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            hint = "ports below 1024 need privileges: choose a port >= 1024"
+        else:
+            hint = "choose an address of this machine"
+        raise BindError(exc.errno, f"cannot listen on {where}: {exc.strerror}; {hint} ({settings})") from None
+    return sock
+
+
+def check_tls(cert_file: str, key_file: str, settings: str) -> None:
+    """Load the certificate and key as the server will; ``ValueError`` naming ``settings`` if they do not pair."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"cannot load the TLS certificate {cert_file!r} with the key {key_file!r}: {exc}; "
+            f"{settings} must name a PEM certificate and its own private key"
+        ) from None
+
+
+class ASGIServing:
+    """One ASGI app served on one socket until ``shutdown()``, then drained within ``graceful_timeout``.
+
+    Counts the HTTP and WebSocket requests the app is handling (``active``),
+    has handled (``served``) and those the drain cut off (``cut_off``).
+    ``on_started`` is called once the app's lifespan startup is done and the
+    server accepts connections.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        sock: socket.socket,
+        *,
+        graceful_timeout: float,
+        logger: Any,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        access_log: bool = False,
+        feature: str = "HTTPServer",
+    ) -> None:
+        require("hypercorn", "http", feature)
+        self.app = app
+        self.address: tuple[str, int] = sock.getsockname()[:2]
+        self.graceful_timeout = graceful_timeout
+        self.active = 0
+        self.served = 0
+        self.cut_off = 0
+        self._sock: socket.socket | None = sock
+        self._log = logger
+        self._tls = (cert_file, key_file)
+        self._access_log = access_log
+        self._shutdown = anyio.Event()
+        self._started: Callable[[], None] | None = None
+        self._draining = False
+
+    @property
+    def url(self) -> str:
+        """Where the server listens, as a URL."""
+        scheme = "https" if self._tls[0] else "http"
+        return f"{scheme}://{format_address(*self.address)}"
+
+    def shutdown(self) -> None:
+        """Stop listening (new connections are refused) and let the requests in flight finish."""
+        self._shutdown.set()
+
+    def close(self) -> None:
+        """Close the socket if it was never served (boot failed after the bind)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def serve(self, on_started: Callable[[], None] | None = None) -> None:
+        """Serve until ``shutdown()`` and the drain are done; bounded by ``graceful_timeout`` after it."""
+        if self._sock is None:
+            raise RuntimeError("ASGIServing.serve: the socket is closed (serve() runs once)")
+        from hypercorn.config import Config as HypercornConfig
+
+        config = HypercornConfig()
+        fd = self._sock.detach()  # Hypercorn owns the descriptor from here on, and closes it
+        self._sock = None
+        config.bind = [f"fd://{fd}"]
+        config.graceful_timeout = self.graceful_timeout
+        config.certfile, config.keyfile = self._tls
+        config.logger_class = _logger_class(self._log, self._access_log)  # type: ignore[assignment]
+        self._started = on_started
+        library = sniffio.current_async_library()
+        if library == "trio":
+            from hypercorn.trio import serve as serve_trio
+
+            serve = serve_trio
+        else:
+            from hypercorn.asyncio import serve as serve_asyncio
+
+            serve = serve_asyncio  # type: ignore[assignment]
+        # Hypercorn bounds its own drain by graceful_timeout; this outer bound (plus a
+        # second for the lifespan shutdown) holds even where closing a server waits for
+        # its connections (asyncio on Python 3.12+).
+        with anyio.CancelScope() as scope:
+            async def trigger() -> None:
+                await self._shutdown.wait()
+                self._draining = True
+                scope.deadline = anyio.current_time() + self.graceful_timeout + 1.0
+
+            await serve(self._wrapped, config, shutdown_trigger=trigger, mode="asgi")  # type: ignore[arg-type]
+        if scope.cancelled_caught:
+            self._log.warning("server drain overran its bound; connections abandoned", seconds=self.graceful_timeout)
+
+    async def _wrapped(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        except anyio.get_cancelled_exc_class():
+            if self._draining:
+                self.cut_off += 1
+            raise
+        finally:
+            self.active -= 1
+            self.served += 1
+
+    async def _lifespan(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
+        received: list[str] = []
+        completed = False
+
+        async def watch_receive() -> Any:
+            message = await receive()
+            received.append(message.get("type"))
+            return message
+
+        async def watch_send(message: Any) -> None:
+            nonlocal completed
+            await send(message)
+            if message.get("type") == "lifespan.startup.complete":
+                completed = True
+                self._announce()
+
+        try:
+            await self.app(scope, watch_receive, watch_send)
+        except Exception:
+            # An app without lifespan support raises at once, and Hypercorn goes on without it.
+            self._announce()
+            raise
+        if completed:
+            return
+        # The app returned without taking part in the lifespan (``if scope["type"] != "http":
+        # return`` is common). Hypercorn's trio server cannot go on then, so answer for it.
+        if "lifespan.startup" not in received:
+            await receive()
+        await send({"type": "lifespan.startup.complete"})
+        self._announce()
+        await receive()  # lifespan.shutdown
+        await send({"type": "lifespan.shutdown.complete"})
+
+    def _announce(self) -> None:
+        started, self._started = self._started, None
+        if started is not None:
+            started()
+
+
+def _logger_class(log: Any, access: bool) -> type:
+    """A Hypercorn logger class that writes through our structlog logger (one class per server)."""
+
+    def emit(level: str) -> Callable[..., Awaitable[None]]:
+        async def write(self: Any, message: str, *args: Any, **kwargs: Any) -> None:
+            text = message % args if args else message
+            if level in ("debug", "info"):
+                return  # Hypercorn's own "Running on ..." lines; ours say where we listen
+            getattr(log, level)(text, exc_info=kwargs.get("exc_info"))
+
+        return write
+
+    class _Log:
+        def __init__(self, config: Any) -> None:
+            pass
+
+        async def access(self, request: Any, response: Any, request_time: float) -> None:
+            if access:
+                log.info(
+                    "http request", method=request.get("method"), path=request.get("path"),
+                    status=None if response is None else response.get("status"), ms=round(request_time * 1000, 3),
+                )
+
+        critical = emit("critical")
+        error = emit("error")
+        warning = emit("warning")
+        info = emit("info")
+        debug = emit("debug")
+
+        async def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
+            log.error(message % args if args else message, exc_info=True)
+
+        async def log(self, level: int, message: str, *args: Any, **kwargs: Any) -> None:
+            if level >= 30:
+                log.warning(message % args if args else message)
+
+    return _Log
