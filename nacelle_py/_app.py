@@ -21,6 +21,7 @@ from ._inject import Injector
 from ._lifecycle import Entry, Runner
 from ._logging import make_logger
 from ._machines import MachineService
+from ._ops import Operations, OpsSettings, SystemdSettings
 from ._services import PerComponent, ServiceContainer
 from ._settings import AppSettings, LogSettings
 
@@ -78,6 +79,7 @@ class App:
         self._hard_exit = False
         self._errors: list[ComponentError] = []
         self._ready_hooks: list[Callable[[], object]] = []
+        self._operations: Operations | None = None
         # Until serve() builds the configured one: a plain structlog logger, so that a
         # service resolved before boot is never None.
         self.logger: Any = logger if logger is not None else structlog.get_logger().bind(app=name)
@@ -163,13 +165,21 @@ class App:
         return tuple(self._registered)
 
     @property
+    def ops_address(self) -> tuple[str, int] | None:
+        """Where the ops endpoint listens while serving (the real port for ``OPS_ADDR=...:0``), else None."""
+        return None if self._operations is None else self._operations.address
+
+    @property
     def errors(self) -> tuple[ComponentError, ...]:
         """Every error of the last ``serve()``, in the order they happened."""
         return tuple(self._errors)
 
     def describe(self) -> str:
         """The ``--help`` text: every setting the registered components read."""
-        users: dict[Any, list[str]] = {AppSettings: ["nacelle_py"], MachineService.settings_model(): ["machine"]}
+        users: dict[Any, list[str]] = {
+            AppSettings: ["nacelle_py"], OpsSettings: ["nacelle_py"], SystemdSettings: ["nacelle_py"],
+            MachineService.settings_model(): ["machine"],
+        }
         for component, options in self._registered:
             for model in self._injector.settings_models(component):
                 users.setdefault(model, []).append(options.name)
@@ -228,12 +238,22 @@ class App:
                 hard_exit=self._hard_exit,
                 release=self.services.release,
             )
+            operations = Operations(self.config.load(OpsSettings), self.config.load(SystemdSettings), self.logger)
+            try:
+                operations.prepare()
+            except Exception as exc:  # a taken OPS_ADDR, a missing extra: before anything starts
+                operations.close()
+                self._errors.append(ComponentError("ops", "start", exc, str(exc)))
+                self._log_error(self._errors[-1])
+                return 1
             self._runner = runner
+            self._operations = operations
             self.logger.info("app starting", components=len(entries))
             started = anyio.current_time()
             await self._machines.open(self._machine_settings, self.logger)
             try:
-                await runner.run(stop_already_requested=self._early_shutdown)
+                async with operations.running(runner, self.health, self._machine_stats):
+                    await runner.run(stop_already_requested=self._early_shutdown)
             finally:
                 await self._machines.close()  # the root's task group: closed where it was opened
             status = 1 if self._errors else 0
@@ -247,6 +267,10 @@ class App:
             self._state = "done"
 
     # -- internals ------------------------------------------------------------------
+
+    def _machine_stats(self) -> Any:
+        root = self._machines._root
+        return None if root is None else root.stats()
 
     def _component_logger(self, name: str | None) -> Any:
         return self.logger if name is None else self.logger.bind(component=name)
@@ -277,6 +301,11 @@ class App:
             self._machine_settings = self.config.load(MachineService.settings_model())
         except ConfigError as exc:
             problems.extend(exc.errors)
+        for ops_model in (OpsSettings, SystemdSettings):
+            try:
+                self.config.load(ops_model)
+            except ConfigError as exc:
+                problems.extend(exc.errors)
         models: dict[Any, list[str]] = {}
         for component, options in self._registered:
             for model in self._injector.settings_models(component):

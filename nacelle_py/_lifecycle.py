@@ -54,8 +54,9 @@ class Entry:
     """One registered component and its state in this run."""
 
     __slots__ = (
-        "component", "countdown", "done", "finalize_timeout", "finished", "host_scope", "init_timeout",
-        "name", "options", "run", "run_is_async", "stop_timed_out", "run_scope", "shutdown_timeout", "start_timeout", "stopping",
+        "component", "countdown", "done", "errors", "finalize_timeout", "finished", "host_scope", "init_timeout",
+        "name", "options", "restarts", "run", "run_is_async", "stop_timed_out", "run_scope", "shutdown_timeout",
+        "start_timeout", "state", "stopping", "timings",
     )
 
     def __init__(
@@ -84,12 +85,31 @@ class Entry:
         self.finished = False
         self.stopping = False
         self.stop_timed_out = False
+        # What the ops endpoint reports: the lifecycle state (see STATES), the errors
+        # recorded for this component, and when and how long each phase took.
+        self.state = "registered"
+        self.errors: list[str] = []
+        self.timings: dict[str, float] = {}
+        self.restarts = 0  # the core never restarts a component; exported for dashboards
+
+    @property
+    def kind(self) -> str:
+        """``"process"`` if the component overrides ``run``, else ``"initializer"``."""
+        return "process" if overridden(self.component, "run") is not None else "initializer"
 
     def cancel_run(self) -> None:
         """Cancel this run (for a process without ``stop()``: its whole group's, which stop together)."""
         scope = self.run_scope or self.host_scope
         if scope is not None:
             scope.cancel()
+
+
+STATES = (
+    "registered", "initializing", "initialized", "running", "stopping", "stopped", "finalizing", "finalized", "failed",
+)
+"""Every lifecycle state an entry can be in, in the order a clean run passes through them."""
+PHASES = ("starting", "running", "stopping", "stopped")
+"""The runner's own phases: booting the priority groups, supervising, unwinding, done."""
 
 
 def _bounded(seconds: float | None) -> anyio.CancelScope:
@@ -163,6 +183,29 @@ class Runner:
         self._first_signal: tuple[int, float] | None = None
         self._runs_closed = anyio.Event()
         self._watchdog: threading.Timer | None = None
+        self._by_name = {e.name: e for e in self.entries}
+        self._observers: list[Callable[[str, str], None]] = []
+        self.phase = "starting"
+
+    def observe(self, observer: Callable[[str, str], None]) -> None:
+        """Call ``observer(event, detail)`` on the loop at each phase change.
+
+        Events are the phases (``PHASES``): ``"starting"`` (as each priority
+        group begins; detail says which), ``"running"`` (every group is up and
+        healthy), ``"stopping"`` (the unwind begins; detail is the reason) and
+        ``"stopped"``. For readiness reporting (the ops
+        endpoint, systemd); an observer that raises is logged and ignored.
+        """
+        self._observers.append(observer)
+
+    def _tell(self, event: str, detail: str = "") -> None:
+        if event in PHASES:
+            self.phase = event
+        for observer in self._observers:
+            try:
+                observer(event, detail)
+            except Exception as exc:
+                self.logger.error("lifecycle observer failed", event=event, exc_info=exc)
 
     # -- requests -----------------------------------------------------------------
 
@@ -176,6 +219,7 @@ class Runner:
             return
         self._stop_requested = True
         self.logger.info("shutdown requested", reason=reason)
+        self._tell("stopping", reason)
         if self._boot_scope is not None:
             self._boot_scope.cancel()
         self._waker.notify()
@@ -217,6 +261,9 @@ class Runner:
 
     def _record(self, error: ComponentError) -> None:
         self.errors.append(error)
+        entry = self._by_name.get(error.component)
+        if entry is not None:
+            entry.errors.append(str(error))
         if self.on_error is not None:
             self.on_error(error)
 
@@ -239,11 +286,14 @@ class Runner:
                     if await self._boot():
                         self._booted = True
                         self.logger.info("app healthy; supervising")
+                        self._tell("running")
                         self._ready()
                         if self._running == 0:
                             self.request_stop("no process is running")
                         while not self._stop_requested:
                             await self._waker.changed()
+                    if self.phase != "stopping":
+                        self._tell("stopping", "boot did not finish")
                     await self._stop_all()
                 self._runs.cancel_scope.cancel()  # anything left runs only after a forced shutdown
                 await self._finalize_all()
@@ -256,6 +306,7 @@ class Runner:
                 self._watchdog.cancel()
             unsubscribe()
             self._waker.close()
+            self._tell("stopped")
 
     async def _host_runs(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as runs:
@@ -312,6 +363,7 @@ class Runner:
                 return False
             priority = group[0].options.priority
             started = time.perf_counter()
+            self._tell("starting", f"starting priority {priority} ({len(group)} components)")
             if not self._inject(group):
                 return False
             ok = False  # stays False if a shutdown request or a failed init cancels the scope
@@ -338,6 +390,7 @@ class Runner:
         with_init = []
         for entry in group:
             if overridden(entry.component, "init") is None:
+                entry.state = "initialized"
                 self._init_order.append(entry)
             else:
                 with_init.append(entry)
@@ -353,22 +406,29 @@ class Runner:
     async def _init_one(self, entry: Entry) -> None:
         self.logger.info("init starting", component=entry.name)
         started = time.perf_counter()
+        entry.state = "initializing"
         try:
             with _bounded(entry.init_timeout) as scope:
                 await call(entry.component.init, self._waker, f"{entry.name}.init")
         except anyio.get_cancelled_exc_class():
+            entry.state = "registered"
             self.logger.info("init cancelled; not finalized", component=entry.name, ms=_ms(started))
             raise
         except Exception as exc:
+            entry.state = "failed"
             self._record(ComponentError(entry.name, "init", exc))
             self._abandon_boot()
             return
+        finally:
+            entry.timings["init_ms"] = _ms(started)
         if scope.cancelled_caught:
+            entry.state = "failed"
             self._record(ComponentTimeoutError(entry.name, "init", entry.init_timeout or 0))
             self._abandon_boot()
             return
+        entry.state = "initialized"
         self._init_order.append(entry)
-        self.logger.info("init finished", component=entry.name, ms=_ms(started))
+        self.logger.info("init finished", component=entry.name, ms=entry.timings["init_ms"])
 
     def _abandon_boot(self) -> None:
         """A failed init abandons boot: sibling inits still in flight get ``ABANDON_GRACE`` to finish.
@@ -444,6 +504,8 @@ class Runner:
             self._waker.notify()
         self.logger.info("run starting", component=entry.name)
         started = time.perf_counter()
+        entry.state = "running"
+        entry.timings["started_at"] = time.time()
         outcome = "cancelled"
         scope = entry.run_scope
         try:
@@ -461,6 +523,8 @@ class Runner:
         finally:
             # What the process started ends with it: before its run counts as ended.
             await self._release(entry)
+            entry.state = "failed" if outcome == "failed" else "stopped"
+            entry.timings["run_ms"] = _ms(started)
             entry.finished = True
             self._running -= 1
             if entry.done is not None:
@@ -518,6 +582,7 @@ class Runner:
         stoppers = []
         for entry in running:
             entry.stopping = True
+            entry.state = "stopping"
             entry.countdown = countdown
             stop = overridden(entry.component, "stop")
             if stop is None:
@@ -541,7 +606,8 @@ class Runner:
         for entry in running:
             if not entry.finished:
                 await self._await_stopped(entry, started)
-            self.logger.info("stop finished", component=entry.name, ms=_ms(stopped_at))
+            entry.timings["stop_ms"] = _ms(stopped_at)
+            self.logger.info("stop finished", component=entry.name, ms=entry.timings["stop_ms"])
 
     @staticmethod
     def _deadline(started: float, timeout: float | None) -> float:
@@ -605,6 +671,8 @@ class Runner:
         """Finalize one component within its bound (and the forced-shutdown budget)."""
         finalize = overridden(entry.component, "finalize")
         if finalize is None:
+            if entry.state != "failed":
+                entry.state = "finalized"
             return
         if anyio.current_time() >= self._forced_deadline:
             self._record(ComponentTimeoutError(
@@ -613,19 +681,25 @@ class Runner:
             return
         self.logger.info("finalize starting", component=entry.name)
         started = time.perf_counter()
+        failed = entry.state == "failed"  # a failed run stays "failed" through a clean finalize
+        entry.state = "failed" if failed else "finalizing"
         timeout = entry.finalize_timeout
         deadline = min(self._deadline(anyio.current_time(), timeout), self._forced_deadline)
         try:
             with anyio.CancelScope(deadline=deadline) as self._finalize_scope:
                 await call(finalize, self._waker, f"{entry.name}.finalize")
         except Exception as exc:
+            entry.state = "failed"
             self._record(ComponentError(entry.name, "finalize", exc))
             return
         finally:
             scope, self._finalize_scope = self._finalize_scope, None
+            entry.timings["finalize_ms"] = _ms(started)
         if scope.cancelled_caught:
+            entry.state = "failed"
             limit = min(timeout or math.inf, FORCED_FINALIZE_BUDGET if self._forced else math.inf)
             self._record(ComponentTimeoutError(entry.name, "finalize", limit))
             return
-        self.logger.info("finalize finished", component=entry.name, ms=_ms(started))
+        entry.state = "failed" if failed else "finalized"
+        self.logger.info("finalize finished", component=entry.name, ms=entry.timings["finalize_ms"])
 
