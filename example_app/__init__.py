@@ -4,12 +4,15 @@
 dispatcher (priority 1), then runs a heartbeat process that writes a row every
 ``EXAMPLE_TICK`` seconds and reports healthy once the first row is in, and a
 pipeline that samples the load average, smooths it and stores it in batches
-(both priority 2). SIGINT or SIGTERM stops it gracefully (exit status 0);
-``--help`` lists every setting.
+(both priority 2), and an HTTP API over the database's rows (priority 3,
+``EXAMPLE_HTTP_PORT``, default 8080). The ops endpoint answers on
+127.0.0.1:9090 (``EXAMPLE_OPS_ADDR``). SIGINT or SIGTERM stops it gracefully
+(exit status 0); ``--help`` lists every setting.
 """
 
 from __future__ import annotations
 
+from .api import ApiServer, RowsApp
 from .app import build_app
 from .db import Database
 from .heartbeat import Heartbeat
@@ -17,6 +20,7 @@ from .load import LoadPipeline, LoadSettings
 from .settings import DEFAULT_DB_PATH, DbSettings, HeartbeatSettings
 
 __all__ = [
+    "ApiServer",
     "DEFAULT_DB_PATH",
     "Database",
     "DbSettings",
@@ -24,5 +28,6 @@ __all__ = [
     "HeartbeatSettings",
     "LoadPipeline",
     "LoadSettings",
+    "RowsApp",
     "build_app",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from nacelle_py import App
 from nacelle_py.base import Dispatcher
 
+from .api import ApiServer
 from .db import Database
 from .heartbeat import Heartbeat
 from .load import LoadPipeline
@@ -15,7 +16,9 @@ __all__ = ["build_app"]
 
 def build_app() -> App:
     """A fresh, unstarted example app (an ``App`` serves once, so tests build one each)."""
-    app = App("example")  # env prefix EXAMPLE_
+    # Env prefix EXAMPLE_. The ops endpoint (/livez, /readyz, /metrics, /debug/components)
+    # is on by default here; EXAMPLE_OPS_ADDR (or OPS_ADDR) moves it, =off turns it off.
+    app = App("example", ops_addr="127.0.0.1:9090")
     app.register(Database(), name="db", priority=0)
     # Background jobs: a small worker pool, also a service so the heartbeat can use it.
     # It starts before the heartbeat and stops after it, draining what is queued.
@@ -25,4 +28,7 @@ def build_app() -> App:
     # sample -> smooth -> store: on SIGTERM it stops sampling and drains into the database.
     app.register(LoadPipeline(), name="load", priority=2, shutdown_timeout=5)
     app.register(Report(), name="report", priority=2)  # a Worker: ticks until stopped
+    # The HTTP API starts last (once everything it reads is up) and so stops first:
+    # readiness goes false, the listener closes, requests in flight finish.
+    app.register(ApiServer(), name="api", priority=3)
     return app

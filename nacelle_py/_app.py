@@ -21,7 +21,7 @@ from ._inject import Injector
 from ._lifecycle import Entry, Runner
 from ._logging import make_logger
 from ._machines import MachineService
-from ._ops import Operations, OpsSettings, SystemdSettings
+from ._ops import Operations, OpsSettings, SystemdSettings, parse_addr
 from ._services import PerComponent, ServiceContainer
 from ._settings import AppSettings, LogSettings
 
@@ -43,6 +43,8 @@ class App:
     pass ``structlog.get_logger()`` to use ``structlog.testing.capture_logs``);
     ``log_stream`` redirects the built one (default stderr). Signals are handled
     only when serving on the main thread and ``handle_signals`` is true.
+    ``ops_addr`` (``host:port``) turns the ops endpoint on by default; the
+    ``OPS_ADDR`` setting overrides it (``OPS_ADDR=off`` turns it off).
     """
 
     def __init__(
@@ -55,11 +57,18 @@ class App:
         logger: Any = None,
         log_stream: TextIO | None = None,
         handle_signals: bool = True,
+        ops_addr: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not re.search(r"[0-9A-Za-z]", name):
             raise RegistrationError(f"App(name): a name with at least one letter or digit is required, got {name!r}")
         if env_prefix is not None and not isinstance(env_prefix, str):
             raise RegistrationError(f"App(env_prefix): a string is required, got {env_prefix!r}")
+        if ops_addr is not None:
+            try:
+                parse_addr(ops_addr)
+            except (ValueError, AttributeError) as exc:
+                raise RegistrationError(f"App(ops_addr): {exc}") from None
+        self._ops_addr = ops_addr
         self.name = name
         self.config = Config(
             _env_prefix(name) if env_prefix is None else env_prefix, env_file=env_file, secrets_dir=secrets_dir
@@ -238,7 +247,10 @@ class App:
                 hard_exit=self._hard_exit,
                 release=self.services.release,
             )
-            operations = Operations(self.config.load(OpsSettings), self.config.load(SystemdSettings), self.logger)
+            ops_settings = self.config.load(OpsSettings)
+            if "addr" not in ops_settings.model_fields_set and self._ops_addr is not None:
+                ops_settings = ops_settings.model_copy(update={"addr": self._ops_addr})
+            operations = Operations(ops_settings, self.config.load(SystemdSettings), self.logger)
             try:
                 operations.prepare()
             except Exception as exc:  # a taken OPS_ADDR, a missing extra: before anything starts

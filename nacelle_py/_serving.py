@@ -11,15 +11,20 @@ surprise once the app says it is up; Hypercorn is handed the descriptor
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import sniffio
 
 from ._extras import require
+
+SETTLE = 0.05
+"""Seconds without a request starting or running after which a closed listener's connections count as settled."""
 
 __all__ = ["ASGIServing", "BindError", "check_tls", "format_address", "listen"]
 
@@ -107,7 +112,8 @@ class ASGIServing:
         self._access_log = access_log
         self._shutdown = anyio.Event()
         self._started: Callable[[], None] | None = None
-        self._draining = False
+        self._closing = False  # the listener is closed: answers close their HTTP/1 connections
+        self._draining = False  # Hypercorn was told to stop: what it cancels from here on is cut off
 
     @property
     def url(self) -> str:
@@ -116,7 +122,11 @@ class ASGIServing:
         return f"{scheme}://{format_address(*self.address)}"
 
     def shutdown(self) -> None:
-        """Stop listening (new connections are refused) and let the requests in flight finish."""
+        """Stop listening (new connections are refused), answer what the open connections still send, then stop.
+
+        From here on every HTTP/1 answer carries ``Connection: close``, so
+        each open connection ends after its next request.
+        """
         self._shutdown.set()
 
     def close(self) -> None:
@@ -139,8 +149,7 @@ class ASGIServing:
         config.certfile, config.keyfile = self._tls
         config.logger_class = _logger_class(self._log, self._access_log)  # type: ignore[assignment]
         self._started = on_started
-        library = sniffio.current_async_library()
-        if library == "trio":
+        if sniffio.current_async_library() == "trio":
             from hypercorn.trio import serve as serve_trio
 
             serve = serve_trio
@@ -148,24 +157,57 @@ class ASGIServing:
             from hypercorn.asyncio import serve as serve_asyncio
 
             serve = serve_asyncio  # type: ignore[assignment]
-        # Hypercorn bounds its own drain by graceful_timeout; this outer bound (plus a
-        # second for the lifespan shutdown) holds even where closing a server waits for
-        # its connections (asyncio on Python 3.12+).
         with anyio.CancelScope() as scope:
             async def trigger() -> None:
                 await self._shutdown.wait()
+                left = await self._settle(fd)
+                config.graceful_timeout = left  # Hypercorn reads it once the trigger returns
                 self._draining = True
-                scope.deadline = anyio.current_time() + self.graceful_timeout + 1.0
+                # Hypercorn bounds its own drain; this outer bound (plus a second for the
+                # lifespan shutdown) holds even where closing a server waits for its
+                # connections (asyncio on Python 3.12+).
+                scope.deadline = anyio.current_time() + left + 1.0
 
-            await serve(self._wrapped, config, shutdown_trigger=trigger, mode="asgi")  # type: ignore[arg-type]
+            try:
+                await serve(self._wrapped, config, shutdown_trigger=trigger, mode="asgi")  # type: ignore[arg-type]
+            except BaseExceptionGroup as group:  # trio's nursery wraps a failed lifespan startup
+                raise _only(group) from None
+            except Exception:
+                if self._draining:
+                    # Cancelled mid-drain, Hypercorn's asyncio server trips over its own
+                    # unfinished gather; the cancellation is what happened: raise that.
+                    await anyio.lowlevel.checkpoint()
+                raise
         if scope.cancelled_caught:
             self._log.warning("server drain overran its bound; connections abandoned", seconds=self.graceful_timeout)
+
+    async def _settle(self, fd: int) -> float:
+        """Close the listener, then let the connections it accepted last send their request and get the answer.
+
+        Hypercorn closes idle connections the moment it is told to stop, and
+        a request that arrives on one just then is lost (or, on trio, its
+        answer is cut short). So the listener is closed first and Hypercorn
+        told only once no request has started or been running for a moment:
+        each answer meanwhile closes its connection. Returns the seconds left
+        of ``graceful_timeout``.
+        """
+        started = anyio.current_time()
+        _stop_listening(fd)
+        self._closing = True
+        with anyio.move_on_after(self.graceful_timeout):
+            served = -1
+            while self.active or self.served != served:
+                served = self.served
+                await anyio.sleep(SETTLE)
+        return max(0.0, self.graceful_timeout - (anyio.current_time() - started))
 
     async def _wrapped(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return
+        if kind == "http" and scope.get("http_version") in ("1.0", "1.1"):
+            send = self._closing_send(send)
         self.active += 1
         try:
             await self.app(scope, receive, send)
@@ -179,7 +221,7 @@ class ASGIServing:
 
     async def _lifespan(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
         received: list[str] = []
-        completed = False
+        sent: list[str] = []
 
         async def watch_receive() -> Any:
             message = await receive()
@@ -187,19 +229,23 @@ class ASGIServing:
             return message
 
         async def watch_send(message: Any) -> None:
-            nonlocal completed
+            sent.append(message.get("type"))
             await send(message)
             if message.get("type") == "lifespan.startup.complete":
-                completed = True
                 self._announce()
 
         try:
             await self.app(scope, watch_receive, watch_send)
-        except Exception:
-            # An app without lifespan support raises at once, and Hypercorn goes on without it.
-            self._announce()
+        except Exception as exc:
+            if "lifespan.startup" not in received:
+                # No lifespan support: it raised at once, and Hypercorn goes on without it.
+                self._announce()
+                raise
+            if "lifespan.startup.complete" not in sent and "lifespan.startup.failed" not in sent:
+                # The startup itself raised: a failed startup, not a missing feature.
+                await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
             raise
-        if completed:
+        if "lifespan.startup.complete" in sent or "lifespan.startup.failed" in sent:
             return
         # The app returned without taking part in the lifespan (``if scope["type"] != "http":
         # return`` is common). Hypercorn's trio server cannot go on then, so answer for it.
@@ -210,10 +256,56 @@ class ASGIServing:
         await receive()  # lifespan.shutdown
         await send({"type": "lifespan.shutdown.complete"})
 
+    def _closing_send(self, send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """``send`` that adds ``Connection: close`` to an answer that starts after the listener closed.
+
+        Decided when the answer starts, not when the request came in: a
+        request in flight as the listener closes also ends its connection.
+        """
+
+        async def closing_send(message: Any) -> None:
+            if self._closing and message.get("type") == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        return closing_send
+
     def _announce(self) -> None:
         started, self._started = self._started, None
         if started is not None:
             started()
+
+
+def _stop_listening(fd: int) -> None:
+    """Close the listening socket under Hypercorn's feet, so that new connections are refused at once.
+
+    The descriptor is pointed at a stand-in: the listener's last reference
+    goes (the kernel refuses connections from here on), while the number
+    stays valid for the server, whose accept loop waits on it until it is
+    stopped and closes it. The stand-in is a non-blocking listening Unix
+    socket on an unnamed abstract address: nothing connects to it, and an
+    accept that was already under way gets ``EAGAIN``, which both loops
+    take in their stride.
+    """
+    try:
+        stand_in = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stand_in.bind("")  # Linux: an abstract address of the kernel's choosing
+        stand_in.listen(1)
+    except OSError:  # no abstract namespace here: a socket that is never readable
+        stand_in = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stand_in.setblocking(False)
+    try:
+        os.dup2(stand_in.fileno(), fd)
+    finally:
+        stand_in.close()
+
+
+def _only(group: BaseExceptionGroup) -> BaseException:
+    """The one error inside nested single-error groups, or the group itself."""
+    while len(group.exceptions) == 1 and isinstance(group.exceptions[0], BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group.exceptions[0] if len(group.exceptions) == 1 else group
 
 
 def _logger_class(log: Any, access: bool) -> type:

@@ -35,7 +35,8 @@ def command(backend: str) -> list[str]:
 
 def boot(backend: str, db: Path, **env: str) -> AppProcess:
     """Start the example and wait (bounded) until it is healthy and has beaten three times."""
-    app = AppProcess(command(backend), clean_env(EXAMPLE_DB_PATH=str(db), EXAMPLE_TICK="0.05", **env))
+    ports = {"EXAMPLE_HTTP_PORT": "0", "EXAMPLE_OPS_ADDR": "127.0.0.1:0", "EXAMPLE_HTTP_DRAIN_DELAY": "0"}
+    app = AppProcess(command(backend), clean_env(EXAMPLE_DB_PATH=str(db), EXAMPLE_TICK="0.05", **{**ports, **env}))
     try:
         app.wait_event("app healthy; supervising", BOOT_TIMEOUT)
         app.wait_for(lambda e: e.get("event") == "heartbeat" and e.get("beat") == 3, 10, "beat 3")

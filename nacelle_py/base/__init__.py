@@ -18,6 +18,7 @@ __all__ = [
     "GRPCSettings",
     "HTTPServer",
     "HTTPSettings",
+    "HTTPStats",
     "Machine",
     "MachineError",
     "MachineOverflowError",
@@ -46,6 +47,7 @@ _WHERE = {
     "GRPCSettings": "._grpc",
     "HTTPServer": "._http",
     "HTTPSettings": "._http",
+    "HTTPStats": "._http",
     "Worker": "._worker",
     "WorkerSettings": "._worker",
     "WorkerStats": "._worker",
@@ -76,7 +78,7 @@ _WHERE = {
 if TYPE_CHECKING:
     from ._dispatcher import Dispatcher, DispatcherError, DispatcherStats, DispatcherStatus
     from ._grpc import GRPCServer, GRPCSettings
-    from ._http import HTTPServer, HTTPSettings
+    from ._http import HTTPServer, HTTPSettings, HTTPStats
     from ._machine import (
         Machine,
         MachineError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any, NamedTuple
 
 import anyio
@@ -42,13 +43,20 @@ class HTTPSettings(BaseSettings):
     )
     access_log: bool = Field(False, description="Log every request (method, path, status, ms) at info level.")
 
+    @classmethod
+    def env(cls, *fields: str) -> str:
+        """The env variables of ``fields`` for this model (a subclass has its own prefix), joined by ``/``."""
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        return "/".join(f"{prefix}{name}".upper() for name in fields)
+
     @field_validator("key_file")
     @classmethod
     def _both_or_neither(cls, key_file: str | None, info: ValidationInfo) -> str | None:
         cert_file = info.data.get("cert_file")
         if (cert_file is None) != (key_file is None):
-            have, lack = ("HTTP_CERT_FILE", "HTTP_KEY_FILE") if key_file is None else ("HTTP_KEY_FILE", "HTTP_CERT_FILE")
-            raise ValueError(f"HTTPS needs both HTTP_CERT_FILE and HTTP_KEY_FILE: {have} is set, {lack} is not")
+            cert, key = cls.env("cert_file"), cls.env("key_file")
+            have, lack = (cert, key) if key_file is None else (key, cert)
+            raise ValueError(f"HTTPS needs both {cert} and {key}: {have} is set, {lack} is not")
         return key_file
 
     @field_validator("shutdown_timeout")
@@ -72,8 +80,10 @@ class HTTPServer(Process):
     address in the message. The health key (the component's name) turns
     healthy once the app's lifespan startup finished and the server accepts.
     ``stop()`` turns readiness false first, waits ``HTTP_DRAIN_DELAY``,
-    closes the listener (new connections are refused), gives the requests in
-    flight ``HTTP_SHUTDOWN_TIMEOUT`` seconds, and logs how many it cut off.
+    closes the listener (new connections are refused), answers what the
+    open connections still send (with ``Connection: close``), gives the
+    requests in flight ``HTTP_SHUTDOWN_TIMEOUT`` seconds in all, and logs
+    how many it cut off.
     Keep that sum below the app's ``SHUTDOWN_TIMEOUT``. For a second server
     in one app, subclass ``HTTPSettings`` with another ``env_prefix`` and
     annotate ``settings`` of a subclass with it.
@@ -92,6 +102,7 @@ class HTTPServer(Process):
             )
         self.asgi_app = asgi_app
         self._serving: ASGIServing | None = None
+        self._last: ASGIServing | None = None  # the last run's server: its counts outlive it
         self._health: HealthComponent | None = None
         self._settings: HTTPSettings | None = None
         self._stopped: anyio.Event | None = None
@@ -109,7 +120,7 @@ class HTTPServer(Process):
 
     def stats(self) -> HTTPStats:
         """Requests in flight, handled, and cut off."""
-        s = self._serving
+        s = self._serving or self._last
         return HTTPStats(0, 0, 0) if s is None else HTTPStats(s.active, s.served, s.cut_off)
 
     async def init(self) -> None:
@@ -122,16 +133,22 @@ class HTTPServer(Process):
     def _bind(self, settings: HTTPSettings | None) -> None:
         if self._serving is not None:
             return
-        settings = settings if settings is not None else Config().load(HTTPSettings)
+        settings = settings if settings is not None else Config().load(self._settings_model())
         self._settings = settings
         if settings.cert_file is not None and settings.key_file is not None:
-            check_tls(settings.cert_file, settings.key_file, "HTTP_CERT_FILE/HTTP_KEY_FILE")
-        sock = listen(settings.host, settings.port, settings="HTTP_HOST/HTTP_PORT")
+            check_tls(settings.cert_file, settings.key_file, settings.env("cert_file", "key_file"))
+        sock = listen(settings.host, settings.port, settings=settings.env("host", "port"))
         self._serving = ASGIServing(
             self.asgi_app, sock, graceful_timeout=settings.shutdown_timeout, logger=self._log(),
             cert_file=settings.cert_file, key_file=settings.key_file, access_log=settings.access_log,
         )
         self._log().info("http server listening", address=format_address(*self._serving.address), url=self._serving.url)
+
+    def _settings_model(self) -> type[HTTPSettings]:
+        """The settings class ``settings`` is annotated with (a subclass may bring its own prefix)."""
+        hints = typing.get_type_hints(type(self))
+        model = hints.get("settings", HTTPSettings)
+        return model if isinstance(model, type) and issubclass(model, HTTPSettings) else HTTPSettings
 
     def _log(self) -> Any:
         return vars(self).get("logger") or structlog.get_logger().bind(component="http")
@@ -149,7 +166,7 @@ class HTTPServer(Process):
             await serving.serve(on_started=self._accepting)
         finally:
             self._running = False
-            self._serving = None  # a later run() binds anew
+            self._serving, self._last = None, serving  # a later run() binds anew
             self._stopped.set()
             if self._health is not None:
                 self._health.update(False, "stopped")

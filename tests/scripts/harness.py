@@ -28,8 +28,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The current environment minus anything the apps under test read, plus JSON logs and ``extra``."""
     env = {
         k: v for k, v in os.environ.items()
-        if not k.startswith(("EXAMPLE_", "SCRIPT_", "LOG_", "DB_"))
-        and k not in {"TICK", "API_TOKEN", "START_TIMEOUT", "SHUTDOWN_TIMEOUT", "INIT_TIMEOUT", "FINALIZE_TIMEOUT"}
+        if not k.startswith(("EXAMPLE_", "SCRIPT_", "LOG_", "DB_", "HTTP_", "OPS_", "WORKER_", "MACHINE_", "PIPELINE_"))
+        and k not in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "TICK", "API_TOKEN", "START_TIMEOUT", "SHUTDOWN_TIMEOUT", "INIT_TIMEOUT", "FINALIZE_TIMEOUT"}
     }
     env["LOG_ENCODING"] = "json"
     env["PYTHONUNBUFFERED"] = "1"
