@@ -31,6 +31,7 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python bench/dispatcher.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/machine.py
+	$(BIN)/python bench/http.py
 
 docs: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[docs]'

@@ -22,6 +22,7 @@ from ._lifecycle import Entry, Runner
 from ._logging import make_logger
 from ._machines import MachineService
 from ._ops import Operations, OpsSettings, SystemdSettings, parse_addr
+from ._serving import BindError
 from ._services import PerComponent, ServiceContainer
 from ._settings import AppSettings, LogSettings
 
@@ -67,7 +68,7 @@ class App:
             try:
                 parse_addr(ops_addr)
             except (ValueError, AttributeError) as exc:
-                raise RegistrationError(f"App(ops_addr): {exc}") from None
+                raise RegistrationError(f"App(ops_addr): {exc}, got {ops_addr!r}") from None
         self._ops_addr = ops_addr
         self.name = name
         self.config = Config(
@@ -267,6 +268,7 @@ class App:
                 async with operations.running(runner, self.health, self._machine_stats):
                     await runner.run(stop_already_requested=self._early_shutdown)
             finally:
+                self._operations = None  # ops_address: None once serving ended
                 await self._machines.close()  # the root's task group: closed where it was opened
             status = 1 if self._errors else 0
             ms = round((anyio.current_time() - started) * 1000, 3)
@@ -290,7 +292,7 @@ class App:
     def _log_error(self, error: ComponentError) -> None:
         cause = error.cause
         kwargs: dict[str, Any] = {"component": error.component, "operation": error.operation}
-        if cause is not None and not isinstance(cause, (ConfigError, InjectionError, RegistrationError)):
+        if cause is not None and not isinstance(cause, (BindError, ConfigError, InjectionError, RegistrationError)):
             kwargs["exc_info"] = cause
         self.logger.error(str(error), **kwargs)
 

@@ -199,6 +199,8 @@ class Runner:
         self._observers.append(observer)
 
     def _tell(self, event: str, detail: str = "") -> None:
+        if self.phase == "stopped":
+            return  # nothing is said once the run is over
         if event in PHASES:
             self.phase = event
         for observer in self._observers:
@@ -215,7 +217,7 @@ class Runner:
             self._thread_shutdown = True
             self._waker.notify()
             return
-        if self._stop_requested:
+        if self._stop_requested or self.phase == "stopped":
             return
         self._stop_requested = True
         self.logger.info("shutdown requested", reason=reason)
@@ -292,7 +294,8 @@ class Runner:
                             self.request_stop("no process is running")
                         while not self._stop_requested:
                             await self._waker.changed()
-                    if self.phase != "stopping":
+                    if not self._stop_requested:  # a failed init or injection: the unwind begins
+                        self._stop_requested = True
                         self._tell("stopping", "boot did not finish")
                     await self._stop_all()
                 self._runs.cancel_scope.cancel()  # anything left runs only after a forced shutdown
@@ -363,7 +366,7 @@ class Runner:
                 return False
             priority = group[0].options.priority
             started = time.perf_counter()
-            self._tell("starting", f"starting priority {priority} ({len(group)} components)")
+            self._tell("starting", f"starting priority {priority} ({len(group)} component{'' if len(group) == 1 else 's'})")
             if not self._inject(group):
                 return False
             ok = False  # stays False if a shutdown request or a failed init cancels the scope

@@ -63,7 +63,9 @@ def listen(host: str, port: int, *, settings: str, backlog: int = 1024) -> socke
             hint = "ports below 1024 need privileges: choose a port >= 1024"
         else:
             hint = "choose an address of this machine"
-        raise BindError(exc.errno, f"cannot listen on {where}: {exc.strerror}; {hint} ({settings})") from None
+        error = BindError(f"cannot listen on {where}: {exc.strerror}; {hint} ({settings})")
+        error.errno = exc.errno
+        raise error from None
     return sock
 
 

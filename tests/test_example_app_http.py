@@ -252,7 +252,7 @@ def test_a_taken_api_port_fails_boot_naming_the_address(tmp_path: Path) -> None:
         with run_to_exit(tmp_path, EXAMPLE_HTTP_PORT=str(port), EXAMPLE_OPS_ADDR="off") as app:
             assert app.proc.returncode == 1, app.dump()
             text = errors(app)
-            assert f"api: init failed" in text and f"127.0.0.1:{port}" in text and "HTTP_PORT" in text, app.dump()
+            assert "api: init failed" in text and f"127.0.0.1:{port}" in text and "HTTP_PORT" in text, app.dump()
             assert app.count("run starting", "heartbeat") == 1  # lower priorities had started, and unwound
             assert app.count("database closed", "db") == 1
 

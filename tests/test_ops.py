@@ -325,6 +325,31 @@ async def test_the_prefixed_ops_addr_wins(monkeypatch: pytest.MonkeyPatch) -> No
     assert ops.status == 0, app.errors
 
 
+async def test_app_ops_addr_turns_the_endpoint_on_and_ops_addr_off_overrides_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = make_app(ops_addr="127.0.0.1:0")
+    app.register(Gate(Trace(), "db"), name="db")
+    async with serving(app) as ops:
+        assert app.ops_address is not None
+        assert (await ops.get("/livez")).status_code == 200
+    assert ops.status == 0, app.errors
+
+    monkeypatch.setenv("OPS_ADDR", "off")
+    app = make_app(ops_addr="127.0.0.1:0")
+    app.register(Gate(Trace(), "db"), name="db")
+    before = listening_sockets()
+    async with serving(app) as ops:
+        assert app.ops_address is None
+        assert listening_sockets() == before
+    assert ops.status == 0, app.errors
+
+
+def test_a_bad_app_ops_addr_is_a_registration_error() -> None:
+    with pytest.raises(RegistrationError, match="ops_addr"):
+        make_app(ops_addr="9090")
+
+
 # -- probes --------------------------------------------------------------------------------------
 
 
@@ -898,8 +923,6 @@ def test_describe_lists_the_ops_and_systemd_settings() -> None:
 # -- ops_address ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ops_address keeps the closed endpoint's address after serve() "
-                                       "returned; its docstring says it is None when not serving")
 async def test_ops_address_is_none_once_serving_ended(ops_on: None) -> None:
     app = make_app()
     app.register(Gate(Trace(), "db"), name="db")

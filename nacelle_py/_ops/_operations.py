@@ -125,7 +125,7 @@ class Operations:
     def _systemd_observer(self, notifier: Notifier, runner: Runner, health: Health) -> Callable[[str, str], None]:
         def observe(event: str, detail: str) -> None:
             if event == "starting":
-                notifier.status(detail)
+                notifier.status(detail)  # "starting priority N (k components)"
             elif event == "running":
                 notifier.notify(READY="1", STATUS=_summary(runner, health))
             elif event == "stopping":
@@ -153,5 +153,9 @@ def _summary(runner: Runner, health: Health) -> str:
     unhealthy = [s.key for s in health.unhealthy()]
     if unhealthy:
         return f"degraded: unhealthy {', '.join(unhealthy)}"
-    return f"ready: {len(runner.entries)} components healthy"
+    return f"ready: {_count(len(runner.entries), 'component')} healthy"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 

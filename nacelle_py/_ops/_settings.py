@@ -7,21 +7,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["OpsSettings", "SystemdSettings", "parse_addr"]
 
-OFF = ("", "none", "off", "false", "0")
+OFF = ("", "none", "off", "false")
 
 
 def parse_addr(value: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``:port`` (every interface) as ``(host, port)``; ``ValueError`` otherwise."""
     host, sep, port_text = value.strip().rpartition(":")
     if not sep or not port_text.isdigit():
-        raise ValueError(f"must be host:port (127.0.0.1:9090, [::1]:9090 or :9090), got {value!r}")
+        raise ValueError("must be host:port (127.0.0.1:9090, [::1]:9090 or :9090)")
     port = int(port_text)
     if port > 65535:
         raise ValueError(f"the port must be 0..65535, got {port}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError(f"an IPv6 host goes in brackets ([::1]:9090), got {value!r}")
+        raise ValueError("an IPv6 host goes in brackets ([::1]:9090)")
     return host or "0.0.0.0", port
 
 

@@ -16,6 +16,9 @@ import anyio
 
 __all__ = ["Notifier", "watchdog_applies"]
 
+SEND_TIMEOUT = 1.0
+"""Seconds one notification may wait for room in systemd's queue before it is given up."""
+
 
 class Notifier:
     """Sends notifications to systemd's socket; ``watchdog()`` pings at half the period until cancelled."""
@@ -25,7 +28,9 @@ class Notifier:
         self._log = logger
         self._failed = False
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
+        # A full queue (systemd reads slowly; Linux queues 10 datagrams) waits a moment,
+        # as sd_notify does, rather than dropping READY=1 or STOPPING=1.
+        self._sock.settimeout(SEND_TIMEOUT)
         self.sent: list[str] = []  # the last few notifications, for /debug and tests
 
     def notify(self, **fields: str) -> bool:
