@@ -32,19 +32,10 @@ from nacelle_py.testing import Trace
 
 pytestmark = pytest.mark.anyio
 
-OPS_SETTINGS = ("OPS_ADDR", "OPS_METRICS", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Boom(Exception):
     """The error a test's component raises on purpose."""
-
-
-@pytest.fixture(autouse=True)
-def no_ops_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unset the ops and systemd settings (prefixed or not): the machine's environment must not steer a test."""
-    for key in list(os.environ):
-        if key.endswith(OPS_SETTINGS):
-            monkeypatch.delenv(key)
 
 
 @pytest.fixture

@@ -29,20 +29,11 @@ from nacelle_py.testing import Trace
 
 pytestmark = pytest.mark.anyio
 
-SYSTEMD_SETTINGS = ("OPS_ADDR", "OPS_METRICS", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 SD = "sd:"  # the prefix of a datagram in the trace
 
 
 class Boom(Exception):
     """The error a test's component raises on purpose."""
-
-
-@pytest.fixture(autouse=True)
-def no_systemd_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unset the ops and systemd settings (prefixed or not): a test runs under systemd only when it says so."""
-    for key in list(os.environ):
-        if key.endswith(SYSTEMD_SETTINGS):
-            monkeypatch.delenv(key)
 
 
 async def wait_until(predicate: Callable[[], bool], limit: float = 5.0) -> None:

@@ -27,11 +27,6 @@ BUILTIN_SETTINGS = (
     "GRPC_HOST",
     "GRPC_PORT",
     "GRPC_GRACE_PERIOD",
-    "OPS_ADDR",
-    "OPS_METRICS",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
 )
 
 
