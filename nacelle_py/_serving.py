@@ -58,7 +58,7 @@ def listen(host: str, port: int, *, settings: str, backlog: int = 1024) -> socke
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            hint = "another process listens there: stop it, or choose another port"
+            hint = "the port is taken by another process: stop it, or choose another port"
         elif exc.errno in (errno.EACCES, errno.EPERM):
             hint = "ports below 1024 need privileges: choose a port >= 1024"
         else:
@@ -208,8 +208,8 @@ class ASGIServing:
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        if kind == "http" and scope.get("http_version") in ("1.0", "1.1"):
-            send = self._closing_send(send)
+        if self._closing and kind == "http" and scope.get("http_version") in ("1.0", "1.1"):
+            send = self._closing_send(send)  # only once the listener closed: the fast path stays bare
         self.active += 1
         try:
             await self.app(scope, receive, send)
@@ -259,14 +259,14 @@ class ASGIServing:
         await send({"type": "lifespan.shutdown.complete"})
 
     def _closing_send(self, send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
-        """``send`` that adds ``Connection: close`` to an answer that starts after the listener closed.
+        """``send`` that adds ``Connection: close`` to the answer of a request that came in after the listener closed.
 
-        Decided when the answer starts, not when the request came in: a
-        request in flight as the listener closes also ends its connection.
+        A request already in flight then keeps its connection; the client's
+        next request on it comes within the settling time and is answered so.
         """
 
         async def closing_send(message: Any) -> None:
-            if self._closing and message.get("type") == "http.response.start":
+            if message.get("type") == "http.response.start":
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != b"connection"]
                 message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)

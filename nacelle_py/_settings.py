@@ -39,6 +39,10 @@ class AppSettings(LogSettings):
     shutdown_timeout: Timeout = Field(10.0, description="Seconds run() may take to return after stop(); none: no limit.")
     init_timeout: Timeout = Field(None, description="Seconds init() may take; none: no limit.")
     finalize_timeout: Timeout = Field(None, description="Seconds finalize() may take; none: no limit.")
+    gc_freeze: bool = Field(
+        True, description="Under boot(): once ready, collect and freeze what start-up built (gc.freeze), so "
+        "the garbage collector stops rescanning it.",
+    )
 
     @field_validator("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout")
     @classmethod

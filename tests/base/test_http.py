@@ -436,7 +436,7 @@ async def test_graceful_stop_readiness_first_then_refuse_then_finish_in_flight(
     assert len(draining) == 1 and draining[0]["active"] == 1 and draining[0]["drain_delay"] == 0.2
 
 
-async def test_keep_alive_lasts_through_the_drain_delay_and_answers_close_once_the_listener_closed(
+async def test_keep_alive_lasts_through_the_drain_delay_and_the_next_answer_closes_once_the_listener_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HTTP_PORT", "0")
@@ -481,8 +481,10 @@ async def test_keep_alive_lasts_through_the_drain_delay_and_answers_close_once_t
                     while not await refused():  # the listener closes while /slow is in flight
                         await anyio.sleep(0.01)
                 release.set()
+            after = await client.get(f"{server.url}/after")  # the same connection, after the close
         assert (slow[0].status_code, slow[0].text) == (200, "ok")
-        assert slow[0].headers["connection"].lower() == "close"  # its connection ends with it
+        assert (after.status_code, after.text) == (200, "ok")
+        assert after.headers["connection"].lower() == "close"  # its connection ends with it
     assert served.status == 0, app.errors
 
 
