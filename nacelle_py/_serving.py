@@ -11,6 +11,7 @@ surprise once the app says it is up; Hypercorn is handed the descriptor
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import ssl
@@ -18,7 +19,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import sniffio
 
 from ._extras import require
@@ -175,10 +175,11 @@ class ASGIServing:
             except BaseExceptionGroup as group:  # trio's nursery wraps a failed lifespan startup
                 raise _only(group) from None
             except Exception:
-                if self._draining:
+                if self._shutdown.is_set() and anyio.current_effective_deadline() == -math.inf:
                     # Cancelled mid-drain, Hypercorn's asyncio server trips over its own
-                    # unfinished gather; the cancellation is what happened: raise that.
-                    await anyio.lowlevel.checkpoint()
+                    # unfinished gather (InvalidStateError): the cancellation is what
+                    # happened, so that is what this raises.
+                    raise anyio.get_cancelled_exc_class()() from None
                 raise
         if scope.cancelled_caught:
             self._log.warning("server drain overran its bound; connections abandoned", seconds=self.graceful_timeout)

@@ -554,13 +554,7 @@ async def test_an_idle_keep_alive_connection_does_not_hold_the_stop(monkeypatch:
 @pytest.mark.parametrize(
     "anyio_backend",
     [
-        pytest.param("asyncio", marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: when the runner cancels run (the app's shutdown timeout ran out during the drain), "
-            "Hypercorn's asyncio worker_serve calls gathered_server_tasks.exception() on a gather that is not "
-            "done yet, and ASGIServing.serve lets the InvalidStateError('Exception is not set.') out: a second, "
-            "meaningless error 'web: run failed: InvalidStateError' besides the stop timeout",
-        )),
+        "asyncio",
         "trio",
     ],
 )
