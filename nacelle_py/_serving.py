@@ -159,30 +159,43 @@ class ASGIServing:
             from hypercorn.asyncio import serve as serve_asyncio
 
             serve = serve_asyncio  # type: ignore[assignment]
-        with anyio.CancelScope() as scope:
-            async def trigger() -> None:
-                await self._shutdown.wait()
-                left = await self._settle(fd)
-                config.graceful_timeout = left  # Hypercorn reads it once the trigger returns
-                self._draining = True
-                # Hypercorn bounds its own drain; this outer bound (plus a second for the
-                # lifespan shutdown) holds even where closing a server waits for its
-                # connections (asyncio on Python 3.12+).
-                scope.deadline = anyio.current_time() + left + 1.0
+        scope = anyio.CancelScope()
 
-            try:
-                await serve(self._wrapped, config, shutdown_trigger=trigger, mode="asgi")  # type: ignore[arg-type]
-            except BaseExceptionGroup as group:  # trio's nursery wraps a failed lifespan startup
-                raise _only(group) from None
-            except Exception:
-                if self._shutdown.is_set() and anyio.current_effective_deadline() == -math.inf:
-                    # Cancelled mid-drain, Hypercorn's asyncio server trips over its own
-                    # unfinished gather (InvalidStateError): the cancellation is what
-                    # happened, so that is what this raises.
-                    raise anyio.get_cancelled_exc_class()() from None
+        async def trigger() -> None:
+            await self._shutdown.wait()
+            left = await self._settle(fd)
+            config.graceful_timeout = left  # Hypercorn reads it once the trigger returns
+            self._draining = True
+            # Hypercorn bounds its own drain; this outer bound (plus a second for the
+            # lifespan shutdown) holds even where closing a server waits for its
+            # connections (asyncio on Python 3.12+), or a lifespan shutdown hangs.
+            scope.deadline = anyio.current_time() + left + 1.0
+
+        overran = False
+        try:
+            with scope:
+                try:
+                    await serve(self._wrapped, config, shutdown_trigger=trigger, mode="asgi")  # type: ignore[arg-type]
+                except BaseExceptionGroup as group:  # trio's nursery wraps a failed lifespan startup
+                    raise _only(group) from None
+                except Exception:
+                    if self._shutdown.is_set() and anyio.current_effective_deadline() == -math.inf:
+                        # Cancelled mid-drain, Hypercorn's asyncio server trips over its own
+                        # unfinished gather (InvalidStateError): the cancellation is what
+                        # happened, so that is what this raises.
+                        raise anyio.get_cancelled_exc_class()() from None
+                    raise
+            overran = scope.cancelled_caught
+        except anyio.get_cancelled_exc_class():
+            # Hypercorn's asyncio TaskGroup leaves the task marked as cancelled, so anyio
+            # cannot tell that this cancellation is our own bound's; it is when the bound
+            # has passed and nothing outside is cancelled.
+            if not (scope.cancel_called and anyio.current_effective_deadline() != -math.inf):
                 raise
-        if scope.cancelled_caught:
-            self._log.warning("server drain overran its bound; connections abandoned", seconds=self.graceful_timeout)
+            overran = True
+        if overran:
+            self._log.warning("server stop overran its bound; connections or the lifespan shutdown abandoned",
+                              seconds=self.graceful_timeout)
 
     async def _settle(self, fd: int) -> float:
         """Close the listener, then let the connections it accepted last send their request and get the answer.
