@@ -16,7 +16,7 @@ CPU is the requests/s a quiet core gives, whatever share of a core a busy machin
 The ratio printed last is HTTPServer / direct of that figure, the median of the rounds' ratios
 (goal >= 0.95x); the wall-clock requests/s and their ratio are printed too.
 
-    python bench/http.py [--seconds 3] [--rounds 7] [--connections 16] [--backend asyncio|trio] [--quick]
+    python bench/http.py [--seconds 3] [--rounds 9] [--connections 16] [--backend asyncio|trio] [--quick]
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per server and round")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of load per server first (< 5)")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections per server")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio", help="both servers' backend")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 0.5 s")
