@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import nacelle_py
+import nacelle_py.base
 import nacelle_py.testing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +23,7 @@ def test_contract_names_are_exported() -> None:
 
 
 def test_every_public_name_has_a_docstring() -> None:
-    for module in (nacelle_py, nacelle_py.testing):
+    for module in (nacelle_py, nacelle_py.testing, nacelle_py.base):
         for name in module.__all__:
             obj = getattr(module, name)
             if inspect.isclass(obj) or inspect.isfunction(obj):
@@ -46,4 +49,50 @@ def test_package_is_typed_and_passes_strict_mypy() -> None:
         [sys.executable, "-m", "mypy", "--strict", "nacelle_py"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# What each declared dependency may be imported as; the extras' modules are imported only
+# after ``_extras.require`` has checked for them (those modules are listed here too).
+IMPORT_NAMES = {
+    "anyio": {"anyio"}, "dependency-injector": {"dependency_injector"}, "pydantic": {"pydantic", "pydantic_core"},
+    "pydantic-settings": {"pydantic_settings"}, "structlog": {"structlog"}, "croniter": {"croniter"},
+    "sniffio": {"sniffio"},
+}
+EXTRA_ONLY = {
+    "nacelle_py/_ops/_metrics.py": {"prometheus_client"},
+    "nacelle_py/base/_grpc/_health.py": {"grpc", "grpc_health"},
+}
+
+
+def test_every_module_level_import_is_a_declared_dependency() -> None:
+    """A venv with the core dependencies only can import every module (the extras' come lazily)."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    allowed = set().union(*(IMPORT_NAMES[d.split(">")[0].split("=")[0].split("[")[0]] for d in declared))
+    stdlib = set(sys.stdlib_module_names) | {"__future__", "nacelle_py"}
+    for path in sorted((ROOT / "nacelle_py").rglob("*.py")):
+        where = str(path.relative_to(ROOT))
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                assert top in stdlib or top in allowed or top in EXTRA_ONLY.get(where, ()), (
+                    f"{where} imports {top!r}, which is neither a declared dependency nor checked by require()"
+                )
+
+
+def test_the_servers_and_the_ops_endpoint_import_no_extra_until_used() -> None:
+    code = (
+        "import sys, nacelle_py, nacelle_py.base as b; "
+        "b.HTTPServer, b.GRPCServer, b.HTTPSettings, b.GRPCSettings; "
+        "import nacelle_py._ops._operations; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('hypercorn', 'grpc', 'grpc_health', 'prometheus_client')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
