@@ -23,7 +23,7 @@ from ._lifecycle import Entry, Runner
 from ._logging import make_logger
 from ._machines import MachineService
 from ._ops import Operations, OpsSettings, SystemdSettings, parse_addr
-from ._serving import BindError
+from ._serving import BindError, TLSError
 from ._services import PerComponent, ServiceContainer
 from ._settings import AppSettings, LogSettings
 
@@ -308,7 +308,8 @@ class App:
     def _log_error(self, error: ComponentError) -> None:
         cause = error.cause
         kwargs: dict[str, Any] = {"component": error.component, "operation": error.operation}
-        if cause is not None and not isinstance(cause, (BindError, ConfigError, InjectionError, RegistrationError)):
+        # A user's mistake (a setting, a taken port, a bad certificate) is its message; anything else has its traceback.
+        if cause is not None and not isinstance(cause, (BindError, ConfigError, InjectionError, RegistrationError, TLSError)):
             kwargs["exc_info"] = cause
         self.logger.error(str(error), **kwargs)
 

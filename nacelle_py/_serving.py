@@ -26,7 +26,7 @@ from ._extras import require
 SETTLE = 0.05
 """Seconds without a request starting or running after which a closed listener's connections count as settled."""
 
-__all__ = ["ASGIServing", "BindError", "check_tls", "format_address", "listen"]
+__all__ = ["ASGIServing", "BindError", "TLSError", "check_tls", "format_address", "listen"]
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
@@ -34,6 +34,10 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitab
 
 class BindError(OSError):
     """The address could not be listened on; the message names it, the settings and what to do."""
+
+
+class TLSError(ValueError):
+    """The certificate and key could not be loaded as a pair; the message names the settings."""
 
 
 def format_address(host: str, port: int) -> str:
@@ -70,11 +74,11 @@ def listen(host: str, port: int, *, settings: str, backlog: int = 1024) -> socke
 
 
 def check_tls(cert_file: str, key_file: str, settings: str) -> None:
-    """Load the certificate and key as the server will; ``ValueError`` naming ``settings`` if they do not pair."""
+    """Load the certificate and key as the server will; ``TLSError`` naming ``settings`` if they do not pair."""
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(
+        raise TLSError(
             f"cannot load the TLS certificate {cert_file!r} with the key {key_file!r}: {exc}; "
             f"{settings} must name a PEM certificate and its own private key"
         ) from None
