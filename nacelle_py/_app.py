@@ -33,6 +33,10 @@ C = TypeVar("C", bound=Initializer)
 Backend = Literal["asyncio", "trio"]
 
 
+USER_ERRORS = (BindError, ConfigError, InjectionError, RegistrationError, TLSError)
+"""Errors logged as their message alone: the message says what to fix, a traceback would bury it."""
+
+
 def _freeze_when_running(event: str, _detail: str) -> None:
     """Once ready, leave what start-up built (modules, settings, components) out of every later GC pass.
 
@@ -309,7 +313,7 @@ class App:
         cause = error.cause
         kwargs: dict[str, Any] = {"component": error.component, "operation": error.operation}
         # A user's mistake (a setting, a taken port, a bad certificate) is its message; anything else has its traceback.
-        if cause is not None and not isinstance(cause, (BindError, ConfigError, InjectionError, RegistrationError, TLSError)):
+        if cause is not None and not isinstance(cause, USER_ERRORS):
             kwargs["exc_info"] = cause
         self.logger.error(str(error), **kwargs)
 

@@ -29,7 +29,9 @@ SETTLE = 0.05
 __all__ = ["ASGIServing", "BindError", "TLSError", "check_tls", "format_address", "listen"]
 
 Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BindError(OSError):
@@ -221,7 +223,7 @@ class ASGIServing:
                 await anyio.sleep(SETTLE)
         return max(0.0, self.graceful_timeout - (anyio.current_time() - started))
 
-    async def _wrapped(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
+    async def _wrapped(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
@@ -239,7 +241,7 @@ class ASGIServing:
             self.active -= 1
             self.served += 1
 
-    async def _lifespan(self, scope: Scope, receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]) -> None:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         received: list[str] = []
         sent: list[str] = []
 
@@ -276,7 +278,7 @@ class ASGIServing:
         await receive()  # lifespan.shutdown
         await send({"type": "lifespan.shutdown.complete"})
 
-    def _closing_send(self, send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    def _closing_send(self, send: Send) -> Send:
         """``send`` that adds ``Connection: close`` to the answer of a request that came in after the listener closed.
 
         A request already in flight then keeps its connection; the client's

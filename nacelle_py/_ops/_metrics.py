@@ -27,7 +27,8 @@ class _Collector:
         status = self.status
         runner = status.runner
         ready, _ = status.ready()
-        yield _gauge("nacelle_app_ready", "1 when the app is supervising and every health key is healthy.", [({}, ready)])
+        yield _gauge("nacelle_app_ready", "1 when the app is supervising and every health key is healthy.",
+                     [({}, ready)])
         yield _gauge("nacelle_app_phase", "The runner's phase (1 for the current one).",
                      [({"phase": p}, p == runner.phase) for p in PHASES])
         entries = runner.entries

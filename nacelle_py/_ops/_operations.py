@@ -49,7 +49,8 @@ class Operations:
         if self.ops.addr is not None:
             require("hypercorn", "http", "the ops endpoint (OPS_ADDR)")
             if self.ops.metrics:
-                require("prometheus_client", "metrics", "/metrics on the ops endpoint (set OPS_METRICS=false to go without)")
+                feature = "/metrics on the ops endpoint (set OPS_METRICS=false to go without)"
+                require("prometheus_client", "metrics", feature)
             self._sock = listen(*parse_addr(self.ops.addr), settings="OPS_ADDR")
             self._address = self._sock.getsockname()[:2]
             address = format_address(*self._address)

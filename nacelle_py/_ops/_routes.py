@@ -33,19 +33,21 @@ class OpsApp:
         method = scope["method"]
         path = scope["path"].rstrip("/") or "/"
         if method not in ("GET", "HEAD"):
-            await _respond(send, 405, _json({"error": "method not allowed; use GET"}), JSON, method, [(b"allow", b"GET, HEAD")])
+            body = _json({"error": "method not allowed; use GET"})
+            await _respond(send, 405, body, JSON, method, [(b"allow", b"GET, HEAD")])
             return
         if path == "/livez":
             await _respond(send, 200, _json({"status": "alive", "phase": self.status.runner.phase}), JSON, method)
         elif path == "/readyz":
-            ready, body = self.status.ready()
-            await _respond(send, 200 if ready else 503, _json(body), JSON, method)
+            ready, why = self.status.ready()
+            await _respond(send, 200 if ready else 503, _json(why), JSON, method)
         elif path == "/metrics" and self.render_metrics is not None:
             accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), "")
             text, content_type = self.render_metrics(accept)
             await _respond(send, 200, text, content_type.encode(), method)
         elif path == "/debug/components":
-            await _respond(send, 200, _json({"phase": self.status.runner.phase, "components": self.status.components()}), JSON, method)
+            listing = _json({"phase": self.status.runner.phase, "components": self.status.components()})
+            await _respond(send, 200, listing, JSON, method)
         else:
             paths = ["/livez", "/readyz", "/debug/components"] + (["/metrics"] if self.render_metrics else [])
             await _respond(send, 404, _json({"error": "not found", "paths": paths}), JSON, method)
