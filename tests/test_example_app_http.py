@@ -1,4 +1,4 @@
-"""example_app's HTTP API and ops endpoint, as a real subprocess driven by real HTTP clients.
+"""example_app's HTTP API, ops endpoint and systemd notifications, as a real subprocess.
 
 The load test is the issue's: concurrent clients, SIGTERM mid-load; every
 request the server accepted gets a complete response, ``/readyz`` answers
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -293,3 +294,39 @@ def test_a_mismatched_tls_pair_fails_boot(tmp_path: Path) -> None:
     with run_to_exit(tmp_path, EXAMPLE_HTTP_PORT="0", EXAMPLE_OPS_ADDR="off", **env) as app:
         assert app.proc.returncode == 1, app.dump()
         assert "HTTP_CERT_FILE/HTTP_KEY_FILE" in errors(app), app.dump()
+
+
+def test_under_systemd_it_notifies_ready_status_watchdog_and_stopping(tmp_path: Path) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"
+    notify.bind(str(path))
+    notify.settimeout(0.2)
+    got: list[str] = []
+
+    def drain_until(predicate: Callable[[list[str]], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(got) and time.monotonic() < deadline:
+            try:
+                got.append(notify.recv(4096).decode())
+            except TimeoutError:
+                pass
+        assert predicate(got), got
+
+    try:
+        env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "200000", "EXAMPLE_OPS_ADDR": "off"}
+        with boot("asyncio", tmp_path / "sd.sqlite3", **env) as app:
+            drain_until(lambda ms: any(m.startswith("READY=1") for m in ms), 10)
+            drain_until(lambda ms: sum(m == "WATCHDOG=1" for m in ms) >= 3, 10)
+            app.send(signal.SIGTERM)
+            assert app.wait(EXIT_TIMEOUT) == 0, app.dump()
+            drain_until(lambda ms: "STATUS=stopped" in ms, 5)
+    finally:
+        notify.close()
+    ready = next(i for i, m in enumerate(got) if m.startswith("READY=1"))
+    stopping = next(i for i, m in enumerate(got) if m.startswith("STOPPING=1"))
+    assert [m for m in got[:ready] if m.startswith("STATUS=starting priority")] == [
+        f"STATUS=starting priority {p} ({n} component{'s' if n > 1 else ''})" for p, n in ((0, 1), (1, 1), (2, 3), (3, 1))
+    ]
+    assert "STATUS=ready: 6 components healthy" in got[ready]
+    assert ready < stopping < got.index("STATUS=stopped")
+    assert "signal SIGTERM" in got[stopping]
