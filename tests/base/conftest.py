@@ -27,6 +27,7 @@ BUILTIN_SETTINGS = (
     "GRPC_HOST",
     "GRPC_PORT",
     "GRPC_GRACE_PERIOD",
+    "GRPC_DRAIN_DELAY",
 )
 
 

@@ -43,6 +43,12 @@ def any_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRPC_PORT", "0")
 
 
+@pytest.fixture(autouse=True)
+def no_drain_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop at once unless a test is about the delay (it sets GRPC_DRAIN_DELAY itself)."""
+    monkeypatch.setenv("GRPC_DRAIN_DELAY", "0")
+
+
 # -- a service without generated code: raw bytes in, raw bytes out -----------------------
 
 
@@ -304,6 +310,21 @@ async def test_without_the_health_service_check_is_unimplemented(any_port: None)
 # -- graceful stop --------------------------------------------------------------------------
 
 
+async def test_the_drain_delay_answers_not_serving_to_check_while_rpcs_are_still_served(
+    any_port: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRPC_DRAIN_DELAY", "0.4")
+    app = test_app("t")
+    server = app.register(GRPCServer(echo_service()), name="grpc")
+    with anyio.fail_after(15):
+        async with serving(app) as served, channel(server.port) as ch:
+            assert await check(ch) == SERVING
+            app.shutdown()
+            await wait_until_status(ch, "", NOT_SERVING)  # a polling probe sees it, on a live server
+            assert await rpc(ch, "Echo", b"still") == b"echo:still"  # and traffic is still served meanwhile
+    assert served.status == 0, app.errors
+
+
 async def test_stop_reports_not_serving_first_and_lets_an_rpc_in_flight_finish(any_port: None) -> None:
     slow = Slow()
     results: list[bytes] = []
@@ -462,10 +483,11 @@ async def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, v
 
 
 def test_the_settings_defaults_and_a_bracketed_ipv6_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert GRPCSettings().model_dump() == {"host": "127.0.0.1", "port": 50051, "grace_period": 5.0}
+    monkeypatch.delenv("GRPC_DRAIN_DELAY")  # the module's fixture sets it
+    assert GRPCSettings().model_dump() == {"host": "127.0.0.1", "port": 50051, "grace_period": 5.0, "drain_delay": 0.5}
     monkeypatch.setenv("GRPC_HOST", "[::1]")
     assert GRPCSettings().host == "::1"
-    for name in ("host", "port", "grace_period"):
+    for name in ("host", "port", "grace_period", "drain_delay"):
         assert GRPCSettings.model_fields[name].description  # shown by --help
 
 

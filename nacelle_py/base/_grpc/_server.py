@@ -45,9 +45,10 @@ class GRPCServer(Process):
     the address. The standard health service (``grpc.health.v1.Health``)
     reports ``""`` as ``SERVING`` while every health key of the app is healthy,
     and each health key as a service of its own. ``stop()`` reports
-    ``NOT_SERVING`` first, then stops the server: new RPCs are refused, those in
-    flight get ``GRPC_GRACE_PERIOD`` seconds, and the rest are cancelled. Keep
-    the grace period below the app's ``SHUTDOWN_TIMEOUT``. On the trio backend
+    ``NOT_SERVING`` first, serves on for ``GRPC_DRAIN_DELAY`` seconds, then
+    stops the server: new RPCs are refused, those in flight get
+    ``GRPC_GRACE_PERIOD`` seconds, and the rest are cancelled. Keep the sum
+    below the app's ``SHUTDOWN_TIMEOUT``. On the trio backend
     ``init`` and ``run`` refuse with a ``RegistrationError``.
     """
 
@@ -91,6 +92,7 @@ class GRPCServer(Process):
         self._service: HealthService | None = None
         self._address: tuple[str, int] | None = None
         self._grace = 0.0
+        self._drain_delay = 0.0
         self._health: HealthComponent | None = None
         self._done: anyio.Event | None = None  # set once the server is stopped (run may return)
         self._running = False
@@ -175,6 +177,7 @@ class GRPCServer(Process):
         self._server, self._service = server, service
         self._address = (settings.host, port)
         self._grace = settings.grace_period
+        self._drain_delay = settings.drain_delay
         self._stop_requested = self._stopping = self._started = False
         self._log().info(
             "grpc server listening", host=settings.host, port=port, address=format_address(settings.host, port)
@@ -264,6 +267,12 @@ class GRPCServer(Process):
             self._health.update(False, "shutting down")
         if self._service is not None:
             self._service.close()
+        if self._drain_delay:
+            # Check answers NOT_SERVING meanwhile, and RPCs are still served; a run that
+            # ends (cancelled) ends the wait too.
+            with anyio.move_on_after(self._drain_delay):
+                if done is not None:
+                    await done.wait()
         started = time.perf_counter()
         grace = self._grace
         with anyio.move_on_after(grace + CLEANUP_BOUND) as bound:
