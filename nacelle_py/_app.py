@@ -285,7 +285,7 @@ class App:
             started = anyio.current_time()
             await self._machines.open(self._machine_settings, self.logger)
             try:
-                async with operations.running(runner, self.health, self._machine_stats):
+                async with operations.running(runner, self.health, self._machines.stats):
                     await runner.run(stop_already_requested=self._early_shutdown)
             finally:
                 self._operations = None  # ops_address: None once serving ended
@@ -301,10 +301,6 @@ class App:
             self._state = "done"
 
     # -- internals ------------------------------------------------------------------
-
-    def _machine_stats(self) -> Any:
-        root = self._machines._root
-        return None if root is None else root.stats()
 
     def _component_logger(self, name: str | None) -> Any:
         return self.logger if name is None else self.logger.bind(component=name)

@@ -48,6 +48,10 @@ class MachineService:
             return root
         return root._children.get(name) or root.sub(name)
 
+    def stats(self) -> Any:
+        """The machine tree's ``MachineStats`` (None before anything used a machine)."""
+        return None if self._root is None else self._root.stats()
+
     def release(self, name: str) -> Awaitable[None] | None:
         """Cancel a component's sub-machine; what to await until its routines ended (None: it had none)."""
         root = self._root

@@ -21,8 +21,6 @@ from typing import Any
 import anyio
 import sniffio
 
-from ._extras import require
-
 SETTLE = 0.05
 """Seconds without a request starting or running after which a closed listener's connections count as settled."""
 
@@ -105,9 +103,7 @@ class ASGIServing:
         cert_file: str | None = None,
         key_file: str | None = None,
         access_log: bool = False,
-        feature: str = "HTTPServer",
     ) -> None:
-        require("hypercorn", "http", feature)
         self.app = app
         self.address: tuple[str, int] = sock.getsockname()[:2]
         self.graceful_timeout = graceful_timeout
@@ -335,12 +331,12 @@ def _logger_class(log: Any, access: bool) -> type:
 
     def emit(level: str) -> Callable[..., Awaitable[None]]:
         async def write(self: Any, message: str, *args: Any, **kwargs: Any) -> None:
-            text = message % args if args else message
-            if level in ("debug", "info"):
-                return  # Hypercorn's own "Running on ..." lines; ours say where we listen
-            getattr(log, level)(text, exc_info=kwargs.get("exc_info"))
+            getattr(log, level)(message % args if args else message, exc_info=kwargs.get("exc_info"))
 
         return write
+
+    async def quiet(self: Any, message: str, *args: Any, **kwargs: Any) -> None:
+        """Hypercorn's own "Running on ..." lines: ours say where we listen."""
 
     class _Log:
         def __init__(self, config: Any) -> None:
@@ -356,8 +352,7 @@ def _logger_class(log: Any, access: bool) -> type:
         critical = emit("critical")
         error = emit("error")
         warning = emit("warning")
-        info = emit("info")
-        debug = emit("debug")
+        info = debug = quiet
 
         async def exception(self, message: str, *args: Any, **kwargs: Any) -> None:
             log.error(message % args if args else message, exc_info=True)

@@ -75,12 +75,14 @@ class Operations:
             runner.observe(self._systemd_observer(notifier, runner, health))
             unsubscribe = health.subscribe(self._health_listener(notifier, runner, health))
         watchdog = anyio.CancelScope()
+        applies = watchdog_applies(self.systemd.watchdog_usec, self.systemd.watchdog_pid)
+        period = self.systemd.watchdog_usec if notifier is not None and applies else None
         try:
             async with anyio.create_task_group() as tg:
                 if serving is not None:
                     tg.start_soon(self._serve, serving)
-                if notifier is not None and watchdog_applies(self.systemd.watchdog_usec, self.systemd.watchdog_pid):
-                    tg.start_soon(self._watchdog, watchdog, notifier, self.systemd.watchdog_usec)
+                if notifier is not None and period is not None:
+                    tg.start_soon(self._watchdog, watchdog, notifier, period)
                 try:
                     yield
                 finally:
@@ -105,15 +107,12 @@ class Operations:
             from ._metrics import Metrics
 
             render = Metrics(status).render
-        return ASGIServing(
-            OpsApp(status, render), sock, graceful_timeout=OPS_DRAIN, logger=self._log,
-            feature="the ops endpoint (OPS_ADDR)",
-        )
+        return ASGIServing(OpsApp(status, render), sock, graceful_timeout=OPS_DRAIN, logger=self._log)
 
     @staticmethod
-    async def _watchdog(scope: anyio.CancelScope, notifier: Notifier, period_usec: int | None) -> None:
+    async def _watchdog(scope: anyio.CancelScope, notifier: Notifier, period_usec: int) -> None:
         with scope:
-            await notifier.watchdog(period_usec or 0)
+            await notifier.watchdog(period_usec)
 
     async def _serve(self, serving: ASGIServing) -> None:
         try:

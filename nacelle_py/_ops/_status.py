@@ -97,9 +97,7 @@ def flatten(value: Any, labels: dict[str, str], path: str = "") -> Iterator[Samp
     for field, item in data.items():
         if isinstance(item, enum.Enum):
             item = item.value
-        if isinstance(item, bool):
-            yield f"{kind}_{field}", own, float(item)
-        elif isinstance(item, (int, float)):
+        if isinstance(item, (int, float)):  # bools too: 1 or 0
             yield f"{kind}_{field}", own, float(item)
         elif isinstance(item, dict):
             yield from flatten(item, labels, path)

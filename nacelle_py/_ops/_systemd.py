@@ -31,7 +31,6 @@ class Notifier:
         # A full queue (systemd reads slowly; Linux queues 10 datagrams) waits a moment,
         # as sd_notify does, rather than dropping READY=1 or STOPPING=1.
         self._sock.settimeout(SEND_TIMEOUT)
-        self.sent: list[str] = []  # the last few notifications, for /debug and tests
 
     def notify(self, **fields: str) -> bool:
         """Send one datagram (``READY="1"``, ``STATUS="..."``); whether it was sent."""
@@ -43,7 +42,6 @@ class Notifier:
                 self._failed = True
                 self._log.warning("systemd notification failed", socket=self.address.lstrip("\0"), error=str(exc))
             return False
-        self.sent = [*self.sent[-15:], message]
         return True
 
     def status(self, text: str) -> None:

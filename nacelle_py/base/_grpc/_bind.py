@@ -6,7 +6,7 @@ from typing import Any
 
 from ..._serving import BindError, format_address, listen
 
-__all__ = ["add_port", "format_address"]
+__all__ = ["add_port"]
 
 SETTINGS = "GRPC_HOST/GRPC_PORT"
 

@@ -18,7 +18,8 @@ from ..._errors import RegistrationError
 from ..._extras import require
 from ..._health import Health, HealthComponent
 from ..._inject import Inject
-from ._bind import add_port, format_address
+from ..._serving import format_address
+from ._bind import add_port
 from ._settings import GRPCSettings
 
 if TYPE_CHECKING:
