@@ -1,0 +1,50 @@
+"""What the pool's queue holds and what its workers are: items, tasks, worker records.
+
+Queue items are the bare task, or ``(task, timeout, dispatched_at)`` when
+either is set (one task in sixteen carries its dispatch time for the latency
+sample); ``UNSET`` in the timeout place means the dispatcher's own.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+__all__ = ["UNSET", "Worker", "resolve", "task_of"]
+
+UNSET: Any = object()
+_CO_COROUTINE = inspect.CO_COROUTINE
+
+
+class Worker:
+    """One worker's state, read by the monitor: the item it runs and how many it has finished."""
+
+    __slots__ = ("done", "item", "scope", "seen_at", "seen_done", "timing_out")
+
+    def __init__(self) -> None:
+        self.item: Any = None  # the queue item being run; None while idle
+        self.scope: anyio.CancelScope | None = None
+        self.done = 0  # tasks that ended completed or failed: also the monitor's "same task?" token
+        self.seen_done = -1
+        self.seen_at = 0.0
+        self.timing_out = False  # the monitor cancelled this worker's scope for its current task
+
+
+def task_of(item: Any) -> Any:
+    """The task in a queue item (see the module docstring)."""
+    return item[0] if type(item) is tuple else item
+
+
+def resolve(task: Any) -> tuple[Callable[[], Any], bool]:
+    """The callable to run for a task and whether it is a coroutine function."""
+    execute = getattr(task, "execute", None)
+    function = execute if execute is not None and not inspect.isfunction(task) else task
+    code = getattr(getattr(function, "__func__", function), "__code__", None)
+    if code is not None:
+        return function, bool(code.co_flags & _CO_COROUTINE)
+    return function, inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        getattr(function, "__call__", None)
+    )
