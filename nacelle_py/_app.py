@@ -113,6 +113,7 @@ class App:
         self.logger: Any = logger if logger is not None else structlog.get_logger().bind(app=name)
         self.services.set("services", self.services)
         self.services.set("config", self.config)
+        self.services.set("app_name", name)
         self.services.set("health", PerComponent(self.health.for_component))
         self.services.set("logger", PerComponent(self._component_logger))
         self._machines = MachineService(self.logger)

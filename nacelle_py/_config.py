@@ -22,10 +22,16 @@ from pydantic_settings import BaseSettings, DotEnvSettingsSource, EnvSettingsSou
 
 from ._errors import ConfigError, SettingError
 
-__all__ = ["Config", "MASK", "is_secret"]
+__all__ = ["Config", "MASK", "is_secret", "mask_url"]
 
 S = TypeVar("S", bound=BaseSettings)
 MASK = "**********"
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)(?P<password>[^/\s]*)@")
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked: ``redis://:s3cret@h/0`` -> ``redis://:***@h/0``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
 
 
 def is_secret(field: FieldInfo) -> bool:
@@ -62,6 +68,8 @@ def mask_values(model: BaseModel) -> dict[str, Any]:
             out[name] = mask_values(value)
         elif is_secret(field) or isinstance(value, (SecretStr, SecretBytes)):
             out[name] = MASK if value not in (None, "") else value
+        elif isinstance(value, str):  # a URL's password is masked wherever the URL is shown
+            out[name] = mask_url(value)
         else:
             out[name] = value
     return out
@@ -190,7 +198,9 @@ class Config:
             if error.get("type") == "missing":
                 message = "required but not set"
             elif not is_secret(field) and "input" in error:
-                message = f"{message} (got {error['input']!r})"
+                shown = error["input"]
+                shown = mask_url(shown) if isinstance(shown, str) else shown
+                message = f"{message} (got {shown!r})"
             if len(loc) > 1:
                 message = f"{'.'.join(str(p) for p in loc[1:])}: {message}"
             if len(names) > 1:

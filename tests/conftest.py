@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 
 import pytest
+
+# The Redis fixtures: redis_server (session), redis_url and redis_factory; see tests/_redis.py.
+from _redis import fold_missing_server_skip, redis_factory, redis_server, redis_url  # noqa: F401
 
 # The App's own operational settings: a machine running the tests under systemd, or with
 # an ops endpoint configured, must not steer any test (tests that want them set them).
@@ -22,3 +26,11 @@ def no_ops_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.endswith(OPS_SETTINGS):
             monkeypatch.delenv(key)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport() -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Fold every "no redis-server" skip into one summary line (see tests/_redis.py)."""
+    report = yield
+    fold_missing_server_skip(report)
+    return report

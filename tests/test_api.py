@@ -62,6 +62,9 @@ IMPORT_NAMES = {
 EXTRA_ONLY = {
     "nacelle_py/_ops/_metrics.py": {"prometheus_client"},
     "nacelle_py/base/_grpc/_health.py": {"grpc", "grpc_health"},
+    "nacelle_py/base/_redis/_client.py": {"coredis"},
+    "nacelle_py/base/_redis/_streams.py": {"coredis"},
+    "nacelle_py/base/_dispatcher/_redis.py": {"coredis"},
 }
 
 
@@ -89,9 +92,9 @@ def test_every_module_level_import_is_a_declared_dependency() -> None:
 def test_the_servers_and_the_ops_endpoint_import_no_extra_until_used() -> None:
     code = (
         "import sys, nacelle_py, nacelle_py.base as b; "
-        "b.HTTPServer, b.GRPCServer, b.HTTPSettings, b.GRPCSettings; "
+        "b.HTTPServer, b.GRPCServer, b.HTTPSettings, b.GRPCSettings, b.Dispatcher, b.RedisSettings; "
         "import nacelle_py._ops._operations; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('hypercorn', 'grpc', 'grpc_health', 'prometheus_client')]; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('hypercorn', 'grpc', 'grpc_health', 'prometheus_client', 'coredis')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

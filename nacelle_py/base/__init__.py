@@ -10,8 +10,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
+    "DeadLetter",
     "Dispatcher",
     "DispatcherError",
+    "DispatcherSettings",
     "DispatcherStats",
     "DispatcherStatus",
     "GRPCServer",
@@ -27,11 +29,13 @@ __all__ = [
     "Pipeline",
     "PipelineError",
     "PipelineSettings",
+    "RedisSettings",
     "Routine",
     "RoutineInfo",
     "Stage",
     "StageStats",
     "Subscription",
+    "TaskFailed",
     "Worker",
     "WorkerSettings",
     "WorkerStats",
@@ -64,8 +68,12 @@ _WHERE = {
     "recover": "._machine",
     "retry": "._machine",
     "timeout": "._machine",
+    "DeadLetter": "._dispatcher",
     "Dispatcher": "._dispatcher",
     "DispatcherError": "._dispatcher",
+    "DispatcherSettings": "._dispatcher",
+    "TaskFailed": "._dispatcher",
+    "RedisSettings": "._redis",
     "DispatcherStats": "._dispatcher",
     "DispatcherStatus": "._dispatcher",
     "Pipeline": "._pipeline",
@@ -76,7 +84,15 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
-    from ._dispatcher import Dispatcher, DispatcherError, DispatcherStats, DispatcherStatus
+    from ._dispatcher import (
+        DeadLetter,
+        Dispatcher,
+        DispatcherError,
+        DispatcherSettings,
+        DispatcherStats,
+        DispatcherStatus,
+        TaskFailed,
+    )
     from ._grpc import GRPCServer, GRPCSettings
     from ._http import HTTPServer, HTTPSettings, HTTPStats
     from ._machine import (
@@ -94,6 +110,7 @@ if TYPE_CHECKING:
         retry,
         timeout,
     )
+    from ._redis import RedisSettings
     from ._pipeline import Pipeline, PipelineError, PipelineSettings, Stage, StageStats
     from ._worker import Worker, WorkerSettings, WorkerStats
 

@@ -16,16 +16,24 @@ import anyio.lowlevel
 import structlog
 
 from ..._components import Process
+from ..._extras import require
 from ..._errors import RegistrationError
 from ..._health import Health, HealthComponent
 from ..._inject import Inject
 from ..._validate import positive
 from ..._waker import Waker
-from ._monitor import monitor
+from .._redis._settings import RedisSettings
+from ._backend import Backend
+from ._call import Calls
 from ._items import task_of
+from ._memory import MemoryBackend
+from ._monitor import monitor
+from ._named import NamedTasks
 from ._pool import WorkerPool
+from ._settings import BackendOptions, DispatcherSettings, check_keywords, resolve
 from ._state import DRAINING, RUNNING, STOPPED, STOPPING, DispatcherStatus, Phase
 from ._stats import DispatcherError, DispatcherStats, pool_stats
+from ._tasks import TaskRegistry
 
 __all__ = ["Dispatcher"]
 
@@ -36,7 +44,7 @@ def _check_positive(name: str, value: object, *, integer: bool, allow_none: bool
     return positive("Dispatcher", name, value, integer=integer, allow_none=allow_none)
 
 
-class Dispatcher(WorkerPool, Process):
+class Dispatcher(NamedTasks, WorkerPool, Process):
     """An autoscaling pool of workers that run tasks; register it as a process or use it standalone.
 
     ``dispatch(task)`` never blocks: it queues up to ``max_buffered`` tasks
@@ -49,10 +57,19 @@ class Dispatcher(WorkerPool, Process):
     tasks wait, and idle ones retire after ``scale_down_after`` seconds. The
     health key (the component's name) turns healthy once the workers run, and
     unhealthy while the pool is saturated for longer than ``saturated_after``.
+
+    Named tasks (``@dispatcher.task``, ``enqueue``, ``result``) flow through
+    the backend: ``memory`` (this process) or ``redis`` (a stream every
+    replica consumes), chosen by ``DISPATCHER_BACKEND`` or ``backend=``; the
+    other keywords override their ``DISPATCHER_*``/``REDIS_URL`` settings
+    (standalone, only the keywords apply). See docs/dispatcher.md.
     """
 
     health: Health | None = Inject("health", optional=True)
     logger: Any = Inject("logger", optional=True)
+    app_name: str | None = Inject("app_name", optional=True)
+    settings: DispatcherSettings = Inject()
+    redis_settings: RedisSettings = Inject()
 
     STOPPED = DispatcherStatus.STOPPED
     STOPPING = DispatcherStatus.STOPPING
@@ -69,6 +86,14 @@ class Dispatcher(WorkerPool, Process):
         *,
         max_threads: int = 16,
         saturated_after: float = 30.0,
+        max_processes: int | None = None,
+        backend: str | None = None,
+        redis_url: str | None = None,
+        stream: str | None = None,
+        lease: float | None = None,
+        max_deliveries: int | None = None,
+        consume: bool | None = None,
+        key_ttl: float | None = None,
     ) -> None:
         self.max_buffered = _check_positive("max_buffered", max_buffered, integer=True)
         self.min_workers = _check_positive("min_workers", min_workers, integer=True)
@@ -81,10 +106,24 @@ class Dispatcher(WorkerPool, Process):
         self.scale_down_after = _check_positive("scale_down_after", scale_down_after, integer=False)
         self.max_threads = _check_positive("max_threads", max_threads, integer=True)
         self.saturated_after = _check_positive("saturated_after", saturated_after, integer=False)
+        self.max_processes: int | None = _check_positive("max_processes", max_processes, integer=True,
+                                                         allow_none=True)
+        self._given = check_keywords(dict(
+            backend=backend, redis_url=redis_url, stream=stream, lease=lease, max_deliveries=max_deliveries,
+            consume=consume, key_ttl=key_ttl,
+        ))
         self._init_pool()
         self._stopped: anyio.Event | None = None
         self._health: HealthComponent | None = None
         self._exit_stack: Any = None
+        self._registry = TaskRegistry("Dispatcher")
+        self._calls = Calls(self)
+        self._backend: Backend | None = None
+        self._opened = False
+        self._limiter: anyio.CapacityLimiter | None = None
+        self.options: BackendOptions = resolve(self._given, None, None, "nacelle:dispatcher")
+        if self.options.backend == "redis":
+            self._refuse_callables()
 
     # -- the public surface -----------------------------------------------------------
 
@@ -115,6 +154,8 @@ class Dispatcher(WorkerPool, Process):
             self._log_event("info", "dispatcher quit while stopped", handed_back=len(handed))
             return handed
         try:
+            if self._backend is not None:
+                await self._backend.stop()  # stop taking deliveries; Redis hands back what has not started
             if drain and self._state.status != STOPPING:
                 self._move(DRAINING)
                 self._wake()
@@ -154,15 +195,31 @@ class Dispatcher(WorkerPool, Process):
 
     def stats(self) -> DispatcherStats:
         """A snapshot of the counters, the pool's size and the recent dispatch-to-start latencies."""
-        return pool_stats(self)
+        stats = pool_stats(self)
+        backend = self._backend
+        return stats._replace(**backend.extra_stats()) if backend is not None else stats
 
     # -- as a Process -------------------------------------------------------------------
 
     async def init(self) -> None:
-        """Register the health key (the component's name) when run under an App."""
+        """Under an App: register the health key, apply the settings and open the backend (Redis: connect)."""
         health = vars(self).get("health")
+        owner = "dispatcher"
         if health is not None:
-            self._health = health.register(health.owner or "dispatcher")
+            owner = health.owner or owner
+            self._health = health.register(owner)
+        app = vars(self).get("app_name")
+        stream = f"nacelle:{app}:{owner}" if app else f"nacelle:{owner}"
+        self.options = resolve(self._given, vars(self).get("settings"), vars(self).get("redis_settings"), stream)
+        if self.options.backend == "redis":
+            self._refuse_callables()
+        backend = await self._ready_backend()
+        if health is not None and backend.kind == "redis":
+            backend.health = health.register(f"{owner}.redis")
+
+    async def finalize(self) -> None:
+        """Release the backend's connections."""
+        await self._close_backend()
 
     async def run(self) -> None:
         """Run the workers until ``quit``; a second concurrent call waits for the first (reentrant)."""
@@ -170,6 +227,7 @@ class Dispatcher(WorkerPool, Process):
             assert self._stopped is not None
             await self._stopped.wait()
             return
+        backend = await self._ready_backend()
         self._loop_thread = threading.get_ident()
         self._token = anyio.lowlevel.current_token()
         self._stopped = anyio.Event()
@@ -189,10 +247,12 @@ class Dispatcher(WorkerPool, Process):
                 for _ in range(min(len(self._queue), self.max_workers) - self.min_workers):
                     self._scale_up()
                 tg.start_soon(monitor, self)
+                await tg.start(backend.serve)
                 if self._health is not None:
                     self._health.update(True)
                 while not self._state.quitting:
                     await self._wait_changed(None)
+                await backend.finish()  # settle the drained tasks' outcomes before the backend closes
                 tg.cancel_scope.cancel()
         finally:
             self._unwound()
@@ -209,6 +269,7 @@ class Dispatcher(WorkerPool, Process):
     # -- standalone ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Dispatcher:
+        await self._ready_backend()
         self._exit_stack = anyio.create_task_group()
         await self._exit_stack.__aenter__()
         self._exit_stack.start_soon(self.run)
@@ -228,11 +289,66 @@ class Dispatcher(WorkerPool, Process):
         finally:
             # The body's own error propagates as itself, not wrapped in the task
             # group's ExceptionGroup; cancellation still goes through the group.
-            if failed:
-                await stack.__aexit__(None, None, None)
-            else:
-                await stack.__aexit__(exc_type, exc, tb)
+            try:
+                if failed:
+                    await stack.__aexit__(None, None, None)
+                else:
+                    await stack.__aexit__(exc_type, exc, tb)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._close_backend()
         return None
+
+    # -- the backend ----------------------------------------------------------------------
+
+    async def _ready_backend(self) -> Backend:
+        """The backend for the options in force, built and opened on first use."""
+        backend = self._backend
+        if backend is None:
+            backend = self._backend = self._build_backend()
+        if not self._opened:
+            await backend.open()
+            self._opened = True
+        return backend
+
+    def _build_backend(self) -> Backend:
+        options = self.options
+        processes = self._processes() if self.max_processes is not None else None
+        if options.backend == "redis":
+            require("coredis", "redis", "Dispatcher(backend='redis')")
+            from ._redis import RedisBackend  # coredis is an extra: imported only when used
+
+            return RedisBackend(self, options, processes=processes)
+        return MemoryBackend(self, key_ttl=options.key_ttl, processes=processes)
+
+    async def _close_backend(self) -> None:
+        backend, self._backend = self._backend, None
+        self._opened = False
+        if backend is not None:
+            with anyio.move_on_after(5.0):
+                await backend.close()
+
+    def _processes(self) -> anyio.CapacityLimiter:
+        """The limiter of the worker processes (``max_processes``), made on first use."""
+        if self._limiter is None:
+            assert self.max_processes is not None
+            self._limiter = anyio.CapacityLimiter(self.max_processes)
+        return self._limiter
+
+    def _refuse_callables(self) -> None:
+        """On Redis, ``dispatch``/``submit`` refuse: a callable cannot cross processes."""
+        message = (
+            "Dispatcher.{}: the redis backend runs named tasks only (a callable cannot cross processes); "
+            "register the function with @dispatcher.task(name) and call enqueue(name, payload)"
+        )
+
+        def dispatch(task: Any, *, timeout: Any = None) -> bool:
+            raise TypeError(message.format("dispatch"))
+
+        async def submit(task: Any, *, timeout: Any = None) -> None:
+            raise TypeError(message.format("submit"))
+
+        vars(self).update(dispatch=dispatch, submit=submit)
 
     # -- internals ----------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-__all__ = ["UNSET", "Worker", "resolve", "task_of"]
+__all__ = ["UNSET", "Worker", "describe", "handed_back", "resolve", "task_of", "timed_out"]
 
 UNSET: Any = object()
 _CO_COROUTINE = inspect.CO_COROUTINE
@@ -48,3 +48,29 @@ def resolve(task: Any) -> tuple[Callable[[], Any], bool]:
     return function, inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
         getattr(function, "__call__", None)
     )
+
+
+def describe(task: Any) -> str:
+    """How logs name a task: a named task's run by its job (name, id, attempt), anything else by repr."""
+    owner = getattr(task, "__self__", None)
+    return repr(owner if getattr(owner, "nacelle_job", False) else task)
+
+
+def timed_out(task: Any) -> bool:
+    """Tell a call or named task's job that the pool's timeout ended its run; False for other tasks.
+
+    A job reports (and logs) its timeout itself, so the pool does not log it again.
+    """
+    owner = getattr(task, "__self__", None)
+    if owner is not None and getattr(owner, "nacelle_job", False):
+        owner.timed_out()
+        return True
+    return False
+
+
+def handed_back(task: Any) -> None:
+    """Tell a call or named task's job that it will not run (an unwind or ``quit(drain=False)`` took it)."""
+    owner = getattr(task, "__self__", None)
+    hook = getattr(owner, "handed_back", None) if getattr(owner, "nacelle_job", False) else None
+    if hook is not None:
+        hook()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ._items import UNSET
+from ._items import UNSET, describe, timed_out
 from ._state import DRAINING
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ async def monitor(pool: Dispatcher) -> None:
         now = time.monotonic()
         _time_out_workers(pool, now)
         for task in pool._pool.check_timeouts(now):
-            pool._log_event("warning", "task timed out in a thread", task=repr(task))
+            if not timed_out(task):
+                pool._log_event("warning", "task timed out in a thread", task=describe(task))
             pool._notify()
         if pool._queue and not pool._sleepers:  # work waits and nobody is idle
             for _ in range(min(len(pool._queue), pool.max_workers - len(pool._workers))):

@@ -32,7 +32,8 @@ import anyio
 import anyio.from_thread
 
 from ..._waker import Waker
-from ._items import UNSET, Worker, resolve, task_of
+from ._call import Reported
+from ._items import UNSET, Worker, describe, handed_back, resolve, task_of, timed_out
 from ._latency import LatencyRing
 from ._state import DispatcherStatus, Phase, RunState
 from ._stats import DispatcherError
@@ -167,6 +168,35 @@ class WorkerPool:
             self._scale_up()
         return True
 
+    def _offer(self, task: Callable[[], Any], timeout: float | None = None) -> bool:
+        """Queue an internal task (a named task's run), already checked; False when there is no room.
+
+        ``timeout`` None means the dispatcher's ``task_timeout``. Not counted as
+        a rejection: the caller waits (``_put``) instead.
+        """
+        queue = self._queue
+        if len(queue) >= self._room and not self._has_room():
+            return False
+        queue.append(task if timeout is None else (task, timeout, _perf_counter()))
+        self._accepted += 1
+        if self._sleepers:
+            self._wake()
+        elif len(queue) > self._scale_at:
+            self._scale_up()
+        return True
+
+    async def _put(self, task: Callable[[], Any], timeout: float | None = None) -> None:
+        """``_offer``, waiting for room (``DispatcherError`` when the dispatcher stops accepting)."""
+        while not self._offer(task, timeout):
+            if not self._state.accepting:
+                raise DispatcherError("Dispatcher: the dispatcher is stopping and accepts no new tasks")
+            if self._state.was_quit and self._tg is None:
+                raise DispatcherError(
+                    "Dispatcher: the dispatcher was quit and its buffer is full; "
+                    "nothing makes room until run() is called again"
+                )
+            await self._wait_changed(0.05)
+
     def _check_task_timeout(self, timeout: Any) -> float | None:
         raise NotImplementedError  # the Dispatcher checks it against its own option rules
 
@@ -271,7 +301,8 @@ class WorkerPool:
                 worker.seen_done = -1  # the monitor times the next task afresh
                 if item is not None:
                     self._timed_out += 1
-                    self._log_event("warning", "task timed out", task=repr(task_of(item)))
+                    if not timed_out(task_of(item)):
+                        self._log_event("warning", "task timed out", task=describe(task_of(item)))
         finally:
             self._workers.discard(worker)
             self._retired_done += worker.done
@@ -312,14 +343,15 @@ class WorkerPool:
                     if worker.timing_out:
                         return  # timed out, then failed: _worker counts the timeout
                     self._failed += 1
-                    self._log_event("error", "task failed", task=repr(task), exc_info=exc)
+                    if type(exc) is not Reported:  # a call()'s failure is its caller's to report
+                        self._log_event("error", "task failed", task=describe(task), exc_info=exc)
                 except BaseException as exc:
                     if worker.timing_out or anyio.current_effective_deadline() == -math.inf:
                         raise  # our timeout, or the dispatcher itself is being cancelled
                     # A cancellation of the task's own (it awaited a future someone else
                     # cancelled), or a SystemExit: that task's failure, not the worker's end.
                     self._failed += 1
-                    self._log_event("error", "task failed", task=repr(task), exc_info=exc)
+                    self._log_event("error", "task failed", task=describe(task), exc_info=exc)
                 if worker.timing_out:
                     return  # the task swallowed its timeout: the scope must be renewed
                 worker.done += 1
@@ -361,11 +393,36 @@ class WorkerPool:
         self._queue.clear()
         taken += self._pool.take_queued()
         self._handed_back += len(taken)
+        for task in taken:
+            handed_back(task)
+        return taken
+
+    def _withdraw(self, owned: Callable[[Any], bool]) -> list[Any]:
+        """Take out of the queue the tasks whose owner (a job) ``owned`` accepts; those owners.
+
+        The Redis backend hands them back to the stream; the pool counts them
+        as handed back without listing them (they are not lost: another
+        replica runs them).
+        """
+        kept, taken = [], []
+        for item in self._queue:
+            owner = getattr(task_of(item), "__self__", None)
+            if owner is not None and owned(owner):
+                taken.append(owner)
+            else:
+                kept.append(item)
+        if taken:
+            self._queue.clear()
+            self._queue.extend(kept)
+            self._handed_back += len(taken)
         return taken
 
     def _hand_back(self, tasks: list[Any]) -> None:
         self._handed.extend(tasks)
         self._handed_back += len(tasks)
+        for task in tasks:
+            handed_back(task)
 
     def _on_thread_failure(self, task: Any, error: BaseException) -> None:
-        self._log_event("error", "task failed", task=repr(task), exc_info=error)
+        if type(error) is not Reported:
+            self._log_event("error", "task failed", task=describe(task), exc_info=error)

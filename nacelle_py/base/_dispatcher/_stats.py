@@ -39,6 +39,16 @@ class DispatcherStats(NamedTuple):
     latency_p50: float | None
     latency_p90: float | None
     latency_p99: float | None
+    # Named tasks (None where the backend has no such count): entries in the stream, delivered and
+    # not acknowledged (whole group), not yet delivered, waiting for their time, retried, reclaimed
+    # from dead consumers, dead-lettered. The memory backend counts scheduled, retried, dead_lettered.
+    stream_length: int | None = None
+    pending: int | None = None
+    lag: int | None = None
+    scheduled: int | None = None
+    retried: int | None = None
+    reclaimed: int | None = None
+    dead_lettered: int | None = None
 
     @property
     def succeeded(self) -> int:

@@ -1,0 +1,289 @@
+"""The Redis backend's loops: read, keep leases and reclaim, move due entries, settle, count.
+
+Each loop survives a lost connection: it marks the backend unhealthy (the
+reason names Redis), waits with capped backoff, and carries on, so that when
+Redis comes back work resumes where it stopped. Outcomes that could not be
+settled stay in the outbox until they can: nothing is acknowledged twice
+(each entry is settled once) and nothing unfinished is acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .._redis._client import LOST, backoff, consumer_name
+from ._jobs import Failure, Job
+from ._redis_scripts import MOVE, SETTLE
+
+if TYPE_CHECKING:
+    from ._redis import RedisBackend
+
+__all__ = ["GROUP", "Loops"]
+
+GROUP = "nacelle"  # the consumer group every replica of a dispatcher joins
+BLOCK_MS = 200  # a read waits this long for entries; a stop waits at most this for the reader
+SETTLE_BATCH = 1000  # outcomes per SETTLE call
+MOVE_BATCH = 500  # due entries per MOVE call
+MOVE_EVERY = 0.25  # seconds between looks at the schedule when nothing is due sooner
+COUNT_EVERY = 1.0  # seconds between refreshes of the stream's counts for stats()
+STOP_WITHIN = 5.0  # seconds a graceful stop waits for Redis to take the handed-back entries
+
+
+class Loops:
+    """The loops of one backend (see the module docstring)."""
+
+    def __init__(self, backend: RedisBackend) -> None:
+        self.backend = backend
+        self.consumer = consumer_name()
+        self.stopping = False
+        self.active = 0  # delivered and not yet finished here (the reader's measure of free workers)
+        self._room: anyio.Event | None = None
+        self._flush: anyio.Event | None = None
+        self._reader_done: anyio.Event | None = None
+        self._flushed: anyio.Event | None = None
+
+    @staticmethod
+    def backoff() -> Iterator[float]:
+        """Reconnect delays: 50 ms doubling to 5 s, jittered."""
+        return backoff(0.05, 5.0)
+
+    async def _until_done(self, call: Any) -> Any:
+        """``await call()`` until it goes through, backing off while Redis is unreachable."""
+        delays = self.backoff()
+        while True:
+            try:
+                result = await call()
+            except LOST as exc:
+                self.backend.lost(exc)
+                await anyio.sleep(next(delays))
+                continue
+            self.backend.connected()
+            return result
+
+    # -- the run --------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Create the group and load the scripts (retrying while Redis is unreachable)."""
+        backend = self.backend
+        assert backend.group is not None
+        self._room, self._flush = anyio.Event(), anyio.Event()
+        self._settle = backend.client.register_script(SETTLE)
+        self._move = backend.client.register_script(MOVE)
+        group, client = backend.group, backend.client
+
+        async def load() -> None:
+            await group.ensure()
+            for script in (self._settle, self._move, *backend._scripts.values()):
+                await client.script_load(script.script)
+
+        await self._until_done(load)
+
+    async def run(self) -> None:
+        """Every loop, until cancelled (the dispatcher's run ends)."""
+        async with anyio.create_task_group() as tg:
+            if self.backend.options.consume:
+                self._reader_done = anyio.Event()
+                tg.start_soon(self._reader)
+                tg.start_soon(self._keeper)
+            tg.start_soon(self._mover)
+            tg.start_soon(self._flusher)
+            tg.start_soon(self._counter)
+
+    async def stop(self) -> None:
+        """Graceful stop: no more reads; entries read and not started go back into the stream."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self._room is not None:
+            self._room.set()
+        if self._reader_done is not None:
+            with anyio.move_on_after(BLOCK_MS / 1000 + 2.0):
+                await self._reader_done.wait()
+        backend = self.backend
+        for job in backend.pool._withdraw(lambda owner: isinstance(owner, Job) and owner.backend is backend):
+            self.settle(("back", job.entry, job.id, json.dumps(job.raw, separators=(",", ":")), "", 0.0))
+        await self.finish()
+
+    async def finish(self) -> None:
+        """Settle every outcome still in the outbox (bounded), then leave the group if nothing is ours."""
+        with anyio.move_on_after(STOP_WITHIN):
+            while self.backend.outbox:
+                self._flushed = anyio.Event()
+                self._wake_flusher()
+                await self._flushed.wait()
+            if self.backend.options.consume and self.backend.group is not None and not self.backend.held:
+                try:
+                    await self.backend.group.forget_me()
+                except LOST:
+                    pass
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        backend, pool = self.backend, self.backend.pool
+        group = backend.group
+        assert group is not None and self._reader_done is not None
+        delays = self.backoff()
+        try:
+            while not self.stopping:
+                room = pool.max_workers - self.active
+                if room <= 0:
+                    self._room = anyio.Event()
+                    with anyio.move_on_after(1.0):
+                        await self._room.wait()
+                    continue
+                try:
+                    entries = await group.read(room, BLOCK_MS)
+                except LOST as exc:
+                    backend.lost(exc)
+                    await anyio.sleep(next(delays))
+                    continue
+                delays = self.backoff()
+                backend.connected()
+                for entry_id, message in entries:
+                    await self.deliver(entry_id, message, 1)
+        finally:
+            self._reader_done.set()
+
+    async def deliver(self, entry_id: bytes, message: bytes | None, deliveries: int) -> None:
+        """Turn an entry into a job for the pool, or settle it as a dead letter when it cannot run."""
+        backend = self.backend
+        try:
+            entry = json.loads(message or b"")
+            if not isinstance(entry, dict):
+                raise ValueError("an entry is a JSON object")
+        except ValueError as exc:
+            failure = Failure("ValueError", f"poison entry (not a task): {exc}", "", retryable=False)
+            backend.dead(entry_id, {"p": (message or b"").decode(errors="replace")}, 0, failure, 0.0, kind="poison")
+            return
+        attempts, keep = int(entry.get("a", 0)), float(entry.get("k", 0.0))
+        spec = backend.pool._registry.tasks.get(entry.get("t"))  # type: ignore[arg-type]
+        try:
+            if spec is None:
+                raise LookupError(f"no task named {entry.get('t')!r} is registered on this replica")
+            payload = spec.decode_data(entry.get("p"))
+        except Exception as exc:
+            failure = Failure.of(exc, retryable=False)
+            failure = Failure(failure.error_type, f"poison payload: {failure.message}", failure.traceback, False)
+            backend.dead(entry_id, entry, attempts, failure, keep, kind="dead")
+            return
+        if deliveries > backend.options.max_deliveries:
+            failure = Failure("DeliveryError", f"delivered {deliveries} times (max_deliveries="
+                              f"{backend.options.max_deliveries}): it keeps killing its worker", "", False)
+            backend.dead(entry_id, entry, attempts, failure, keep, kind="dead")
+            return
+        if entry_id in backend.held:  # reclaimed our own entry after a lapse: it runs here already
+            return
+        job = Job(str(entry.get("i")), spec, payload, backend, attempts=attempts, keep_result=keep,
+                  enqueued_at=float(entry.get("e", 0.0)), raw=entry, entry=entry_id, deliveries=deliveries)
+        job.token = backend.pool._token
+        backend.held[entry_id] = job
+        self.active += 1
+        runner = job.runner(backend.processes)
+        if not backend.pool._offer(runner, spec.timeout):
+            await backend.pool._put(runner, spec.timeout)
+
+    # -- leases -------------------------------------------------------------------------
+
+    async def _keeper(self) -> None:
+        """Renew the leases of what this consumer holds; reclaim what dead consumers held."""
+        backend = self.backend
+        group = backend.group
+        assert group is not None
+        lease = backend.options.lease
+        while True:
+            await anyio.sleep(lease / 4)
+            try:
+                held = list(backend.held)
+                for start in range(0, len(held), 500):
+                    lost = await group.renew(held[start:start + 500])
+                    if lost:
+                        backend.pool._log_event("warning", "lease lost: another consumer reclaimed entries "
+                                                "held here (they may run twice)", entries=len(lost))
+                room = backend.pool.max_workers - self.active
+                if room > 0 and not self.stopping:
+                    claimed = await group.reclaim(lease, min(room, 100))
+                    for entry_id, message, deliveries in claimed:
+                        backend.counters["reclaimed"] = (backend.counters["reclaimed"] or 0) + 1
+                        await self.deliver(entry_id, message, deliveries)
+                    if claimed:
+                        backend.pool._log_event("info", "reclaimed entries of a dead consumer", entries=len(claimed))
+            except LOST as exc:
+                backend.lost(exc)
+                continue
+            backend.connected()
+
+    # -- settling -----------------------------------------------------------------------
+
+    def settle(self, record: tuple[str, bytes, str, str, str, float]) -> None:
+        """Queue one outcome for the flusher (called on the loop's thread)."""
+        self.backend.outbox.append(record)
+        if record[1] in self.backend.held:
+            self.active -= 1
+            if self._room is not None:
+                self._room.set()
+        self._wake_flusher()
+
+    def _wake_flusher(self) -> None:
+        if self._flush is not None:
+            self._flush.set()
+
+    async def _flusher(self) -> None:
+        backend = self.backend
+        stream, schedule, dead, index = backend.keys
+        delays = self.backoff()
+        while True:
+            if not backend.outbox:
+                if self._flushed is not None:
+                    self._flushed.set()
+                self._flush = anyio.Event()
+                await self._flush.wait()
+                continue
+            batch = backend.outbox[:SETTLE_BATCH]
+            args: list[Any] = [GROUP, repr(time.time()), backend.result_prefix]
+            for kind, entry_id, task_id, data, result, number in batch:
+                args += (kind, entry_id, task_id, data, result, repr(float(number)))
+            try:
+                await self._settle(keys=[stream, schedule, dead, index], args=args)
+            except LOST as exc:
+                backend.lost(exc)
+                await anyio.sleep(next(delays))
+                continue
+            delays = self.backoff()
+            backend.connected()
+            del backend.outbox[:len(batch)]
+            for record in batch:
+                backend.held.pop(record[1], None)
+
+    # -- the schedule and the counts ----------------------------------------------------
+
+    async def _mover(self) -> None:
+        backend = self.backend
+        keys = [backend.stream, backend.keys[1]]
+        while True:
+            reply = await self._until_done(lambda: self._move(keys=keys, args=[repr(time.time()), MOVE_BATCH]))
+            moved, upcoming = int(reply[0]), reply[1]
+            if moved >= MOVE_BATCH:
+                continue
+            wait = MOVE_EVERY if not upcoming else min(max(float(upcoming) - time.time(), 0.001), MOVE_EVERY)
+            await anyio.sleep(wait)
+
+    async def _counter(self) -> None:
+        backend = self.backend
+        group = backend.group
+        assert group is not None
+        while True:
+            try:
+                length, pending, lag = await group.counts()
+                scheduled = await backend.client.zcard(backend.keys[1])
+            except LOST as exc:
+                backend.lost(exc)
+            else:
+                backend.counters.update(stream_length=length, pending=pending, lag=lag, scheduled=int(scheduled))
+            await anyio.sleep(COUNT_EVERY)
+

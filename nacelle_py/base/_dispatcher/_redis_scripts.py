@@ -1,0 +1,88 @@
+"""The Redis backend's Lua scripts: each is one atomic step (never half done).
+
+Key layout for a dispatcher whose stream is ``S`` (every key starts with it,
+so two dispatchers with different streams never see each other's):
+
+- ``S``: the stream of tasks ready to run, consumed by the group ``nacelle``
+- ``S:schedule``: a sorted set of entries by due time (delays and retry backoff)
+- ``S:dead``: the dead-letter stream; ``S:dead:index``: task id -> its entry there
+- ``S:result:<task id>``: a task's kept outcome (expires after ``keep_result``)
+- ``S:key:<key>``: an idempotency key -> the first task's id (expires after the key TTL)
+"""
+
+from __future__ import annotations
+
+__all__ = ["ENQUEUE", "MOVE", "RETRY_DEAD", "SETTLE"]
+
+# KEYS: stream, schedule, idempotency key. ARGV: due time ('' = now), key TTL ('' = no key),
+# first task id, entries... -> nil, or the id of the task that already holds the key.
+ENQUEUE = """
+if ARGV[2] ~= '' then
+  if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'EX', ARGV[2]) then
+    return redis.call('GET', KEYS[3])
+  end
+end
+if ARGV[1] ~= '' then
+  for i = 4, #ARGV do redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i]) end
+else
+  for i = 4, #ARGV do redis.call('XADD', KEYS[1], '*', 'm', ARGV[i]) end
+end
+return false
+"""
+
+# KEYS: stream, schedule, dead, dead index. ARGV: group, now, result key prefix, then records of
+# six: kind, entry id, task id, data, result, number.
+#   ok    - acknowledge; keep `result` for `number` seconds (0: not kept)
+#   retry - acknowledge; `data` (the entry again) is due at time `number` (now or later)
+#   dead  - acknowledge; `data` (the letter) goes to the dead stream; keep `result` `number` s
+#   back  - acknowledge; `data` (the entry, not run) goes back into the stream at once
+#   poison- like dead, for an entry that never became a task
+# Every entry is acknowledged and deleted in the same step as what replaces it.
+SETTLE = """
+local acked = {}
+for i = 4, #ARGV, 6 do
+  local kind, eid, tid, data, result, n = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], tonumber(ARGV[i+5])
+  acked[#acked + 1] = eid
+  if kind == 'retry' then
+    if n <= tonumber(ARGV[2]) then
+      redis.call('XADD', KEYS[1], '*', 'm', data)
+    else
+      redis.call('ZADD', KEYS[2], n, data)
+    end
+  elseif kind == 'back' then
+    redis.call('XADD', KEYS[1], '*', 'm', data)
+  elseif kind == 'dead' or kind == 'poison' then
+    local did = redis.call('XADD', KEYS[3], '*', 'm', data)
+    if tid ~= '' then redis.call('HSET', KEYS[4], tid, did) end
+  end
+  if result ~= '' and n > 0 and (kind == 'ok' or kind == 'dead') then
+    redis.call('SET', ARGV[3] .. tid, result, 'EX', math.max(1, math.ceil(n)))
+  end
+end
+for i = 1, #acked, 500 do
+  local chunk = {unpack(acked, i, math.min(i + 499, #acked))}
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(chunk))
+  redis.call('XDEL', KEYS[1], unpack(chunk))
+end
+return #acked
+"""
+
+# KEYS: stream, schedule. ARGV: now, limit -> {moved, the next due time or false}.
+# One script: two replicas moving at once never move an entry twice.
+MOVE = """
+local due = redis.call('ZRANGE', KEYS[2], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(due) do
+  if redis.call('ZREM', KEYS[2], m) == 1 then redis.call('XADD', KEYS[1], '*', 'm', m) end
+end
+local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+return {#due, nxt[2] or false}
+"""
+
+# KEYS: stream, dead, dead index, result key. ARGV: task id, dead entry id, the entry to run again.
+RETRY_DEAD = """
+if redis.call('HDEL', KEYS[3], ARGV[1]) == 0 then return 0 end
+redis.call('XDEL', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[4])
+redis.call('XADD', KEYS[1], '*', 'm', ARGV[3])
+return 1
+"""
