@@ -1,6 +1,6 @@
 """Dispatcher throughput and latency against hand-written pools.
 
-Three measurements, each run in this process on the asyncio backend, with
+Four measurements, each run in this process on the asyncio backend, with
 the dispatcher and its baseline alternating (a warm-up round first) so that
 machine noise falls on both; every figure is the median of the repetitions.
 
@@ -14,12 +14,16 @@ machine noise falls on both; every figure is the median of the repetitions.
    the last outcome (``Dispatcher.join()`` / ``Queue.join()``). Goal:
    dispatcher/baseline >= 1.0x, although the dispatcher adds per-task
    timeouts, outcome counting, latency sampling and autoscaling.
-2. Plain-function no-op tasks, ``--sync-tasks`` of them (50,000 by default),
+2. A bounded buffer: a producer that ``await submit()``s the same ``--tasks``
+   into ``max_buffered=1024`` (16 workers), so it waits for room over and
+   over, against 16 workers over ``asyncio.Queue(1024)`` fed with
+   ``await q.put()``. Goal: >= 1.0x.
+3. Plain-function no-op tasks, ``--sync-tasks`` of them (50,000 by default),
    through the dispatcher (which runs them on its own pool of
    ``max_threads=16`` threads) against ``ThreadPoolExecutor(16).submit``
    (then the result of every future). Both pools are fresh each time, so both
    start their threads inside the timed region. Goal: >= 1.0x.
-3. Dispatch-to-start latency, p50 and p99, from ``stats().latency_p50`` /
+4. Dispatch-to-start latency, p50 and p99, from ``stats().latency_p50`` /
    ``latency_p99`` (the dispatcher samples one task in 16 and keeps the most
    recent 4,096 samples). Under load: after the async run of measurement 1,
    where every task is dispatched in one burst before any starts, so the
@@ -50,7 +54,8 @@ from nacelle_py.base import Dispatcher
 
 WORKERS = 16
 LIGHT_TASKS = 2000
-THROUGHPUT = ("async", "async baseline", "sync", "sync baseline")
+BOUNDED = 1024
+THROUGHPUT = ("async", "async baseline", "bounded", "bounded baseline", "sync", "sync baseline")
 
 
 async def noop() -> None:
@@ -78,9 +83,12 @@ async def dispatcher_async(tasks: int) -> tuple[float, float | None, float | Non
     return elapsed, stats.latency_p50, stats.latency_p99
 
 
-async def baseline_async(tasks: int) -> float:
-    """The same work on 16 hand-written workers over an ``asyncio.Queue``."""
-    queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+async def queue_baseline(tasks: int, maxsize: int, *, wait_for_room: bool) -> float:
+    """Seconds for 16 hand-written workers over an ``asyncio.Queue(maxsize)`` to run every task.
+
+    The producer uses ``put_nowait`` (unbounded) or ``await put()`` (waiting for room).
+    """
+    queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue(maxsize)
     done = 0
 
     async def worker() -> None:
@@ -94,16 +102,38 @@ async def baseline_async(tasks: int) -> float:
 
     workers = [asyncio.create_task(worker()) for _ in range(WORKERS)]
     await asyncio.sleep(0)  # let the workers start, as the dispatcher's have
-    put = queue.put_nowait
     started = time.perf_counter()
-    for _ in range(tasks):
-        put(noop)
+    if wait_for_room:
+        put = queue.put
+        for _ in range(tasks):
+            await put(noop)
+    else:
+        put_nowait = queue.put_nowait
+        for _ in range(tasks):
+            put_nowait(noop)
     await queue.join()
     elapsed = time.perf_counter() - started
     for w in workers:
         w.cancel()
     await asyncio.gather(*workers, return_exceptions=True)
     assert done == tasks
+    return elapsed
+
+
+# -- a bounded buffer: the producer waits for room ---------------------------------------
+
+
+async def dispatcher_bounded(tasks: int) -> float:
+    """Seconds for a producer that ``await submit()``s every task into a buffer of BOUNDED."""
+    async with Dispatcher(max_buffered=BOUNDED, min_workers=WORKERS, max_workers=WORKERS) as d:
+        submit = d.submit
+        started = time.perf_counter()
+        for _ in range(tasks):
+            await submit(noop)
+        await d.join()
+        elapsed = time.perf_counter() - started
+        stats = d.stats()
+    assert stats.completed == tasks and stats.rejected == 0, stats
     return elapsed
 
 
@@ -165,7 +195,9 @@ async def main(repeat: int, tasks: int, sync_tasks: int) -> None:
     }
     for round_ in range(repeat + 1):  # round 0 is the warm-up: imports, code paths, allocator
         async_time, p50, p99 = await dispatcher_async(tasks)
-        async_base = await baseline_async(tasks)
+        async_base = await queue_baseline(tasks, 0, wait_for_room=False)
+        bounded_time = await dispatcher_bounded(tasks)
+        bounded_base = await queue_baseline(tasks, BOUNDED, wait_for_room=True)
         sync_time = await dispatcher_sync(sync_tasks)
         sync_base = await baseline_sync(sync_tasks)
         light_p50, light_p99 = await dispatcher_light()
@@ -173,6 +205,8 @@ async def main(repeat: int, tasks: int, sync_tasks: int) -> None:
             continue
         figures["async"].append(tasks / async_time)
         figures["async baseline"].append(tasks / async_base)
+        figures["bounded"].append(tasks / bounded_time)
+        figures["bounded baseline"].append(tasks / bounded_base)
         figures["sync"].append(sync_tasks / sync_time)
         figures["sync baseline"].append(sync_tasks / sync_base)
         for name, value in (("p50", p50), ("p99", p99), ("light p50", light_p50), ("light p99", light_p99)):
@@ -183,6 +217,8 @@ async def main(repeat: int, tasks: int, sync_tasks: int) -> None:
     lines = [
         (f"dispatcher, {tasks:,} async no-op tasks, {WORKERS} workers", rate(median["async"])),
         (f"asyncio.Queue + {WORKERS} workers, {tasks:,} async no-op tasks", rate(median["async baseline"])),
+        (f"dispatcher, {tasks:,} awaited submit()s into max_buffered={BOUNDED}", rate(median["bounded"])),
+        (f"asyncio.Queue({BOUNDED}) + await put(), {tasks:,} tasks", rate(median["bounded baseline"])),
         (f"dispatcher, {sync_tasks:,} plain no-op functions, {WORKERS} threads", rate(median["sync"])),
         (f"ThreadPoolExecutor({WORKERS}).submit, {sync_tasks:,} no-op functions", rate(median["sync baseline"])),
         (f"dispatch-to-start p50, {tasks:,} dispatched in a burst (queueing)", us(latency["p50"])),
@@ -196,7 +232,10 @@ async def main(repeat: int, tasks: int, sync_tasks: int) -> None:
     sync_ratio = median["sync"] / median["sync baseline"]
     async_ratio = median["async"] / median["async baseline"]
     print(f"ratio dispatcher/ThreadPoolExecutor (sync): {sync_ratio:.2f}x (goal >= 1.0x)")
+    bounded_ratio = median["bounded"] / median["bounded baseline"]
     print(f"ratio dispatcher/asyncio.Queue (async): {async_ratio:.2f}x (goal >= 1.0x)")
+    print(f"ratio dispatcher/asyncio.Queue({BOUNDED}) (bounded, await submit vs await put): "
+          f"{bounded_ratio:.2f}x (goal >= 1.0x)")
 
 
 if __name__ == "__main__":

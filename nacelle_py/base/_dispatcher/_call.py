@@ -120,10 +120,7 @@ class Calls:
         bound = functools.partial(function, *args, **kwargs) if args or kwargs else function
         pending = _Call(bound, pool._token, limiter)
         runner = pending.run_process if process else pending.run if is_async(function) else pending.run_plain
-        if checked is UNSET:
-            await pool._put(runner)
-        else:
-            await pool._put(runner, math.inf if checked is None else checked)
+        await pool._put(runner, checked)
         await pending.done.wait()
         assert pending.outcome is not None
         ok, value = pending.outcome

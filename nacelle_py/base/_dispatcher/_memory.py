@@ -90,9 +90,8 @@ class MemoryBackend(Backend):
         for job in jobs:
             job.token = token
             runner = job.runner(processes)
-            timeout = job.spec.timeout
-            if not pool._offer(runner, timeout):
-                await pool._put(runner, timeout)
+            if not pool._offer(runner, job.spec.pool_timeout):
+                await pool._put(runner, job.spec.pool_timeout)
 
     def _later(self, job: Job, due: float) -> None:
         heapq.heappush(self._schedule, (due, next(self._seq), job))

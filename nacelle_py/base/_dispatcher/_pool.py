@@ -157,27 +157,21 @@ class WorkerPool:
         if self._loop_thread is not None and _get_ident() != self._loop_thread:
             return self._from_thread(task, timeout)
         queue = self._queue
-        if len(queue) >= self._room and not self._has_room():
+        if not self._offer(task, timeout):
             self._rejected += 1
             return False
-        queue.append((task, timeout, _perf_counter()))
-        self._accepted += 1
-        if self._sleepers:
-            self._wake()
-        elif len(queue) > self._scale_at:
-            self._scale_up()
         return True
 
-    def _offer(self, task: Callable[[], Any], timeout: float | None = None) -> bool:
-        """Queue an internal task (a named task's run), already checked; False when there is no room.
+    def _offer(self, task: Callable[[], Any], timeout: float | None = UNSET) -> bool:
+        """Queue a task already checked (a named task's run, a call); False when there is no room.
 
-        ``timeout`` None means the dispatcher's ``task_timeout``. Not counted as
-        a rejection: the caller waits (``_put``) instead.
+        ``timeout``: UNSET for the dispatcher's ``task_timeout``, None for no
+        limit. Not counted as a rejection: the caller decides (``_put`` waits).
         """
         queue = self._queue
         if len(queue) >= self._room and not self._has_room():
             return False
-        queue.append(task if timeout is None else (task, timeout, _perf_counter()))
+        queue.append(task if timeout is UNSET else (task, timeout, _perf_counter()))
         self._accepted += 1
         if self._sleepers:
             self._wake()
@@ -185,7 +179,7 @@ class WorkerPool:
             self._scale_up()
         return True
 
-    async def _put(self, task: Callable[[], Any], timeout: float | None = None) -> None:
+    async def _put(self, task: Callable[[], Any], timeout: float | None = UNSET) -> None:
         """``_offer``, waiting for room (``DispatcherError`` when the dispatcher stops accepting)."""
         while not self._offer(task, timeout):
             if not self._state.accepting:
@@ -207,6 +201,19 @@ class WorkerPool:
         or if it has been quit and the buffer is full (nothing would make room
         until ``run()`` is called again).
         """
+        queue = self._queue
+        waiting = len(queue)
+        # The fast path of dispatch, inlined: a producer that awaits submit() for every task
+        # pays no second call (see bench/dispatcher.py, the bounded case).
+        if waiting < self._room and timeout is UNSET and self._loop_thread == _get_ident() and callable(task):
+            accepted = self._accepted
+            queue.append(task if accepted & 15 else (task, UNSET, _perf_counter()))
+            self._accepted = accepted + 1
+            if self._sleepers:
+                self._wake()
+            elif waiting >= self._scale_at:
+                self._scale_up()
+            return
         while True:
             if not self._state.accepting:
                 raise DispatcherError("Dispatcher.submit: the dispatcher is quitting and accepts no new tasks")
@@ -370,11 +377,12 @@ class WorkerPool:
 
     async def _idle(self, worker: Worker) -> bool:
         """Sleep until there is work; False when this worker should exit (retired)."""
-        self._notify()  # quit() waits for workers to go idle
         event = self._work_event
         assert event is not None
         retire = len(self._workers) > self.min_workers
         self._sleepers += 1
+        if self._sleepers >= len(self._workers):  # the last busy worker: join(), quit() and submit() wait for it
+            self._notify()
         with anyio.move_on_after(self.scale_down_after if retire else math.inf) as scope:
             await event.wait()
         if scope.cancelled_caught and not self._queue and len(self._workers) > self.min_workers:

@@ -52,14 +52,19 @@ class Loops:
         """Reconnect delays: 50 ms doubling to 5 s, jittered."""
         return backoff(0.05, 5.0)
 
-    async def _until_done(self, call: Any) -> Any:
-        """``await call()`` until it goes through, backing off while Redis is unreachable."""
+    async def _until_done(self, call: Any, *, stoppable: bool = False) -> Any:
+        """``await call()`` until it goes through, backing off while Redis is unreachable.
+
+        ``stoppable``: give up (None) once a graceful stop has begun.
+        """
         delays = self.backoff()
         while True:
             try:
                 result = await call()
             except LOST as exc:
                 self.backend.lost(exc)
+                if stoppable and self.stopping:
+                    return None
                 await anyio.sleep(next(delays))
                 continue
             self.backend.connected()
@@ -128,7 +133,6 @@ class Loops:
         backend, pool = self.backend, self.backend.pool
         group = backend.group
         assert group is not None and self._reader_done is not None
-        delays = self.backoff()
         try:
             while not self.stopping:
                 room = pool.max_workers - self.active
@@ -137,15 +141,8 @@ class Loops:
                     with anyio.move_on_after(1.0):
                         await self._room.wait()
                     continue
-                try:
-                    entries = await group.read(room, BLOCK_MS)
-                except LOST as exc:
-                    backend.lost(exc)
-                    await anyio.sleep(next(delays))
-                    continue
-                delays = self.backoff()
-                backend.connected()
-                for entry_id, message in entries:
+                entries = await self._until_done(lambda: group.read(room, BLOCK_MS), stoppable=True)
+                for entry_id, message in entries or ():
                     await self.deliver(entry_id, message, 1)
         finally:
             self._reader_done.set()
@@ -185,8 +182,8 @@ class Loops:
         backend.held[entry_id] = job
         self.active += 1
         runner = job.runner(backend.processes)
-        if not backend.pool._offer(runner, spec.timeout):
-            await backend.pool._put(runner, spec.timeout)
+        if not backend.pool._offer(runner, spec.pool_timeout):
+            await backend.pool._put(runner, spec.pool_timeout)
 
     # -- leases -------------------------------------------------------------------------
 
@@ -235,8 +232,7 @@ class Loops:
 
     async def _flusher(self) -> None:
         backend = self.backend
-        stream, schedule, dead, index = backend.keys
-        delays = self.backoff()
+        keys = list(backend.keys)
         while True:
             if not backend.outbox:
                 if self._flushed is not None:
@@ -248,14 +244,7 @@ class Loops:
             args: list[Any] = [GROUP, repr(time.time()), backend.result_prefix]
             for kind, entry_id, task_id, data, result, number in batch:
                 args += (kind, entry_id, task_id, data, result, repr(float(number)))
-            try:
-                await self._settle(keys=[stream, schedule, dead, index], args=args)
-            except LOST as exc:
-                backend.lost(exc)
-                await anyio.sleep(next(delays))
-                continue
-            delays = self.backoff()
-            backend.connected()
+            await self._until_done(lambda: self._settle(keys=keys, args=args))
             del backend.outbox[:len(batch)]
             for record in batch:
                 backend.held.pop(record[1], None)

@@ -25,6 +25,7 @@ from pydantic_core import PydanticSerializationError, to_jsonable_python
 from ..._calls import is_async
 from ..._errors import RegistrationError
 from ..._validate import positive
+from ._items import UNSET
 
 __all__ = ["TaskRegistry", "TaskSpec", "backoff_delay", "jsonable"]
 
@@ -44,6 +45,11 @@ class TaskSpec:
     process: bool
     is_async: bool
     returns: TypeAdapter[Any] | None = field(default=None)  # None: results come back as JSON
+
+    @property
+    def pool_timeout(self) -> Any:
+        """The timeout the pool applies to a run: this task's own, or UNSET for the dispatcher's."""
+        return UNSET if self.timeout is None else self.timeout
 
     def validate(self, payload: Any, where: str) -> BaseModel | None:
         """The payload as the task's model; ``TypeError`` naming the task when it does not fit."""
