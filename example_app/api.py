@@ -7,7 +7,10 @@ Routes (JSON in, JSON out):
 - ``POST /rows`` stores the request body (any JSON value) and answers 201 with the row;
 - ``GET /rows/{id}`` one row, 404 if there is none;
 - ``DELETE /rows/{id}`` removes it (204), 404 if there is none;
-- ``GET /heartbeats/latest`` the newest heartbeat row.
+- ``GET /heartbeats/latest`` the newest heartbeat row;
+- ``POST /jobs/summarise`` with ``{"beats": N, "count": K}`` enqueues K ``summarise`` tasks
+  (202 with their ids); ``GET /jobs/{id}`` answers 200 with a task's result, 202 while it is
+  queued or running, 500 with the error if it failed for good.
 
 It is plain ASGI, no framework, so the example installs nothing more; a
 FastAPI or Starlette app is served by ``HTTPServer`` the same way.
@@ -22,8 +25,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from pydantic import ValidationError
+
 from nacelle_py import Inject
-from nacelle_py.base import HTTPServer
+from nacelle_py.base import Dispatcher, HTTPServer, TaskFailed
+
+from .tasks import Window
 
 __all__ = ["ApiServer", "RowsApp"]
 
@@ -35,7 +42,11 @@ create table if not exists api_rows (
 );
 """
 MAX_BODY = 64 * 1024
-ROUTES = ["GET /", "GET /rows?limit=N", "POST /rows", "GET /rows/{id}", "DELETE /rows/{id}", "GET /heartbeats/latest"]
+ROUTES = [
+    "GET /", "GET /rows?limit=N", "POST /rows", "GET /rows/{id}", "DELETE /rows/{id}", "GET /heartbeats/latest",
+    "POST /jobs/summarise", "GET /jobs/{id}",
+]
+MAX_JOBS = 1000  # tasks one POST /jobs/summarise may enqueue
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -59,6 +70,7 @@ class RowsApp:
 
     def __init__(self) -> None:
         self.db: sqlite3.Connection | None = None
+        self.jobs: Dispatcher | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,7 +108,36 @@ class RowsApp:
             if found is None:
                 raise HTTPProblem(404, "no heartbeat yet")
             return 200, {"beat": found[0], "at": found[1]}
+        if parts == ["jobs", "summarise"]:
+            self._allow(method, "POST")
+            return 202, {"ids": await self._enqueue(await _read_json(receive))}
+        if len(parts) == 2 and parts[0] == "jobs":
+            self._allow(method, "GET")
+            return await self._outcome(parts[1])
         raise HTTPProblem(404, f"no route for {path}; see GET /")
+
+    async def _enqueue(self, body: Any) -> list[str]:
+        if not isinstance(body, dict):
+            raise HTTPProblem(400, 'the body is a JSON object: {"beats": N, "count": K}')
+        count = body.pop("count", 1)
+        if not isinstance(count, int) or not 1 <= count <= MAX_JOBS:
+            raise HTTPProblem(400, f"count must be an integer from 1 to {MAX_JOBS}, got {count!r}")
+        try:
+            window = Window.model_validate(body)
+        except ValidationError as exc:
+            raise HTTPProblem(400, f"bad window: {exc.errors()[0]['msg']}") from None
+        assert self.jobs is not None
+        return await self.jobs.enqueue_many("summarise", [window] * count)
+
+    async def _outcome(self, task_id: str) -> tuple[int, Any]:
+        assert self.jobs is not None
+        try:
+            summary = await self.jobs.result(task_id, timeout=0.05)
+        except TimeoutError:
+            return 202, {"id": task_id, "state": "queued, running, or unknown"}
+        except TaskFailed as failed:
+            return 500, {"id": task_id, "state": "failed", "error": f"{failed.error_type}: {failed.message}"}
+        return 200, {"id": task_id, "state": "done", "result": summary.model_dump()}
 
     @staticmethod
     def _allow(method: str, *allowed: str) -> None:
@@ -176,6 +217,7 @@ class ApiServer(HTTPServer):
     """``HTTPServer`` over ``RowsApp`` (``EXAMPLE_HTTP_HOST``, ``EXAMPLE_HTTP_PORT``, ...)."""
 
     db: sqlite3.Connection = Inject("db")
+    jobs: Dispatcher = Inject("jobs")
 
     def __init__(self) -> None:
         self.rows = RowsApp()
@@ -185,4 +227,5 @@ class ApiServer(HTTPServer):
         with self.db:
             self.db.executescript(SCHEMA)
         self.rows.db = self.db
+        self.rows.jobs = self.jobs
         await super().init()  # binds the socket: a taken port fails boot here

@@ -10,6 +10,7 @@ from .db import Database
 from .heartbeat import Heartbeat
 from .load import LoadPipeline
 from .report import Report
+from .tasks import register_tasks
 
 __all__ = ["build_app"]
 
@@ -20,9 +21,13 @@ def build_app() -> App:
     # is on by default here; EXAMPLE_OPS_ADDR (or OPS_ADDR) moves it, =off turns it off.
     app = App("example", ops_addr="127.0.0.1:9090")
     app.register(Database(), name="db", priority=0)
-    # Background jobs: a small worker pool, also a service so the heartbeat can use it.
-    # It starts before the heartbeat and stops after it, draining what is queued.
-    jobs = app.register(Dispatcher(max_buffered=100, min_workers=1, max_workers=4, task_timeout=5), name="jobs", priority=1)
+    # Background jobs: a worker pool with named tasks, also a service so the heartbeat and
+    # the API can enqueue. It starts before them and stops after them, draining what is
+    # queued. EXAMPLE_DISPATCHER_BACKEND=redis moves the tasks to a Redis stream that
+    # every replica shares (docs/scale-out.md); the code stays the same.
+    jobs = Dispatcher(max_buffered=100, min_workers=1, max_workers=4, task_timeout=5)
+    register_tasks(jobs, app.services)
+    app.register(jobs, name="jobs", priority=1)
     app.services.set("jobs", jobs)
     app.register(Heartbeat(), name="heartbeat", priority=2, start_timeout=5, shutdown_timeout=5)
     # sample -> smooth -> store: on SIGTERM it stops sampling and drains into the database.

@@ -41,6 +41,10 @@ class Database(Initializer):
         path = self.settings.path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.connection = sqlite3.connect(path, check_same_thread=False)
+        # Replicas may share the file (docs/scale-out.md): WAL lets readers and one writer
+        # work at once, and a writer waits for the lock instead of failing.
+        self.connection.execute("pragma journal_mode = wal")
+        self.connection.execute("pragma busy_timeout = 5000")
         with self.connection:
             self.connection.executescript(SCHEMA)
         self.services.set("db", self.connection)

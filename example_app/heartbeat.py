@@ -10,8 +10,8 @@ from structlog.typing import FilteringBoundLogger
 from nacelle_py import Health, Inject, Process
 from nacelle_py.base import Dispatcher, Machine, Routine
 
-from .pruner import Prune
 from .settings import HeartbeatSettings
+from .tasks import KEEP_ROWS, PruneRequest
 
 __all__ = ["Heartbeat"]
 
@@ -45,8 +45,10 @@ class Heartbeat(Process):
             await self.machine.publish("heartbeat.beat", beats)
             if beats == 1:
                 self.healthy.update(True)
-            if beats % 10 == 0 and not self.jobs.dispatch(Prune(self.db, self.logger)):
-                self.logger.warning("prune job not accepted: the job queue is full")
+            if beats % 10 == 0:
+                # One clean-up a minute however many replicas beat: the key makes the
+                # second enqueue within the same minute a no-op (it returns the first id).
+                await self.jobs.enqueue("prune_heartbeats", PruneRequest(keep=KEEP_ROWS), key=f"prune:{int(time.time() // 60)}")
             # Sleep one tick, but wake at once when stop() is called.
             with anyio.move_on_after(tick):
                 await self.stopping.wait()
