@@ -20,6 +20,7 @@ from ._errors import (
     RegistrationError,
     ServiceError,
     SettingError,
+    UnavailableError,
 )
 from ._health import Health, HealthComponent, HealthStatus
 from ._inject import Inject
@@ -48,6 +49,7 @@ __all__ = [
     "ServiceContainer",
     "ServiceError",
     "SettingError",
+    "UnavailableError",
 ]
 
 __version__ = "0.1.0"

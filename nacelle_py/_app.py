@@ -16,7 +16,7 @@ import structlog
 from ._components import DEFAULT, Initializer, Options, TimeoutOption
 from ._config import Config, mask_values
 from ._describe import describe
-from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, SettingError
+from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, SettingError, UnavailableError
 from ._health import Health
 from ._inject import Injector
 from ._lifecycle import Entry, Runner
@@ -33,7 +33,7 @@ C = TypeVar("C", bound=Initializer)
 Backend = Literal["asyncio", "trio"]
 
 
-USER_ERRORS = (BindError, ConfigError, InjectionError, RegistrationError, TLSError)
+USER_ERRORS = (BindError, ConfigError, InjectionError, RegistrationError, TLSError, UnavailableError)
 """Errors logged as their message alone: the message says what to fix, a traceback would bury it."""
 
 

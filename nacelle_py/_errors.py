@@ -19,6 +19,7 @@ __all__ = [
     "RegistrationError",
     "ServiceError",
     "SettingError",
+    "UnavailableError",
 ]
 
 
@@ -31,6 +32,13 @@ class RegistrationError(NacelleError, ValueError):
 
     Raised at once, before anything boots, so a mistake in ``main`` never
     reaches production half-started.
+    """
+
+
+class UnavailableError(NacelleError, RuntimeError):
+    """A server the app needs (Redis, say) cannot be reached; the message names it and what to check.
+
+    Logged as its message alone, like a bad setting: the fix is outside the code.
     """
 
 

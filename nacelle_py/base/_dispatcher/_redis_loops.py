@@ -133,6 +133,8 @@ class Loops:
         backend, pool = self.backend, self.backend.pool
         group = backend.group
         assert group is not None and self._reader_done is not None
+        lease = backend.options.lease
+        reclaim_at = 0.0
         try:
             while not self.stopping:
                 room = pool.max_workers - self.active
@@ -141,11 +143,26 @@ class Loops:
                     with anyio.move_on_after(1.0):
                         await self._room.wait()
                     continue
+                if time.monotonic() >= reclaim_at:
+                    # The dead's entries first: they are older than anything new, and a
+                    # consumer kept busy by new entries would otherwise never take them.
+                    reclaim_at = time.monotonic() + lease / 4
+                    claimed = await self._until_done(lambda: group.reclaim(lease, room), stoppable=True)
+                    await self._deliver_reclaimed(claimed or [])
+                    continue
                 entries = await self._until_done(lambda: group.read(room, BLOCK_MS), stoppable=True)
                 for entry_id, message in entries or ():
                     await self.deliver(entry_id, message, 1)
         finally:
             self._reader_done.set()
+
+    async def _deliver_reclaimed(self, claimed: list[tuple[bytes, bytes | None, int]]) -> None:
+        backend = self.backend
+        for entry_id, message, deliveries in claimed:
+            backend.counters["reclaimed"] = (backend.counters["reclaimed"] or 0) + 1
+            await self.deliver(entry_id, message, deliveries)
+        if claimed:
+            backend.pool._log_event("info", "reclaimed the entries of a dead consumer", entries=len(claimed))
 
     async def deliver(self, entry_id: bytes, message: bytes | None, deliveries: int) -> None:
         """Turn an entry into a job for the pool, or settle it as a dead letter when it cannot run."""
@@ -188,32 +205,19 @@ class Loops:
     # -- leases -------------------------------------------------------------------------
 
     async def _keeper(self) -> None:
-        """Renew the leases of what this consumer holds; reclaim what dead consumers held."""
+        """Renew the leases of what this consumer holds (every quarter of the lease)."""
         backend = self.backend
         group = backend.group
         assert group is not None
-        lease = backend.options.lease
         while True:
-            await anyio.sleep(lease / 4)
-            try:
-                held = list(backend.held)
-                for start in range(0, len(held), 500):
-                    lost = await group.renew(held[start:start + 500])
-                    if lost:
-                        backend.pool._log_event("warning", "lease lost: another consumer reclaimed entries "
-                                                "held here (they may run twice)", entries=len(lost))
-                room = backend.pool.max_workers - self.active
-                if room > 0 and not self.stopping:
-                    claimed = await group.reclaim(lease, min(room, 100))
-                    for entry_id, message, deliveries in claimed:
-                        backend.counters["reclaimed"] = (backend.counters["reclaimed"] or 0) + 1
-                        await self.deliver(entry_id, message, deliveries)
-                    if claimed:
-                        backend.pool._log_event("info", "reclaimed entries of a dead consumer", entries=len(claimed))
-            except LOST as exc:
-                backend.lost(exc)
-                continue
-            backend.connected()
+            await anyio.sleep(backend.options.lease / 4)
+            held = list(backend.held)
+            for start in range(0, len(held), 500):
+                chunk = held[start:start + 500]
+                lost = await self._until_done(lambda: group.renew(chunk))
+                if lost:
+                    backend.pool._log_event("warning", "lease lost: another consumer reclaimed entries held "
+                                            "here (they may run twice)", entries=len(lost))
 
     # -- settling -----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.retry import NoRetryPolicy
 
 from ..._config import mask_url
+from ..._errors import UnavailableError
 
 __all__ = ["LOST", "RedisUnavailable", "backoff", "consumer_name", "describe_failure", "make_client", "ping"]
 
@@ -34,7 +35,7 @@ CONNECT_TIMEOUT = 5.0  # seconds for the TCP connect
 REPLY_TIMEOUT = 10.0  # seconds for any reply (blocking reads use a BLOCK far below this)
 
 
-class RedisUnavailable(RuntimeError):
+class RedisUnavailable(UnavailableError):
     """Redis could not be reached (or answered nothing in time); the message names the URL, masked."""
 
 
@@ -65,25 +66,30 @@ def describe_failure(url: str, exc: BaseException) -> str:
 
 
 async def ping(url: str, *, within: float, who: str) -> None:
-    """Connect to ``url`` and PING it within ``within`` seconds, or raise ``RedisUnavailable`` saying what to check."""
-    client = make_client(url, name=f"{who} check", max_connections=1)
+    """PING ``url`` until it answers, for at most ``within`` seconds; else ``RedisUnavailable`` saying what to check.
+
+    Retrying covers a Redis that starts at the same time as the app (a
+    compose file, a pod's sidecar); the bound keeps a boot from hanging.
+    """
     problem: BaseException | None = None
-    try:
-        with anyio.fail_after(within):
-            async with client:
-                try:
-                    await client.ping()
-                except Exception as exc:  # coredis wraps what leaves its block in an ExceptionGroup
-                    problem = exc
-    except TimeoutError as exc:
-        problem = problem or exc
-    except Exception as exc:  # an ExceptionGroup from the client's own task group
-        problem = problem or exc
-    if problem is not None:
-        raise RedisUnavailable(
-            f"{who}: {describe_failure(url, problem)}; check that redis-server runs there and that "
-            f"REDIS_URL (or redis_url=) points to it (gave up after {within:g} s)"
-        ) from None
+    delays = backoff(0.1, 1.0)
+    with anyio.move_on_after(within):
+        while True:
+            client = make_client(url, name=f"{who} check", max_connections=1)
+            try:
+                async with client:
+                    try:
+                        await client.ping()
+                        return
+                    except Exception as exc:  # coredis wraps what leaves its block in an ExceptionGroup
+                        problem = exc
+            except Exception as exc:  # an ExceptionGroup from the client's own task group
+                problem = problem or exc
+            await anyio.sleep(next(delays))
+    raise RedisUnavailable(
+        f"{who}: {describe_failure(url, problem or TimeoutError('no answer'))}; check that redis-server runs "
+        f"there and that REDIS_URL (or redis_url=) points to it (gave up after {within:g} s)"
+    )
 
 
 def backoff(first: float = 0.05, cap: float = 5.0) -> Iterator[float]:
