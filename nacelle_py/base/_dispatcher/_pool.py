@@ -2,9 +2,10 @@
 
 The hot path is built to cost no more than a hand-written pool over a queue:
 
-- ``dispatch`` appends to a deque and wakes sleeping workers only when there
-  are any; a worker drains the deque in a tight loop and awaits each task
-  directly, so a task that does not block costs no scheduler round-trip.
+- ``dispatch`` (``_intake``) appends to a deque and wakes sleeping workers
+  only when there are any; a worker drains the deque in a tight loop and
+  awaits each task directly, so a task that does not block costs no
+  scheduler round-trip.
 - Per-task timeouts use no cancel scope per task (one costs more than a whole
   no-op task). Each worker runs under one cancel scope; the monitor
   (``_monitor``) looks at what every worker is running, a few times per
@@ -18,255 +19,31 @@ What the queue holds is described in ``_items``.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-import anyio.from_thread
 
-from ..._waker import Waker
 from ._call import Reported
+from ._intake import Intake
 from ._items import UNSET, Worker, describe, handed_back, resolve, task_of, timed_out
-from ._latency import LatencyRing
-from ._state import DispatcherStatus, Phase, RunState
-from ._stats import DispatcherError
-from ._threads import ThreadPool
 
 __all__ = ["WorkerPool"]
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 _perf_counter = time.perf_counter
-_get_ident = threading.get_ident
 
 
-class WorkerPool:
+class WorkerPool(Intake):
     """The pool half of a Dispatcher: queue, workers, scaling, thread hand-off and counters.
 
     The Dispatcher subclasses it (so ``dispatch`` is one method call, not two)
     and adds the lifecycle (``run``, ``quit``, ``join``) and the named tasks.
     """
-
-    max_buffered: int
-    min_workers: int
-    max_workers: int
-    task_timeout: float | None
-    scale_down_after: float
-    max_threads: int
-    saturated_after: float
-
-    def _init_pool(self) -> None:
-        self._queue: deque[Any] = deque()
-        self._state = RunState()
-        self._accepted = 0
-        self._rejected = 0
-        self._failed = 0
-        self._timed_out = 0
-        self._handed_back = 0
-        self._handed: list[Any] = []
-        self._workers: set[Worker] = set()
-        self._retired_done = 0  # finished tasks of workers that have exited
-        self._sleepers = 0
-        self._scale_ups = 0
-        self._scale_downs = 0
-        self._latency = LatencyRing()
-        self._min_timeout = self.task_timeout if self.task_timeout is not None else math.inf
-        self._pool = ThreadPool(self.max_threads, self.scale_down_after, self._on_thread_failure, self._on_thread_idle)
-        # The fast path admits a task while len(queue) < _room: max_buffered less what the
-        # thread pool may still hold (an over-estimate, corrected on the slow path), or -1
-        # while not accepting. _scale_at: the queue length above which dispatch adds a worker.
-        self._room: int = self.max_buffered
-        self._reserved: int = 0
-        self._scale_at = sys.maxsize
-        self._tg: Any = None
-        self._loop_thread: int | None = None  # while running: dispatch from elsewhere hops to it
-        self._token: Any = None
-        self._work_event: anyio.Event | None = None
-        self._waker: Waker | None = None  # wakes join()/quit() waiters, also from pool threads
-        self._monitor_kick: anyio.Event | None = None
-        self._log: Any = None
-
-    # -- dispatching --------------------------------------------------------------------
-
-    def dispatch(self, task: Any, *, timeout: float | None = UNSET) -> bool:
-        """Queue ``task`` without blocking; False (and counted as rejected) when it cannot be taken.
-
-        ``timeout`` overrides ``task_timeout`` for this task (``None``: no limit).
-        From another thread while the dispatcher runs, the call hops to the
-        event loop's thread (one blocking round-trip) and answers the same.
-        """
-        if timeout is not UNSET or not callable(task):
-            return self._dispatch_slow(task, timeout)
-        if self._loop_thread is not None and _get_ident() != self._loop_thread:
-            return self._from_thread(task, timeout)
-        queue = self._queue
-        waiting = len(queue)
-        if waiting >= self._room and not self._has_room():
-            self._rejected += 1
-            return False
-        accepted = self._accepted
-        # One task in 16 carries its dispatch time: enough samples for the latency
-        # percentiles, at a fraction of a clock read and a tuple per task.
-        queue.append(task if accepted & 15 else (task, UNSET, _perf_counter()))
-        self._accepted = accepted + 1
-        if self._sleepers:
-            self._wake()
-        elif waiting >= self._scale_at:  # no idle worker: the task would wait
-            self._scale_up()
-        return True
-
-    def _has_room(self) -> bool:
-        """The exact check behind the fast path's: refresh the thread pool's share of the buffer."""
-        if not self._state.accepting:
-            return False
-        self._reserved = self._pool.queued()
-        self._room = self.max_buffered - self._reserved
-        return len(self._queue) < self._room
-
-    def _from_thread(self, task: Any, timeout: Any) -> bool:
-        """``dispatch`` from another thread: hop to the event loop (one blocking round-trip).
-
-        The queue, the counters and the workers' wake-up belong to the loop's
-        thread; doing the dispatch there keeps them consistent.
-        """
-        token = self._token
-        if token is None:
-            raise DispatcherError("Dispatcher.dispatch: the dispatcher is not running on an event loop")
-        try:
-            accepted: bool = anyio.from_thread.run_sync(
-                functools.partial(self.dispatch, task, timeout=timeout), token=token
-            )
-        except anyio.RunFinishedError:
-            raise DispatcherError("Dispatcher.dispatch: the event loop has finished") from None
-        return accepted
-
-    def _dispatch_slow(self, task: Any, timeout: Any) -> bool:
-        if not callable(task) and not callable(getattr(task, "execute", None)):
-            raise TypeError(
-                "Dispatcher.dispatch: a task is an async callable, a function or an object with execute(); "
-                f"got {task!r}"
-            )
-        if timeout is not UNSET:
-            timeout = self._check_task_timeout(timeout)
-        if self._loop_thread is not None and _get_ident() != self._loop_thread:
-            return self._from_thread(task, timeout)
-        queue = self._queue
-        if not self._offer(task, timeout):
-            self._rejected += 1
-            return False
-        return True
-
-    def _offer(self, task: Callable[[], Any], timeout: float | None = UNSET) -> bool:
-        """Queue a task already checked (a named task's run, a call); False when there is no room.
-
-        ``timeout``: UNSET for the dispatcher's ``task_timeout``, None for no
-        limit. Not counted as a rejection: the caller decides (``_put`` waits).
-        """
-        queue = self._queue
-        if len(queue) >= self._room and not self._has_room():
-            return False
-        queue.append(task if timeout is UNSET else (task, timeout, _perf_counter()))
-        self._accepted += 1
-        if self._sleepers:
-            self._wake()
-        elif len(queue) > self._scale_at:
-            self._scale_up()
-        return True
-
-    async def _put(self, task: Callable[[], Any], timeout: float | None = UNSET) -> None:
-        """``_offer``, waiting for room (``DispatcherError`` when the dispatcher stops accepting)."""
-        while not self._offer(task, timeout):
-            if not self._state.accepting:
-                raise DispatcherError("Dispatcher: the dispatcher is stopping and accepts no new tasks")
-            if self._state.was_quit and self._tg is None:
-                raise DispatcherError(
-                    "Dispatcher: the dispatcher was quit and its buffer is full; "
-                    "nothing makes room until run() is called again"
-                )
-            await self._wait_changed(0.05)
-
-    def _check_task_timeout(self, timeout: Any) -> float | None:
-        raise NotImplementedError  # the Dispatcher checks it against its own option rules
-
-    async def submit(self, task: Any, *, timeout: float | None = UNSET) -> None:
-        """Queue ``task``, waiting for room in the buffer (backpressure) instead of failing.
-
-        Raises ``DispatcherError`` if the dispatcher drains or stops meanwhile,
-        or if it has been quit and the buffer is full (nothing would make room
-        until ``run()`` is called again).
-        """
-        queue = self._queue
-        waiting = len(queue)
-        # The fast path of dispatch, inlined: a producer that awaits submit() for every task
-        # pays no second call (see bench/dispatcher.py, the bounded case).
-        if waiting < self._room and timeout is UNSET and self._loop_thread == _get_ident() and callable(task):
-            accepted = self._accepted
-            queue.append(task if accepted & 15 else (task, UNSET, _perf_counter()))
-            self._accepted = accepted + 1
-            if self._sleepers:
-                self._wake()
-            elif waiting >= self._scale_at:
-                self._scale_up()
-            return
-        while True:
-            if not self._state.accepting:
-                raise DispatcherError("Dispatcher.submit: the dispatcher is quitting and accepts no new tasks")
-            if self.dispatch(task, timeout=timeout):
-                return
-            self._rejected -= 1  # waiting for room is not a rejection
-            if self._state.was_quit and self._tg is None:
-                raise DispatcherError(
-                    "Dispatcher.submit: the dispatcher was quit and its buffer is full; "
-                    "nothing makes room until run() is called again"
-                )
-            await self._wait_changed(0.05)
-
-    # -- the one place that changes the status ------------------------------------------
-
-    def _move(self, status: DispatcherStatus | None = None, phase: Phase | None = None) -> None:
-        """Move the run state (see ``_state``) and keep the fast path's room in step with it."""
-        self._state.move(status, phase)
-        self._room = self.max_buffered - self._reserved if self._state.accepting else -1
-        if status is not None:
-            self._log_event("info", "dispatcher status", status=status.name)
-
-    def _log_event(self, level: str, event: str, **fields: Any) -> None:
-        log = self._log or vars(self).get("logger")
-        if log is not None:
-            getattr(log, level)(event, **fields)
-
-    # -- waking and waiting -------------------------------------------------------------
-
-    def _wake(self) -> None:
-        event = self._work_event
-        if event is not None:
-            self._sleepers = 0
-            self._work_event = anyio.Event()
-            event.set()
-
-    def _notify(self) -> None:
-        if self._waker is not None:
-            self._waker.notify()
-
-    def _on_thread_idle(self) -> None:
-        waker = self._waker  # read once: run() may be ending on the loop thread
-        if waker is not None:
-            waker.notify()
-
-    async def _wait_changed(self, poll: float | None) -> None:
-        """Wait for the next notification (bounded by ``poll`` seconds when given)."""
-        waker = self._waker
-        if waker is None:  # not running: nothing will notify
-            await anyio.sleep(0.05 if poll is None else poll)
-            return
-        with anyio.move_on_after(math.inf if poll is None else poll):
-            await waker.changed()
 
     # -- workers ------------------------------------------------------------------------
 
