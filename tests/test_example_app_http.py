@@ -211,6 +211,61 @@ def test_rows_are_read_and_written(tmp_path: Path) -> None:
         assert app.wait(EXIT_TIMEOUT) == 0, app.dump()
 
 
+def _summaries(http: httpx.Client, count: int) -> list[dict[str, object]]:
+    """Enqueue ``count`` summaries through the API and poll (bounded) until every one is done."""
+    answer = http.post("/jobs/summarise", json={"beats": 3, "count": count})
+    assert answer.status_code == 202, answer.text
+    ids = answer.json()["ids"]
+    assert len(ids) == count == len(set(ids))
+    deadline = time.monotonic() + 20
+    done: dict[str, dict[str, object]] = {}
+    while len(done) < count and time.monotonic() < deadline:
+        for task_id in ids:
+            if task_id not in done:
+                reply = http.get(f"/jobs/{task_id}")
+                assert reply.status_code in (200, 202), reply.text
+                if reply.status_code == 200:
+                    done[task_id] = reply.json()
+        time.sleep(0.05)
+    assert len(done) == count, f"{count - len(done)} summaries never finished"
+    return list(done.values())
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_named_tasks_through_the_api(backend: str, tmp_path: Path) -> None:
+    with boot(backend, tmp_path / "jobs.sqlite3") as app:
+        (host, port), _ = ports(app)
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=5) as http:
+            for summary in _summaries(http, 6):
+                assert summary["state"] == "done"
+                assert summary["result"]["beats"] == 3  # type: ignore[index]
+            assert http.post("/jobs/summarise", json={"beats": 0}).status_code == 400
+            assert http.post("/jobs/summarise", json={"beats": 3, "count": 0}).status_code == 400
+            assert http.get("/jobs/not-an-id").status_code == 202
+        app.send(signal.SIGTERM)
+        assert app.wait(EXIT_TIMEOUT) == 0, app.dump()
+
+
+def test_replicas_share_named_tasks_through_redis(redis_url: str, tmp_path: Path) -> None:
+    """Two replicas on one Redis and one database: a web tier that only enqueues, and a consumer."""
+    db = tmp_path / "shared.sqlite3"
+    shared = {"EXAMPLE_DISPATCHER_BACKEND": "redis", "EXAMPLE_REDIS_URL": redis_url}
+    with boot("asyncio", db, **shared) as worker, boot("trio", db, EXAMPLE_DISPATCHER_CONSUME="false", **shared) as web:
+        (host, port), _ = ports(web)
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=5) as http:
+            assert len(_summaries(http, 10)) == 10
+        metrics = {}
+        for name, app in (("worker", worker), ("web", web)):
+            _, (ops_host, ops_port) = ports(app)
+            metrics[name] = httpx.get(f"http://{ops_host}:{ops_port}/metrics", timeout=5).text
+        assert 'nacelle_dispatcher_completed{component="jobs"} 0.0' in metrics["web"]  # it never consumes
+        assert 'nacelle_dispatcher_completed{component="jobs"} 0.0' not in metrics["worker"]
+        assert 'nacelle_dispatcher_stream_length{component="jobs"}' in metrics["worker"]
+        for app in (web, worker):
+            app.send(signal.SIGTERM)
+            assert app.wait(EXIT_TIMEOUT) == 0, app.dump()
+
+
 def test_ops_endpoint_reports_the_example(tmp_path: Path) -> None:
     with boot("asyncio", tmp_path / "ops.sqlite3") as app:
         _, (host, port) = ports(app)
