@@ -10,7 +10,6 @@ semantics suite runs against each of them.
 from __future__ import annotations
 
 import abc
-import itertools
 import os
 from typing import Any
 
@@ -32,12 +31,14 @@ class TaskIds:
     """Task ids: a random prefix per dispatcher and a counter (unique across replicas, cheap to make)."""
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(1)
+        self._prefix = f"{os.urandom(8).hex()}-"
+        self._next = 1
 
-    def next(self) -> str:
-        """A new id."""
-        return f"{self._prefix}-{next(self._counter):x}"
+    def many(self, count: int) -> list[str]:
+        """``count`` new ids."""
+        start, prefix = self._next, self._prefix
+        self._next = start + count
+        return [f"{prefix}{n:x}" for n in range(start, start + count)]
 
 
 class Backend(abc.ABC):

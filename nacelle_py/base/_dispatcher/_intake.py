@@ -113,6 +113,29 @@ class Intake(PoolState):
             self._scale_up()
         return True
 
+    def _offer_many(self, tasks: list[Callable[[], Any]], timeout: float | None = UNSET) -> int:
+        """``_offer`` for several tasks at once; how many were taken (the first ones)."""
+        queue = self._queue
+        room = self._room - len(queue)
+        if room < len(tasks) and self._has_room():  # the exact check refreshes the room
+            room = self._room - len(queue)
+        taken = tasks if room >= len(tasks) else tasks[:max(room, 0)]
+        if not taken:
+            return 0
+        if timeout is UNSET:
+            queue.extend(taken)
+        else:
+            now = _perf_counter()
+            queue.extend((task, timeout, now) for task in taken)
+        self._accepted += len(taken)
+        if self._sleepers:
+            self._wake()
+        added = 0
+        while len(queue) > self._scale_at and added < len(taken):  # as dispatch would, one per waiting task
+            self._scale_up()
+            added += 1
+        return len(taken)
+
     async def _put(self, task: Callable[[], Any], timeout: float | None = UNSET) -> None:
         """``_offer``, waiting for room (``DispatcherError`` when the dispatcher stops accepting)."""
         while not self._offer(task, timeout):

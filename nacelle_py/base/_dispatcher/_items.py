@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-__all__ = ["UNSET", "Worker", "describe", "handed_back", "resolve", "task_of", "timed_out"]
+__all__ = ["UNSET", "Worker", "describe", "handed_back", "job_of", "resolve", "task_of", "timed_out"]
 
 UNSET: Any = object()
 _CO_COROUTINE = inspect.CO_COROUTINE
@@ -50,10 +50,18 @@ def resolve(task: Any) -> tuple[Callable[[], Any], bool]:
     )
 
 
+def job_of(task: Any) -> Any:
+    """The job behind a queued task, or None: a job queued as itself, or the owner of a job's bound method."""
+    if getattr(task, "nacelle_job", False):
+        return task
+    owner = getattr(task, "__self__", None)
+    return owner if getattr(owner, "nacelle_job", False) else None
+
+
 def describe(task: Any) -> str:
     """How logs name a task: a named task's run by its job (name, id, attempt), anything else by repr."""
-    owner = getattr(task, "__self__", None)
-    return repr(owner if getattr(owner, "nacelle_job", False) else task)
+    job = job_of(task)
+    return repr(task if job is None else job)
 
 
 def timed_out(task: Any) -> bool:
@@ -61,16 +69,15 @@ def timed_out(task: Any) -> bool:
 
     A job reports (and logs) its timeout itself, so the pool does not log it again.
     """
-    owner = getattr(task, "__self__", None)
-    if owner is not None and getattr(owner, "nacelle_job", False):
-        owner.timed_out()
-        return True
-    return False
+    job = job_of(task)
+    if job is None:
+        return False
+    job.timed_out()
+    return True
 
 
 def handed_back(task: Any) -> None:
     """Tell a call or named task's job that it will not run (an unwind or ``quit(drain=False)`` took it)."""
-    owner = getattr(task, "__self__", None)
-    hook = getattr(owner, "handed_back", None) if getattr(owner, "nacelle_job", False) else None
+    hook = getattr(job_of(task), "handed_back", None)
     if hook is not None:
         hook()

@@ -13,7 +13,6 @@ lease).
 from __future__ import annotations
 
 import math
-import time
 import traceback as tb
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -25,7 +24,7 @@ import anyio.to_process
 from pydantic import BaseModel
 
 from ._call import Reported
-from ._tasks import TaskSpec, backoff_delay, jsonable
+from ._tasks import PLAIN_JSON, TaskSpec, backoff_delay, jsonable
 
 __all__ = ["DeadLetter", "Failure", "Job", "Settle", "TaskFailed", "log_failure", "next_step"]
 
@@ -114,17 +113,20 @@ def log_failure(log: Callable[..., None], job: Job, failure: Failure, delay: flo
         log("warning", f"task failed; retry in {delay:.3g} s", **fields)
 
 
-def next_step(job: Job, failure: Failure, max_deliveries: int | None = None) -> float | None:
+def next_step(job: Job, failure: Failure) -> float | None:
     """After ``failure``: the delay before the next run, or None when the job is dead."""
     if not failure.retryable or job.attempts > job.spec.retries:
-        return None
-    if max_deliveries is not None and job.deliveries >= max_deliveries:
         return None
     return backoff_delay(job.attempts, job.spec.backoff)
 
 
 class Job:
-    """One delivery of a named task to this process; see the module docstring."""
+    """One delivery of a named task to this process; see the module docstring.
+
+    Only what every backend needs is set here (a job is made per task, on the
+    hot path); the Redis backend adds ``entry``, ``raw`` and ``deliveries``
+    (``delivered``), and ``runner`` sets ``token`` for plain functions.
+    """
 
     __slots__ = (
         "attempts",
@@ -134,7 +136,6 @@ class Job:
         "entry",
         "id",
         "keep_result",
-        "key",
         "payload",
         "raw",
         "settled",
@@ -150,45 +151,48 @@ class Job:
         spec: TaskSpec,
         payload: BaseModel | None,
         backend: Settle,
-        *,
+        keep_result: float,
+        enqueued_at: float,
         attempts: int = 0,
-        keep_result: float = 3600.0,
-        key: str | None = None,
-        enqueued_at: float = 0.0,
-        raw: Any = None,
-        entry: Any = None,
-        deliveries: int = 1,
     ) -> None:
         self.id = task_id
         self.spec = spec
         self.payload = payload
         self.backend = backend
-        self.attempts = attempts  # runs started, this one included once it starts
         self.keep_result = keep_result
-        self.key = key
-        self.enqueued_at = enqueued_at or time.time()
-        self.raw = raw  # the payload's JSON as enqueued (dead letters show it)
-        self.entry = entry  # the backend's handle (a stream entry id on Redis)
-        self.deliveries = deliveries
+        self.enqueued_at = enqueued_at
+        self.attempts = attempts  # runs started, this one included once it starts
         self.settled = False
-        self.token: Any = None  # the loop's token, for plain functions reporting from a thread
+
+    def delivered(self, entry: Any, raw: dict[str, Any], deliveries: int) -> Job:
+        """Attach what the Redis backend knows of the delivery: the entry id, the entry, its delivery count."""
+        self.entry = entry
+        self.raw = raw
+        self.deliveries = deliveries
+        return self
 
     def __repr__(self) -> str:
         return f"<task {self.spec.name!r} id={self.id} attempt {self.attempts}/{self.spec.retries + 1}>"
 
-    def runner(self, processes: anyio.CapacityLimiter | None) -> Any:
-        """The callable the pool runs: async (fast path) or plain (the pool's threads)."""
+    def runner(self, processes: anyio.CapacityLimiter | None, token: Any) -> Any:
+        """The callable the pool runs: async (fast path), in a process, or plain (the pool's threads)."""
         spec = self.spec
-        if spec.process:
-            return self.run_process if processes is not None else self.run_plain
-        return self.run if spec.is_async else self.run_plain
+        if spec.is_async:
+            return self
+        if spec.process and processes is not None:
+            return self.run_process
+        self.token = token  # a plain function reports its outcome from its thread through the loop's token
+        return self.run_plain
 
     async def run(self) -> None:
         """Run an async task and report its outcome."""
         self.attempts += 1
         spec = self.spec
         try:
-            value = await (spec.function() if spec.model is None else spec.function(self.payload))
+            if spec.model is None:
+                value = await spec.function()
+            else:
+                value = await spec.function(self.payload)
         except Exception as exc:
             self._failed(exc)
             raise Reported() from None  # counted by the pool, logged once by the backend
@@ -196,7 +200,16 @@ class Job:
             if anyio.current_effective_deadline() != -math.inf:  # not our cancellation: the task's own
                 self._failed(exc)
             raise
-        self._succeeded(value)
+        if type(value) not in PLAIN_JSON:  # a model, a list...: as JSON data (or a failure)
+            self._succeeded(value)
+        elif not self.settled:
+            self.settled = True
+            self.backend.succeeded(self, value)
+
+    # The pool's fast path awaits ``task()`` for any task whose ``__code__`` is a coroutine
+    # function's: a job queued as itself is run that way, with no bound method made per task.
+    __call__ = run
+    __code__ = run.__code__
 
     def run_plain(self) -> None:
         """Run a plain task on a pool thread and report its outcome on the loop."""

@@ -42,7 +42,7 @@ class MemoryBackend(Backend):
         self.key_ttl = key_ttl
         self.processes = processes
         self.ids = TaskIds()
-        self._results: dict[str, tuple[float, Outcome]] = {}
+        self._results: dict[str, tuple[float, str, bool, Any]] = {}  # id -> (expires, task, ok, value)
         self._expiry: deque[tuple[float, str]] = deque()  # (expires, id), oldest first (mostly ordered)
         self._waiters: dict[str, anyio.Event] = {}
         self._keys: dict[str, tuple[float, str]] = {}
@@ -71,8 +71,8 @@ class MemoryBackend(Backend):
             if found is not None and found[0] > now:
                 return [found[1]]
         jobs = [
-            Job(self.ids.next(), spec, payload, self, keep_result=keep_result, key=key, enqueued_at=now)
-            for payload in payloads
+            Job(task_id, spec, payload, self, keep_result, now)
+            for task_id, payload in zip(self.ids.many(len(payloads)), payloads)
         ]
         if key is not None:  # claimed before any await: a concurrent enqueue with the key finds it
             self._keys[key] = (now + self.key_ttl, jobs[0].id)
@@ -84,14 +84,13 @@ class MemoryBackend(Backend):
         return [job.id for job in jobs]
 
     async def _start_all(self, jobs: list[Job]) -> None:
-        pool = self.pool
-        processes = self.processes
-        token = pool._token
-        for job in jobs:
-            job.token = token
-            runner = job.runner(processes)
-            if not pool._offer(runner, job.spec.pool_timeout):
-                await pool._put(runner, job.spec.pool_timeout)
+        pool, processes, token = self.pool, self.processes, self.pool._token
+        # An async task's job is queued as itself (see Job.__call__); others run through a method.
+        runners: list[Any] = jobs if jobs[0].spec.is_async else [job.runner(processes, token) for job in jobs]
+        timeout = jobs[0].spec.pool_timeout  # one task per call (a retry or a dead letter: one job)
+        taken = pool._offer_many(runners, timeout)
+        for runner in runners[taken:]:  # the buffer is full: wait for room, one at a time
+            await pool._put(runner, timeout)
 
     def _later(self, job: Job, due: float) -> None:
         heapq.heappush(self._schedule, (due, next(self._seq), job))
@@ -130,8 +129,16 @@ class MemoryBackend(Backend):
     # -- outcomes -----------------------------------------------------------------------
 
     def succeeded(self, job: Job, value: Any) -> None:
-        if job.keep_result > 0:
-            self._keep(job, (job.spec.name, True, value))
+        keep = job.keep_result
+        if keep > 0:  # _keep, inlined: this runs once per task
+            expires = _now() + keep
+            task_id = job.id
+            self._results[task_id] = (expires, job.spec.name, True, value)
+            self._expiry.append((expires, task_id))
+            if self._waiters:
+                event = self._waiters.pop(task_id, None)
+                if event is not None:
+                    event.set()
 
     def failed(self, job: Job, failure: Failure) -> None:
         delay = next_step(job, failure)
@@ -150,12 +157,13 @@ class MemoryBackend(Backend):
         )
         self._dead[job.id] = (letter, job)
         if job.keep_result > 0:
-            self._keep(job, (job.spec.name, False, failure))
+            self._keep(job, False, failure)
 
-    def _keep(self, job: Job, outcome: Outcome) -> None:
+    def _keep(self, job: Job, ok: bool, value: Any) -> None:
         expires = _now() + job.keep_result
-        self._results[job.id] = (expires, outcome)
-        self._expiry.append((expires, job.id))
+        task_id = job.id
+        self._results[task_id] = (expires, job.spec.name, ok, value)
+        self._expiry.append((expires, task_id))
         if self._waiters:
             event = self._waiters.pop(job.id, None)
             if event is not None:
@@ -178,7 +186,7 @@ class MemoryBackend(Backend):
             while True:
                 kept = self._results.get(task_id)
                 if kept is not None and kept[0] > _now():
-                    return kept[1]
+                    return kept[1:]
                 event = self._waiters.get(task_id)
                 if event is None:
                     event = self._waiters[task_id] = anyio.Event()

@@ -146,10 +146,13 @@ class NamedTasks:
         spec = self._registry.get(name, where)
         if isinstance(payloads, (str, bytes, BaseModel, dict)) or not isinstance(payloads, Iterable):
             raise TypeError(f"{where}: payloads must be a list (or other iterable) of payloads, got {payloads!r}")
-        checked = []
-        for index, payload in enumerate(payloads):
+        checked: list[Any] = list(payloads)
+        model = spec.model
+        for index, payload in enumerate(checked):
+            if payload is None if model is None else type(payload) is model:
+                continue  # already what the task takes
             try:
-                checked.append(spec.validate(payload, where))
+                checked[index] = spec.validate(payload, where)
             except TypeError as exc:
                 raise TypeError(f"{exc} (payload #{index})") from exc.__cause__
         due = _due(where, delay, at)

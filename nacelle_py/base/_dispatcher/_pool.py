@@ -30,7 +30,7 @@ import anyio
 
 from ._call import Reported
 from ._intake import Intake
-from ._items import UNSET, Worker, describe, handed_back, resolve, task_of, timed_out
+from ._items import UNSET, Worker, describe, handed_back, job_of, resolve, task_of, timed_out
 
 __all__ = ["WorkerPool"]
 
@@ -191,9 +191,9 @@ class WorkerPool(Intake):
         """
         kept, taken = [], []
         for item in self._queue:
-            owner = getattr(task_of(item), "__self__", None)
-            if owner is not None and owned(owner):
-                taken.append(owner)
+            job = job_of(task_of(item))
+            if job is not None and owned(job):
+                taken.append(job)
             else:
                 kept.append(item)
         if taken:

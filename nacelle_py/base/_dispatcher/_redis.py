@@ -160,7 +160,7 @@ class RedisBackend(Backend):
         await self._client(where)
         now = time.time()
         name = json.dumps(spec.name)
-        ids = [self.ids.next() for _ in payloads]
+        ids = self.ids.many(len(payloads))
         entries = [
             encode_entry(task_id, name, 0, keep_result, now, "null" if p is None else p.model_dump_json())
             for task_id, p in zip(ids, payloads, strict=True)

@@ -193,12 +193,10 @@ class Loops:
             return
         if entry_id in backend.held:  # reclaimed our own entry after a lapse: it runs here already
             return
-        job = Job(str(entry.get("i")), spec, payload, backend, attempts=attempts, keep_result=keep,
-                  enqueued_at=float(entry.get("e", 0.0)), raw=entry, entry=entry_id, deliveries=deliveries)
-        job.token = backend.pool._token
-        backend.held[entry_id] = job
+        job = Job(str(entry.get("i")), spec, payload, backend, keep, float(entry.get("e", 0.0)), attempts)
+        backend.held[entry_id] = job.delivered(entry_id, entry, deliveries)
         self.active += 1
-        runner = job.runner(backend.processes)
+        runner = job.runner(backend.processes, backend.pool._token)
         if not backend.pool._offer(runner, spec.pool_timeout):
             await backend.pool._put(runner, spec.pool_timeout)
 

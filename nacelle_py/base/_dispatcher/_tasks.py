@@ -27,9 +27,9 @@ from ..._errors import RegistrationError
 from ..._validate import positive
 from ._items import UNSET
 
-__all__ = ["TaskRegistry", "TaskSpec", "backoff_delay", "jsonable"]
+__all__ = ["PLAIN_JSON", "TaskRegistry", "TaskSpec", "backoff_delay", "jsonable"]
 
-_PLAIN_JSON = (str, int, float, bool, type(None))
+PLAIN_JSON = frozenset((str, int, float, bool, type(None)))  # carried as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ def _errors(exc: pydantic.ValidationError) -> str:
 
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data (models dumped), or ``TypeError`` when JSON cannot carry it."""
-    if type(value) in _PLAIN_JSON:
+    if type(value) in PLAIN_JSON:
         return value
     try:
         return to_jsonable_python(value)
