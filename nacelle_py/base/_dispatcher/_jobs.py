@@ -45,6 +45,9 @@ class TaskFailed(Exception):
         self.message = message
         self.traceback = traceback
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles (a process pool, a test runner) keep every field
+        return (type(self), (self.task_id, self.task, self.error_type, self.message, self.traceback))
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -230,6 +233,10 @@ class Job:
         args = () if spec.model is None else (self.payload,)
         try:
             value = await anyio.to_process.run_sync(spec.function, *args, cancellable=True, limiter=limiter)
+        except anyio.BrokenWorkerProcess as exc:
+            message = "its worker process died (it is replaced for the next run)"
+            self._report_failure(Failure("BrokenWorkerProcess", message, Failure.of(exc).traceback, True, exc))
+            raise Reported() from None
         except Exception as exc:
             self._failed(exc)
             raise Reported() from None
