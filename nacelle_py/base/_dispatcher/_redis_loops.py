@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._redis._client import LOST, backoff, consumer_name
+from .._redis._client import LOST, GroupGone, backoff, consumer_name
 from ._jobs import Failure, Job
 from ._redis_scripts import MOVE, SETTLE
 
@@ -66,6 +66,16 @@ class Loops:
                 if stoppable and self.stopping:
                     return None
                 await anyio.sleep(next(delays))
+                continue
+            except GroupGone:
+                # NOGROUP: Redis lost the group (restarted without persistence, or the stream was
+                # deleted). Create it again; what was pending in it is gone with it.
+                self.backend.pool._log_event(
+                    "warning", "consumer group missing in Redis (data lost?); creating it again",
+                    stream=self.backend.stream,
+                )
+                assert self.backend.group is not None
+                await self._until_done(self.backend.group.ensure)
                 continue
             self.backend.connected()
             return result

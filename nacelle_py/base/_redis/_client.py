@@ -22,14 +22,14 @@ from typing import Any
 
 import anyio
 import coredis
-from coredis.exceptions import BusyLoadingError
+from coredis.exceptions import BusyLoadingError, StreamConsumerGroupError
 from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.retry import NoRetryPolicy
 
 from ..._config import mask_url
 from ..._errors import UnavailableError
 
-__all__ = ["LOST", "RedisUnavailable", "backoff", "consumer_name", "describe_failure", "make_client", "ping"]
+__all__ = ["LOST", "GroupGone", "RedisUnavailable", "backoff", "consumer_name", "describe_failure", "make_client", "ping"]
 
 CONNECT_TIMEOUT = 5.0  # seconds for the TCP connect
 REPLY_TIMEOUT = 10.0  # seconds for any reply (blocking reads use a BLOCK far below this)
@@ -38,6 +38,9 @@ REPLY_TIMEOUT = 10.0  # seconds for any reply (blocking reads use a BLOCK far be
 class RedisUnavailable(UnavailableError):
     """Redis could not be reached (or answered nothing in time); the message names the URL, masked."""
 
+
+# NOGROUP: the consumer group does not exist (BUSYGROUP, its subclass, is handled where groups are made).
+GroupGone: type[Exception] = StreamConsumerGroupError
 
 # The exceptions that mean "the connection is gone (for now)": retried with backoff.
 LOST: tuple[type[BaseException], ...] = (RedisConnectionError, BusyLoadingError, TimeoutError, OSError)
