@@ -100,3 +100,6 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def failed(self, job: Job, failure: Failure) -> None:
         """``job`` failed: retry it, or make it a dead letter."""
+
+    def handed_back(self, job: Job) -> None:
+        """The pool gave ``job`` back unrun (counted in ``handed_back``); Redis returns it to the stream."""

@@ -108,6 +108,13 @@ class PoolState:
         with anyio.move_on_after(math.inf if poll is None else poll):
             await waker.changed()
 
+    def _note_timeout(self, value: float | None) -> None:
+        """A task may have ``value`` as its timeout: the monitor looks often enough to honour it."""
+        if value is not None and value < self._min_timeout:
+            self._min_timeout = value
+            if self._monitor_kick is not None:
+                self._monitor_kick.set()
+
     # -- provided by the layers above ----------------------------------------------------
 
     def _scale_up(self) -> None:

@@ -359,10 +359,7 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
             raise (TypeError if "must be a number" in str(exc) else ValueError)(
                 str(exc).replace("Dispatcher: timeout", "Dispatcher.dispatch: timeout")
             ) from None
-        if value is not None and value < self._min_timeout:
-            self._min_timeout = value
-            if self._monitor_kick is not None:
-                self._monitor_kick.set()
+        self._note_timeout(value)
         return value
 
     def _unwound(self) -> None:

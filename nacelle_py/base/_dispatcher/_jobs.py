@@ -102,6 +102,8 @@ class Settle(Protocol):
 
     def failed(self, job: Job, failure: Failure) -> None: ...
 
+    def handed_back(self, job: Job) -> None: ...
+
 
 def log_failure(log: Callable[..., None], job: Job, failure: Failure, delay: float | None) -> None:
     """The one log line of a failed run: what failed, and whether it is retried or dead-lettered."""
@@ -241,6 +243,12 @@ class Job:
             self._failed(exc)
             raise Reported() from None
         self._succeeded(value)
+
+    def handed_back(self) -> None:
+        """The pool took this job back without running it (``quit(drain=False)``, an unwind)."""
+        if not self.settled:
+            self.settled = True
+            self.backend.handed_back(self)
 
     def timed_out(self) -> None:
         """The pool's timeout ended (or abandoned) this run."""

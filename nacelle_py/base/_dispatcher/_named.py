@@ -58,6 +58,7 @@ class NamedTasks:
     _registry: TaskRegistry
     _calls: Calls
     max_processes: int | None
+    _note_timeout: Callable[[float | None], None]  # the pool's (see _core)
 
     async def _ready_backend(self) -> Backend:
         raise NotImplementedError  # the Dispatcher builds and opens its backend
@@ -85,10 +86,11 @@ class NamedTasks:
         registry = self._registry
 
         def register(function: F) -> F:
-            registry.add(
+            spec = registry.add(
                 name, function, retries=retries, timeout=timeout, backoff=backoff, process=process,
                 processes_available=self.max_processes is not None,
             )
+            self._note_timeout(spec.timeout)
             return function
 
         return register

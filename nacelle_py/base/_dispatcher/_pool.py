@@ -189,18 +189,24 @@ class WorkerPool(Intake):
         as handed back without listing them (they are not lost: another
         replica runs them).
         """
-        kept, taken = [], []
+        def mine(task: Any) -> bool:
+            job = job_of(task)
+            return job is not None and owned(job)
+
+        kept: list[Any] = []
+        taken: list[Any] = []
         for item in self._queue:
-            job = job_of(task_of(item))
-            if job is not None and owned(job):
-                taken.append(job)
+            task = task_of(item)
+            if mine(task):
+                taken.append(task)
             else:
                 kept.append(item)
         if taken:
             self._queue.clear()
             self._queue.extend(kept)
-            self._handed_back += len(taken)
-        return taken
+        taken += self._pool.take_queued(mine)  # plain ones a worker already handed to the threads
+        self._handed_back += len(taken)
+        return [job_of(task) for task in taken]
 
     def _hand_back(self, tasks: list[Any]) -> None:
         self._handed.extend(tasks)

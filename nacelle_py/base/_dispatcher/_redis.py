@@ -168,7 +168,7 @@ class RedisBackend(Backend):
         script = self._scripts["enqueue"]
         when = "" if due is None or due <= now else repr(due)
         key_name = f"{self.stream}:key:{key}" if key is not None else f"{self.stream}:key:"
-        ttl = "" if key is None else str(max(1, round(self.options.key_ttl)))
+        ttl = "" if key is None else str(max(1, int(self.options.key_ttl * 1000)))
         for start in range(0, len(entries), CHUNK):
             chunk = entries[start:start + CHUNK]
 
@@ -178,6 +178,8 @@ class RedisBackend(Backend):
             found = await self._retrying(where, call)
             if found:
                 return [found.decode() if isinstance(found, bytes) else str(found)]
+        if when:
+            self.loops.kick_mover()
         return ids
 
     # -- outcomes (on the loop's thread) ---------------------------------------------------
@@ -195,6 +197,9 @@ class RedisBackend(Backend):
             self.loops.settle(("retry", job.entry, job.id, entry, "", time.time() + delay))
             return
         self.dead(job.entry, job.raw, job.attempts, failure, job.keep_result, kind="dead")
+
+    def handed_back(self, job: Job) -> None:
+        self.loops.settle(("back", job.entry, job.id, reencode_entry(job.raw, job.attempts), "", 0.0))
 
     def dead(self, entry_id: bytes, entry: dict[str, Any], attempts: int, failure: Failure, keep: float,
              *, kind: str) -> None:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["GROUP", "Loops"]
 
 GROUP = "nacelle"  # the consumer group every replica of a dispatcher joins
-BLOCK_MS = 200  # a read waits this long for entries; a stop waits at most this for the reader
+BLOCK_MS = 100  # a read waits this long for entries; a stop waits at most this for the reader
 SETTLE_BATCH = 1000  # outcomes per SETTLE call
 MOVE_BATCH = 500  # due entries per MOVE call
 MOVE_EVERY = 0.25  # seconds between looks at the schedule when nothing is due sooner
@@ -45,6 +45,7 @@ class Loops:
         self._room: anyio.Event | None = None
         self._flush: anyio.Event | None = None
         self._reader_done: anyio.Event | None = None
+        self._mover_kick: anyio.Event | None = None
         self._flushed: anyio.Event | None = None
 
     @staticmethod
@@ -121,7 +122,7 @@ class Loops:
                 await self._reader_done.wait()
         backend = self.backend
         for job in backend.pool._withdraw(lambda owner: isinstance(owner, Job) and owner.backend is backend):
-            self.settle(("back", job.entry, job.id, json.dumps(job.raw, separators=(",", ":")), "", 0.0))
+            job.handed_back()
         await self.finish()
 
     async def finish(self) -> None:
@@ -183,23 +184,25 @@ class Loops:
                 raise ValueError("an entry is a JSON object")
         except ValueError as exc:
             failure = Failure("ValueError", f"poison entry (not a task): {exc}", "", retryable=False)
-            backend.dead(entry_id, {"p": (message or b"").decode(errors="replace")}, 0, failure, 0.0, kind="poison")
+            self._refuse(entry_id, {"p": (message or b"").decode(errors="replace")}, 0, failure, 0.0, "poison")
             return
         attempts, keep = int(entry.get("a", 0)), float(entry.get("k", 0.0))
         spec = backend.pool._registry.tasks.get(entry.get("t"))  # type: ignore[arg-type]
+        if spec is None and self._pass_on(entry_id, entry):
+            return
         try:
             if spec is None:
-                raise LookupError(f"no task named {entry.get('t')!r} is registered on this replica")
+                raise LookupError(f"no replica that took it knows a task named {entry.get('t')!r}")
             payload = spec.decode_data(entry.get("p"))
         except Exception as exc:
             failure = Failure.of(exc, retryable=False)
             failure = Failure(failure.error_type, f"poison payload: {failure.message}", failure.traceback, False)
-            backend.dead(entry_id, entry, attempts, failure, keep, kind="dead")
+            self._refuse(entry_id, entry, attempts, failure, keep, "dead")
             return
         if deliveries > backend.options.max_deliveries:
             failure = Failure("DeliveryError", f"delivered {deliveries} times (max_deliveries="
                               f"{backend.options.max_deliveries}): it keeps killing its worker", "", False)
-            backend.dead(entry_id, entry, attempts, failure, keep, kind="dead")
+            self._refuse(entry_id, entry, attempts, failure, keep, "dead")
             return
         if entry_id in backend.held:  # reclaimed our own entry after a lapse: it runs here already
             return
@@ -209,6 +212,25 @@ class Loops:
         runner = job.runner(backend.processes, backend.pool._token)
         if not backend.pool._offer(runner, spec.pool_timeout):
             await backend.pool._put(runner, spec.pool_timeout)
+
+    def _refuse(self, entry_id: bytes, entry: dict[str, Any], attempts: int, failure: Failure, keep: float,
+                kind: str) -> None:
+        """Dead-letter an entry that cannot run (poison, too many deliveries), with one log line saying why."""
+        self.backend.pool._log_event("error", "task dead-lettered without running", task=entry.get("t"),
+                                     task_id=entry.get("i"), error=failure.error())
+        self.backend.dead(entry_id, entry, attempts, failure, keep, kind=kind)
+
+    def _pass_on(self, entry_id: bytes, entry: dict[str, Any]) -> bool:
+        """A task this replica does not know: back into the stream, due in a second, for a replica
+        that knows it (a rolling deploy); False once it has been passed on ``max_deliveries`` times."""
+        hops = int(entry.get("u", 0)) + 1
+        if hops > self.backend.options.max_deliveries:
+            return False
+        self.backend.pool._log_event("warning", "task unknown here: passed on to another replica",
+                                     task=entry.get("t"), task_id=entry.get("i"), times=hops)
+        again = json.dumps({**entry, "u": hops}, separators=(",", ":"))
+        self.settle(("retry", entry_id, str(entry.get("i", "")), again, "", time.time() + 1.0))
+        return True
 
     # -- leases -------------------------------------------------------------------------
 
@@ -223,6 +245,8 @@ class Loops:
             for start in range(0, len(held), 500):
                 chunk = held[start:start + 500]
                 lost = await self._until_done(lambda: group.renew(chunk))
+                # Settled meanwhile (its acknowledgement raced the renewal) is not lost.
+                lost = [i for i in lost if (job := backend.held.get(i)) is not None and not job.settled]
                 if lost:
                     backend.pool._log_event("warning", "lease lost: another consumer reclaimed entries held "
                                             "here (they may run twice)", entries=len(lost))
@@ -254,25 +278,38 @@ class Loops:
                 continue
             batch = backend.outbox[:SETTLE_BATCH]
             args: list[Any] = [GROUP, repr(time.time()), backend.result_prefix]
+            retried = False
             for kind, entry_id, task_id, data, result, number in batch:
-                args += (kind, entry_id, task_id, data, result, repr(float(number)))
+                args.append(b"\x1f".join((kind.encode(), entry_id, task_id.encode(), repr(float(number)).encode(),
+                                         data.encode(), result.encode())))
+                retried = retried or kind == "retry"
             await self._until_done(lambda: self._settle(keys=keys, args=args))
             del backend.outbox[:len(batch)]
             for record in batch:
                 backend.held.pop(record[1], None)
+            if retried:
+                self.kick_mover()  # a retry due soon need not wait for the mover's next look
 
     # -- the schedule and the counts ----------------------------------------------------
+
+    def kick_mover(self) -> None:
+        """Look at the schedule now: this process just scheduled something (a delay, a retry)."""
+        if self._mover_kick is not None:
+            self._mover_kick.set()
 
     async def _mover(self) -> None:
         backend = self.backend
         keys = [backend.stream, backend.keys[1]]
         while True:
+            self._mover_kick = kick = anyio.Event()
             reply = await self._until_done(lambda: self._move(keys=keys, args=[repr(time.time()), MOVE_BATCH]))
             moved, upcoming = int(reply[0]), reply[1]
             if moved >= MOVE_BATCH:
                 continue
+            # Until the next due entry, at most MOVE_EVERY: other replicas schedule too.
             wait = MOVE_EVERY if not upcoming else min(max(float(upcoming) - time.time(), 0.001), MOVE_EVERY)
-            await anyio.sleep(wait)
+            with anyio.move_on_after(wait):
+                await kick.wait()
 
     async def _counter(self) -> None:
         backend = self.backend

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 __all__ = ["ENQUEUE", "MOVE", "RETRY_DEAD", "SETTLE"]
 
-# KEYS: stream, schedule, idempotency key. ARGV: due time ('' = now), key TTL ('' = no key),
+# KEYS: stream, schedule, idempotency key. ARGV: due time ('' = now), key TTL in ms ('' = no key),
 # first task id, entries... -> nil, or the id of the task that already holds the key.
 ENQUEUE = """
 if ARGV[2] ~= '' then
-  if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'EX', ARGV[2]) then
+  if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[2]) then
     return redis.call('GET', KEYS[3])
   end
 end
@@ -30,25 +30,32 @@ end
 return false
 """
 
-# KEYS: stream, schedule, dead, dead index. ARGV: group, now, result key prefix, then records of
-# six: kind, entry id, task id, data, result, number.
-#   ok    - acknowledge; keep `result` for `number` seconds (0: not kept)
-#   retry - acknowledge; `data` (the entry again) is due at time `number` (now or later)
-#   dead  - acknowledge; `data` (the letter) goes to the dead stream; keep `result` `number` s
-#   back  - acknowledge; `data` (the entry, not run) goes back into the stream at once
-#   poison- like dead, for an entry that never became a task
+# KEYS: stream, schedule, dead, dead index. ARGV: group, now, result key prefix, then one record
+# per outcome: kind, entry id, task id, number, data and result joined by \x1f (which JSON never
+# holds unescaped; one argument per outcome costs the client far less than six).
+#   ok     - acknowledge; keep `result` for `number` seconds (0: not kept)
+#   retry  - acknowledge; `data` (the entry again) is due at time `number` (now or later)
+#   dead   - acknowledge; `data` (the letter) goes to the dead stream; keep `result` `number` s
+#   poison - like dead, for an entry that never became a task
+#   back   - acknowledge; `data` (the entry, not run) goes back into the stream at once
 # Every entry is acknowledged and deleted in the same step as what replaces it.
 SETTLE = """
-local acked = {}
-for i = 4, #ARGV, 6 do
-  local kind, eid, tid, data, result, n = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], tonumber(ARGV[i+5])
+local function fields(s)
+  local out, start = {}, 1
+  while true do
+    local stop = string.find(s, '\\31', start, true)
+    if not stop then out[#out + 1] = string.sub(s, start); return out end
+    out[#out + 1] = string.sub(s, start, stop - 1)
+    start = stop + 1
+  end
+end
+local now, acked = tonumber(ARGV[2]), {}
+for i = 4, #ARGV do
+  local f = fields(ARGV[i])
+  local kind, eid, tid, n, data, result = f[1], f[2], f[3], tonumber(f[4]), f[5], f[6]
   acked[#acked + 1] = eid
   if kind == 'retry' then
-    if n <= tonumber(ARGV[2]) then
-      redis.call('XADD', KEYS[1], '*', 'm', data)
-    else
-      redis.call('ZADD', KEYS[2], n, data)
-    end
+    if n <= now then redis.call('XADD', KEYS[1], '*', 'm', data) else redis.call('ZADD', KEYS[2], n, data) end
   elseif kind == 'back' then
     redis.call('XADD', KEYS[1], '*', 'm', data)
   elseif kind == 'dead' or kind == 'poison' then
@@ -56,7 +63,7 @@ for i = 4, #ARGV, 6 do
     if tid ~= '' then redis.call('HSET', KEYS[4], tid, did) end
   end
   if result ~= '' and n > 0 and (kind == 'ok' or kind == 'dead') then
-    redis.call('SET', ARGV[3] .. tid, result, 'EX', math.max(1, math.ceil(n)))
+    redis.call('SET', ARGV[3] .. tid, result, 'PX', math.max(1, math.floor(n * 1000)))
   end
 end
 for i = 1, #acked, 500 do

@@ -122,13 +122,17 @@ class ThreadPool:
             else:
                 items.append(item)
 
-    def take_queued(self) -> list[Any]:
-        """Remove and return the tasks no thread has taken yet (they will never run)."""
+    def take_queued(self, which: Callable[[Any], bool] | None = None) -> list[Any]:
+        """Remove and return the tasks no thread has taken yet (all, or those ``which`` accepts)."""
         items, stops = self._drain()
+        kept = [] if which is None else [item for item in items if not which(item[3])]
+        for item in kept:  # in their order, behind nothing: the loop's thread is the only producer
+            self._queue.put(item)
         for _ in range(stops):  # exit requests are not tasks: they go back
             self._queue.put(_STOP)
-        self.submitted -= len(items)
-        return [item[3] for item in items]
+        taken = items if not kept else [item for item in items if which(item[3])]  # type: ignore[misc]
+        self.submitted -= len(taken)
+        return [item[3] for item in taken]
 
     def check_timeouts(self, now: float) -> list[Any]:
         """Claim the outcome of overdue tasks as timed out; returns those tasks.
