@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic_core import from_json
+
 from ._jobs import DeadLetter, Failure
 
 __all__ = ["decode_letter", "decode_result", "encode_entry", "encode_failure", "encode_letter", "encode_ok"]
@@ -35,9 +37,9 @@ def reencode_entry(entry: dict[str, Any], attempts: int) -> str:
     return _dumps({**entry, "a": attempts})
 
 
-def encode_ok(task: str, value: Any) -> str:
-    """A success (``value`` is JSON data already)."""
-    return _dumps({"t": task, "ok": True, "v": value})
+def encode_ok(task_json: str, value: Any) -> str:
+    """A success (``value`` is JSON data already; ``task_json`` the task's name as JSON)."""
+    return f'{{"t":{task_json},"ok":true,"v":{"null" if value is None else _dumps(value)}}}'
 
 
 def encode_failure(task: str, failure: Failure) -> str:
@@ -47,7 +49,7 @@ def encode_failure(task: str, failure: Failure) -> str:
 
 def decode_result(raw: bytes | str) -> tuple[str, bool, Any]:
     """``(task, ok, value or Failure)`` from a stored result."""
-    data = json.loads(raw)
+    data = from_json(raw)
     if data.get("ok"):
         return data["t"], True, data.get("v")
     return data["t"], False, Failure(data.get("et", "Error"), data.get("m", ""), data.get("tb", ""), False)
@@ -61,7 +63,7 @@ def encode_letter(entry: dict[str, Any], attempts: int, failure: Failure, failed
 
 def decode_letter(raw: bytes | str) -> tuple[DeadLetter, dict[str, Any]]:
     """The ``DeadLetter`` and the entry it came from."""
-    data = json.loads(raw)
+    data = from_json(raw)
     failure = Failure(data.get("et", "Error"), data.get("m", ""), data.get("tb", ""), False)
     letter = DeadLetter(
         id=str(data.get("i", "")), task=str(data.get("t", "")), payload=data.get("p"), error=failure.error(),

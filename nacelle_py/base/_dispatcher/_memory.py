@@ -43,7 +43,7 @@ class MemoryBackend(Backend):
         self.processes = processes
         self.ids = TaskIds()
         self._results: dict[str, tuple[float, str, bool, Any]] = {}  # id -> (expires, task, ok, value)
-        self._expiry: deque[tuple[float, str]] = deque()  # (expires, id), oldest first (mostly ordered)
+        self._expiry: deque[str] = deque()  # ids in the order their results were kept (mostly expiry order)
         self._waiters: dict[str, anyio.Event] = {}
         self._keys: dict[str, tuple[float, str]] = {}
         self._schedule: list[tuple[float, int, Job]] = []
@@ -134,7 +134,7 @@ class MemoryBackend(Backend):
             expires = _now() + keep
             task_id = job.id
             self._results[task_id] = (expires, job.spec.name, True, value)
-            self._expiry.append((expires, task_id))
+            self._expiry.append(task_id)
             if self._waiters:
                 event = self._waiters.pop(task_id, None)
                 if event is not None:
@@ -163,7 +163,7 @@ class MemoryBackend(Backend):
         expires = _now() + job.keep_result
         task_id = job.id
         self._results[task_id] = (expires, job.spec.name, ok, value)
-        self._expiry.append((expires, task_id))
+        self._expiry.append(task_id)
         if self._waiters:
             event = self._waiters.pop(job.id, None)
             if event is not None:
@@ -171,10 +171,12 @@ class MemoryBackend(Backend):
 
     def _purge(self, now: float) -> None:
         expiry, results = self._expiry, self._results
-        while expiry and expiry[0][0] <= now:
-            expires, task_id = expiry.popleft()
-            kept = results.get(task_id)
-            if kept is not None and kept[0] <= now:
+        while expiry:
+            kept = results.get(expiry[0])
+            if kept is not None and kept[0] > now:
+                break  # the oldest kept result is still valid (a later one with a shorter keep waits)
+            task_id = expiry.popleft()
+            if kept is not None:
                 del results[task_id]
         for key in [k for k, (expires, _) in self._keys.items() if expires <= now]:
             del self._keys[key]
@@ -182,6 +184,9 @@ class MemoryBackend(Backend):
     # -- reading back -------------------------------------------------------------------
 
     async def outcome(self, task_id: str, timeout: float) -> Outcome:
+        kept = self._results.get(task_id)
+        if kept is not None and kept[0] > _now():  # kept already: no deadline to set up
+            return kept[1:]
         with anyio.move_on_after(timeout):
             while True:
                 kept = self._results.get(task_id)

@@ -160,7 +160,10 @@ class WorkerPool(Intake):
         self._sleepers += 1
         if self._sleepers >= len(self._workers):  # the last busy worker: join(), quit() and submit() wait for it
             self._notify()
-        with anyio.move_on_after(self.scale_down_after if retire else math.inf) as scope:
+        if not retire:  # no deadline: a cancel scope per wait would cost more than a no-op task
+            await event.wait()
+            return True
+        with anyio.move_on_after(self.scale_down_after) as scope:
             await event.wait()
         if scope.cancelled_caught and not self._queue and len(self._workers) > self.min_workers:
             self._sleepers = max(0, self._sleepers - 1)

@@ -19,7 +19,6 @@ its answers to the Dispatcher.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -159,7 +158,7 @@ class RedisBackend(Backend):
         where = "Dispatcher.enqueue"
         await self._client(where)
         now = time.time()
-        name = json.dumps(spec.name)
+        name = spec.name_json
         ids = self.ids.many(len(payloads))
         entries = [
             encode_entry(task_id, name, 0, keep_result, now, "null" if p is None else p.model_dump_json())
@@ -185,7 +184,7 @@ class RedisBackend(Backend):
     # -- outcomes (on the loop's thread) ---------------------------------------------------
 
     def succeeded(self, job: Job, value: Any) -> None:
-        result = encode_ok(job.spec.name, value) if job.keep_result > 0 else ""
+        result = encode_ok(job.spec.name_json, value) if job.keep_result > 0 else ""
         self.loops.settle(("ok", job.entry, job.id, "", result, job.keep_result))
 
     def failed(self, job: Job, failure: Failure) -> None:

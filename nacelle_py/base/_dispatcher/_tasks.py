@@ -11,6 +11,7 @@ code), dead-lettering what does not fit.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import random
 import typing
@@ -45,6 +46,7 @@ class TaskSpec:
     process: bool
     is_async: bool
     returns: TypeAdapter[Any] | None = field(default=None)  # None: results come back as JSON
+    name_json: str = field(default="")  # the name as JSON, made once for the wire
 
     @property
     def pool_timeout(self) -> Any:
@@ -162,7 +164,10 @@ class TaskRegistry:
         if process and not processes_available:
             raise RegistrationError(f"{where}: process=True needs Dispatcher(max_processes=N)")
         model, returns = _signature(where, function)
-        spec = TaskSpec(name, function, model, retries, checked_timeout, (first, cap), process, asynchronous, returns)
+        spec = TaskSpec(
+            name, function, model, retries, checked_timeout, (first, cap), process, asynchronous, returns,
+            json.dumps(name),
+        )
         self.tasks[name] = spec
         return spec
 
