@@ -47,6 +47,8 @@ class Loops:
         self._flush: anyio.Event | None = None
         self._reader_done: anyio.Event | None = None
         self._mover_kick: anyio.Event | None = None
+        self._fast = False  # see _capacity
+        self._waited = 1.0
         self._flushed: anyio.Event | None = None
 
     @staticmethod
@@ -149,14 +151,13 @@ class Loops:
         reclaim_at = 0.0
         try:
             while not self.stopping:
-                # Hold up to two batches: one running, one read ahead (its tasks start as soon as
-                # workers free up). Read again once a whole batch of room is free: many small
-                # reads would cost a round trip each.
-                room = 2 * pool.max_workers - self.active
-                if room < pool.max_workers:
+                room = self._capacity() - self.active
+                if room < self._low_water:
+                    waited = time.monotonic()
                     self._room = anyio.Event()
                     with anyio.move_on_after(1.0):
                         await self._room.wait()
+                    self._pace(time.monotonic() - waited)
                     continue
                 if time.monotonic() >= reclaim_at:
                     # The dead's entries first: they are older than anything new, and a
@@ -257,13 +258,32 @@ class Loops:
 
     # -- settling -----------------------------------------------------------------------
 
+    # How much to read: tasks are read only when a worker can start them soon. While tasks are
+    # slow (a worker frees up rarely), that means one per free worker, read as soon as one is free.
+    # While they are quick, a consumer that read one task per free worker would make a round trip
+    # for every few tasks: it holds one batch more (its tasks start within milliseconds) and reads
+    # again once a whole batch of room is free.
+    FAST = 0.005  # seconds: waiting for room shorter than this (on average) means quick tasks
+
+    def _capacity(self) -> int:
+        workers = self.backend.pool.max_workers
+        return 2 * workers if self._fast else workers
+
+    @property
+    def _low_water(self) -> int:
+        return self.backend.pool.max_workers if self._fast else 1
+
+    def _pace(self, waited: float) -> None:
+        self._waited = 0.8 * self._waited + 0.2 * waited
+        self._fast = self._waited < self.FAST
+
     def settle(self, record: tuple[str, bytes, str, str, str, float]) -> None:
         """Queue one outcome for the flusher (called on the loop's thread)."""
         backend = self.backend
         backend.outbox.append(record)
         if record[1] in backend.held:
             self.active -= 1
-            if self._room is not None and 2 * backend.pool.max_workers - self.active >= backend.pool.max_workers:
+            if self._room is not None and self._capacity() - self.active >= self._low_water:
                 self._room.set()
         if self._flush is not None:
             self._flush.set()
