@@ -38,13 +38,15 @@ redis-server:
 	      || { tail -n 5 /tmp/redis-apt.log; echo "apt-get install redis-server failed: the Redis tests will skip"; }; \
 	  fi; }
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-dev redis-server
+	$(BIN)/python -m pip install --quiet -e '.[dev,all,bench]'
 	$(BIN)/python bench/boot.py
 	$(BIN)/python bench/import_time.py
 	$(BIN)/python bench/dispatcher.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/machine.py
-	$(BIN)/python bench/http.py
+	$(BIN)/python bench/http_server.py
+	$(BIN)/python bench/redis_dispatcher.py
 
 docs: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[docs]'

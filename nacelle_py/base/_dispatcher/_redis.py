@@ -171,8 +171,10 @@ class RedisBackend(Backend):
         for start in range(0, len(entries), CHUNK):
             chunk = entries[start:start + CHUNK]
 
-            async def call(chunk: list[str] = chunk) -> Any:
-                return await script(keys=[self.stream, self.keys[1], key_name], args=[when, ttl, ids[0], *chunk])
+            mark = f"{self.stream}:sent:{ids[start]}"
+
+            async def call(chunk: list[str] = chunk, mark: str = mark) -> Any:
+                return await script(keys=[self.stream, self.keys[1], key_name, mark], args=[when, ttl, ids[0], *chunk])
 
             found = await self._retrying(where, call)
             if found:

@@ -48,6 +48,8 @@ class Loops:
         self._reader_done: anyio.Event | None = None
         self._mover_kick: anyio.Event | None = None
         self._fast = False  # see _capacity
+        self.reread = False  # set when a command failed: the reader re-reads its own pending entries
+        self._reported: set[bytes] = set()  # entries already reported as lost leases
         self._waited = 1.0
         self._flushed: anyio.Event | None = None
 
@@ -67,6 +69,7 @@ class Loops:
                 result = await call()
             except LOST as exc:
                 self.backend.lost(exc)
+                self.reread = True
                 if stoppable and self.stopping:
                     return None
                 await anyio.sleep(next(delays))
@@ -159,6 +162,15 @@ class Loops:
                         await self._room.wait()
                     self._pace(time.monotonic() - waited)
                     continue
+                if self.reread:
+                    # A read or a reconnect failed: entries may have been delivered to this consumer
+                    # in a reply that never arrived. Its own pending list has them.
+                    self.reread = False
+                    own = await self._until_done(lambda: group.read_own(len(backend.held) + room), stoppable=True)
+                    for entry_id, message in own or ():
+                        if entry_id not in backend.held and message is not None:
+                            await self.deliver(entry_id, message, 1)
+                    continue
                 if time.monotonic() >= reclaim_at:
                     # The dead's entries first: they are older than anything new, and a
                     # consumer kept busy by new entries would otherwise never take them.
@@ -178,7 +190,8 @@ class Loops:
             backend.counters["reclaimed"] = (backend.counters["reclaimed"] or 0) + 1
             await self.deliver(entry_id, message, deliveries)
         if claimed:
-            backend.pool._log_event("info", "reclaimed the entries of a dead consumer", entries=len(claimed))
+            backend.pool._log_event("info", "reclaimed idle entries (their consumer died, or lost track of them)",
+                                    entries=len(claimed))
 
     async def deliver(self, entry_id: bytes, message: bytes | None, deliveries: int) -> None:
         """Turn an entry into a job for the pool, or settle it as a dead letter when it cannot run."""
@@ -251,7 +264,9 @@ class Loops:
                 chunk = held[start:start + 500]
                 lost = await self._until_done(lambda: group.renew(chunk))
                 # Settled meanwhile (its acknowledgement raced the renewal) is not lost.
-                lost = [i for i in lost if (job := backend.held.get(i)) is not None and not job.settled]
+                lost = [i for i in lost if (job := backend.held.get(i)) is not None and not job.settled
+                        and i not in self._reported]
+                self._reported.update(lost)
                 if lost:
                     backend.pool._log_event("warning", "lease lost: another consumer reclaimed entries held "
                                             "here (they may run twice)", entries=len(lost))
@@ -313,6 +328,7 @@ class Loops:
             del backend.outbox[:len(batch)]
             for record in batch:
                 backend.held.pop(record[1], None)
+                self._reported.discard(record[1])
             if retried:
                 self.kick_mover()  # a retry due soon need not wait for the mover's next look
 

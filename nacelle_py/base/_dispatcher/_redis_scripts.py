@@ -14,9 +14,12 @@ from __future__ import annotations
 
 __all__ = ["ENQUEUE", "MOVE", "RETRY_DEAD", "SETTLE"]
 
-# KEYS: stream, schedule, idempotency key. ARGV: due time ('' = now), key TTL in ms ('' = no key),
-# first task id, entries... -> nil, or the id of the task that already holds the key.
+# KEYS: stream, schedule, idempotency key, this call's mark. ARGV: due time ('' = now), key TTL in ms
+# ('' = no key), first task id, entries... -> nil, or the id of the task that already holds the key.
+# The mark (named after the call's first task id, which is unique) makes a call sent again after a
+# lost reply add nothing twice.
 ENQUEUE = """
+if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', 600000) then return false end
 if ARGV[2] ~= '' then
   if not redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[2]) then
     return redis.call('GET', KEYS[3])
@@ -53,23 +56,25 @@ local now, acked = tonumber(ARGV[2]), {}
 for i = 4, #ARGV do
   local f = fields(ARGV[i])
   local kind, eid, tid, n, data, result = f[1], f[2], f[3], tonumber(f[4]), f[5], f[6]
-  acked[#acked + 1] = eid
-  if kind == 'retry' then
-    if n <= now then redis.call('XADD', KEYS[1], '*', 'm', data) else redis.call('ZADD', KEYS[2], n, data) end
-  elseif kind == 'back' then
-    redis.call('XADD', KEYS[1], '*', 'm', data)
-  elseif kind == 'dead' or kind == 'poison' then
-    local did = redis.call('XADD', KEYS[3], '*', 'm', data)
-    if tid ~= '' then redis.call('HSET', KEYS[4], tid, did) end
+  -- Only the call that acknowledges an entry replaces it: a settle sent again (its reply was lost)
+  -- or an entry someone else settled after a lease lapse adds no second retry, hand-back or letter.
+  if redis.call('XACK', KEYS[1], ARGV[1], eid) == 1 then
+    acked[#acked + 1] = eid
+    if kind == 'retry' then
+      if n <= now then redis.call('XADD', KEYS[1], '*', 'm', data) else redis.call('ZADD', KEYS[2], n, data) end
+    elseif kind == 'back' then
+      redis.call('XADD', KEYS[1], '*', 'm', data)
+    elseif kind == 'dead' or kind == 'poison' then
+      local did = redis.call('XADD', KEYS[3], '*', 'm', data)
+      if tid ~= '' then redis.call('HSET', KEYS[4], tid, did) end
+    end
   end
   if result ~= '' and n > 0 and (kind == 'ok' or kind == 'dead') then
     redis.call('SET', ARGV[3] .. tid, result, 'PX', math.max(1, math.floor(n * 1000)))
   end
 end
 for i = 1, #acked, 500 do
-  local chunk = {unpack(acked, i, math.min(i + 499, #acked))}
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(chunk))
-  redis.call('XDEL', KEYS[1], unpack(chunk))
+  redis.call('XDEL', KEYS[1], unpack(acked, i, math.min(i + 499, #acked)))
 end
 return #acked
 """

@@ -92,6 +92,15 @@ class StreamGroup:
         entries = next(iter(reply.values()))
         return [(_bytes(entry.identifier), entry.field_values.get(FIELD)) for entry in entries]
 
+    async def read_own(self, count: int) -> list[tuple[bytes, bytes | None]]:
+        """This consumer's own pending entries (XREADGROUP from 0): after a lost reply, some of them
+        may have been delivered to it without its knowing."""
+        reply = await self.client.xreadgroup(self.group, self.consumer, streams={self.stream: "0"}, count=count)
+        if not reply:
+            return []
+        entries = next(iter(reply.values()))
+        return [(_bytes(entry.identifier), entry.field_values.get(FIELD)) for entry in entries]
+
     async def renew(self, ids: list[bytes]) -> list[bytes]:
         """Renew the leases of ``ids``; returns those that another consumer owns now (or nobody)."""
         if not ids:

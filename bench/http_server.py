@@ -16,7 +16,7 @@ CPU is the requests/s a quiet core gives, whatever share of a core a busy machin
 The ratio printed last is HTTPServer / direct of that figure, the median of the rounds' ratios
 (goal >= 0.95x); the wall-clock requests/s and their ratio are printed too.
 
-    python bench/http.py [--seconds 3] [--rounds 9] [--connections 16] [--backend asyncio|trio] [--quick]
+    python bench/http_server.py [--seconds 3] [--rounds 9] [--connections 16] [--backend asyncio|trio] [--quick]
 """
 
 from __future__ import annotations
@@ -31,10 +31,6 @@ import subprocess
 import sys
 import time
 from typing import Any
-
-# This file is named http.py: the script's directory must not shadow the standard
-# library's ``http`` package (Hypercorn imports it), here or in the server subprocesses.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 TURN = 0.5  # seconds; a turn and a warm-up stay below Hypercorn's 5 s keep-alive timeout for idle connections
 GRACEFUL = 5.0  # seconds; HTTPServer's default HTTP_SHUTDOWN_TIMEOUT, given to both
