@@ -37,25 +37,6 @@ pytestmark = pytest.mark.anyio
 UTC = datetime.timezone.utc
 GROUP = "nacelle"  # the consumer group every dispatcher joins (see _redis_loops.GROUP)
 
-# Every setting the dispatcher reads: the machine's own values must not steer a test.
-DISPATCHER_SETTINGS = (
-    "DISPATCHER_BACKEND",
-    "DISPATCHER_STREAM",
-    "DISPATCHER_LEASE",
-    "DISPATCHER_MAX_DELIVERIES",
-    "DISPATCHER_CONSUME",
-    "DISPATCHER_KEY_TTL",
-    "REDIS_URL",
-)
-
-
-@pytest.fixture(autouse=True)
-def no_dispatcher_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.endswith(DISPATCHER_SETTINGS):
-            monkeypatch.delenv(key)
-
-
 @pytest.fixture(autouse=True)
 def quiet_logs() -> Iterator[None]:
     """Capture log lines instead of rendering them: a failed task's pretty traceback costs ~50 ms."""

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+import structlog.testing
 
 from nacelle_py.base import (
     Machine,
@@ -1042,7 +1043,9 @@ async def test_recover_inside_every_keeps_a_panicking_routine_running() -> None:
         calls += 1
         raise Boom(calls)
 
-    with anyio.fail_after(10):
+    # Captured, not rendered: a console traceback per panic (rich's, where installed) can take
+    # longer than the ticks this counts.
+    with anyio.fail_after(10), structlog.testing.capture_logs():
         async with Machine() as m:
             r = await m.go(panics, id="ticker", timeout=0.15, middlewares=[every(0.01), recover()])
             await r.wait()
