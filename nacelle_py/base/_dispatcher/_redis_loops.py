@@ -47,10 +47,11 @@ class Loops:
         self._flush: anyio.Event | None = None
         self._reader_done: anyio.Event | None = None
         self._mover_kick: anyio.Event | None = None
-        self._fast = False  # see _capacity
+        self._quick = False  # see _capacity
+        self._duration = 1.0  # seconds, the estimate of a task's duration
+        self.finished = 0  # tasks this consumer finished (settled), for the estimate
         self.reread = False  # set when a command failed: the reader re-reads its own pending entries
         self._reported: set[bytes] = set()  # entries already reported as lost leases
-        self._waited = 1.0
         self._flushed: anyio.Event | None = None
 
     @staticmethod
@@ -156,11 +157,11 @@ class Loops:
             while not self.stopping:
                 room = self._capacity() - self.active
                 if room < self._low_water:
-                    waited = time.monotonic()
+                    waited, finished = time.monotonic(), self.finished
                     self._room = anyio.Event()
                     with anyio.move_on_after(1.0):
                         await self._room.wait()
-                    self._pace(time.monotonic() - waited)
+                    self._pace(time.monotonic() - waited, self.finished - finished)
                     continue
                 if self.reread:
                     # A read or a reconnect failed: entries may have been delivered to this consumer
@@ -274,23 +275,26 @@ class Loops:
     # -- settling -----------------------------------------------------------------------
 
     # How much to read: tasks are read only when a worker can start them soon. While tasks are
-    # slow (a worker frees up rarely), that means one per free worker, read as soon as one is free.
-    # While they are quick, a consumer that read one task per free worker would make a round trip
-    # for every few tasks: it holds one batch more (its tasks start within milliseconds) and reads
-    # again once a whole batch of room is free.
-    FAST = 0.005  # seconds: waiting for room shorter than this (on average) means quick tasks
+    # slow, that means one per free worker, read as soon as one is free. While they are quick, a
+    # consumer that read one task per free worker would make a round trip for every few tasks:
+    # it holds up to four batches (one per worker each) and reads again once two are done; the
+    # last task read starts within a few task durations, a few milliseconds.
+    QUICK = 0.005  # seconds: tasks shorter than this (on average) are quick
 
     def _capacity(self) -> int:
         workers = self.backend.pool.max_workers
-        return 2 * workers if self._fast else workers
+        return 4 * workers if self._quick else workers
 
     @property
     def _low_water(self) -> int:
-        return self.backend.pool.max_workers if self._fast else 1
+        return 2 * self.backend.pool.max_workers if self._quick else 1
 
-    def _pace(self, waited: float) -> None:
-        self._waited = 0.8 * self._waited + 0.2 * waited
-        self._fast = self._waited < self.FAST
+    def _pace(self, waited: float, finished: int) -> None:
+        """Update the estimate of a task's duration: ``finished`` tasks ended during ``waited`` seconds."""
+        if finished:
+            duration = waited * self.backend.pool.max_workers / finished  # the workers run in parallel
+            self._duration = 0.8 * self._duration + 0.2 * duration
+            self._quick = self._duration < self.QUICK
 
     def settle(self, record: tuple[str, bytes, str, str, str, float]) -> None:
         """Queue one outcome for the flusher (called on the loop's thread)."""
@@ -298,6 +302,7 @@ class Loops:
         backend.outbox.append(record)
         if record[1] in backend.held:
             self.active -= 1
+            self.finished += 1
             if self._room is not None and self._capacity() - self.active >= self._low_water:
                 self._room.set()
         if self._flush is not None:
