@@ -9,6 +9,7 @@ settled stay in the outbox until they can: nothing is acknowledged twice
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -148,7 +149,7 @@ class Loops:
     # -- reading ------------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        backend, pool = self.backend, self.backend.pool
+        backend = self.backend
         group = backend.group
         assert group is not None and self._reader_done is not None
         lease = backend.options.lease
@@ -168,9 +169,7 @@ class Loops:
                     # in a reply that never arrived. Its own pending list has them.
                     self.reread = False
                     own = await self._until_done(lambda: group.read_own(len(backend.held) + room), stoppable=True)
-                    for entry_id, message in own or ():
-                        if entry_id not in backend.held and message is not None:
-                            await self.deliver(entry_id, message, 1)
+                    await self.deliver([(i, m, 1) for i, m in own or () if i not in backend.held and m is not None])
                     continue
                 if time.monotonic() >= reclaim_at:
                     # The dead's entries first: they are older than anything new, and a
@@ -180,22 +179,36 @@ class Loops:
                     await self._deliver_reclaimed(claimed or [])
                     continue
                 entries = await self._until_done(lambda: group.read(room, BLOCK_MS), stoppable=True)
-                for entry_id, message in entries or ():
-                    await self.deliver(entry_id, message, 1)
+                await self.deliver([(entry_id, message, 1) for entry_id, message in entries or ()])
         finally:
             self._reader_done.set()
 
     async def _deliver_reclaimed(self, claimed: list[tuple[bytes, bytes | None, int]]) -> None:
         backend = self.backend
-        for entry_id, message, deliveries in claimed:
-            backend.counters["reclaimed"] = (backend.counters["reclaimed"] or 0) + 1
-            await self.deliver(entry_id, message, deliveries)
+        backend.counters["reclaimed"] = (backend.counters["reclaimed"] or 0) + len(claimed)
+        await self.deliver(claimed)
         if claimed:
             backend.pool._log_event("info", "reclaimed idle entries (their consumer died, or lost track of them)",
                                     entries=len(claimed))
 
-    async def deliver(self, entry_id: bytes, message: bytes | None, deliveries: int) -> None:
-        """Turn an entry into a job for the pool, or settle it as a dead letter when it cannot run."""
+    async def deliver(self, entries: list[tuple[bytes, bytes | None, int]]) -> None:
+        """Hand the pool a job per entry (id, message, deliveries); settle the ones that cannot run."""
+        pool = self.backend.pool
+        runners: list[tuple[Any, Any]] = []
+        for entry_id, message, deliveries in entries:
+            made = self._job_for(entry_id, message, deliveries)
+            if made is not None:
+                runners.append(made)
+        while runners:  # runs of one timeout, taken together (usually the whole batch)
+            timeout = runners[0][1]
+            run = [runner for runner, _ in itertools.takewhile(lambda r: r[1] == timeout, runners)]
+            del runners[:len(run)]
+            taken = pool._offer_many(run, timeout)
+            for runner in run[taken:]:  # the pool's buffer is full: wait for room
+                await pool._put(runner, timeout)
+
+    def _job_for(self, entry_id: bytes, message: bytes | None, deliveries: int) -> tuple[Any, Any] | None:
+        """The job for one entry, held here, as (runner, its pool timeout); None when it cannot run."""
         backend = self.backend
         try:
             entry = from_json(message or b"")  # pydantic-core's parser: several times json.loads' speed
@@ -204,33 +217,34 @@ class Loops:
         except ValueError as exc:
             failure = Failure("ValueError", f"poison entry (not a task): {exc}", "", retryable=False)
             self._refuse(entry_id, {"p": (message or b"").decode(errors="replace")}, 0, failure, 0.0, "poison")
-            return
-        attempts, keep = int(entry.get("a", 0)), float(entry.get("k", 0.0))
+            return None
+        attempts, keep = entry.get("a", 0), entry.get("k", 0.0)
         spec = backend.pool._registry.tasks.get(entry.get("t"))  # type: ignore[arg-type]
         if spec is None and self._pass_on(entry_id, entry):
-            return
+            return None
         try:
             if spec is None:
                 raise LookupError(f"no replica that took it knows a task named {entry.get('t')!r}")
             payload = spec.decode_data(entry.get("p"))
+            if not isinstance(attempts, int) or not isinstance(keep, (int, float)):
+                raise ValueError("the entry's counts are not numbers")
         except Exception as exc:
             failure = Failure.of(exc, retryable=False)
             failure = Failure(failure.error_type, f"poison payload: {failure.message}", failure.traceback, False)
-            self._refuse(entry_id, entry, attempts, failure, keep, "dead")
-            return
+            numbers = isinstance(attempts, int) and isinstance(keep, (int, float))
+            self._refuse(entry_id, entry, attempts if numbers else 0, failure, keep if numbers else 0.0, "dead")
+            return None
         if deliveries > backend.options.max_deliveries:
             failure = Failure("DeliveryError", f"delivered {deliveries} times (max_deliveries="
                               f"{backend.options.max_deliveries}): it keeps killing its worker", "", False)
             self._refuse(entry_id, entry, attempts, failure, keep, "dead")
-            return
+            return None
         if entry_id in backend.held:  # reclaimed our own entry after a lapse: it runs here already
-            return
-        job = Job(str(entry.get("i")), spec, payload, backend, keep, float(entry.get("e", 0.0)), attempts)
+            return None
+        job = Job(str(entry.get("i")), spec, payload, backend, keep, entry.get("e", 0.0), attempts)
         backend.held[entry_id] = job.delivered(entry_id, entry, deliveries)
         self.active += 1
-        runner = job.runner(backend.processes, backend.pool._token)
-        if not backend.pool._offer(runner, spec.pool_timeout):
-            await backend.pool._put(runner, spec.pool_timeout)
+        return job.runner(backend.processes, backend.pool._token), spec.pool_timeout
 
     def _refuse(self, entry_id: bytes, entry: dict[str, Any], attempts: int, failure: Failure, keep: float,
                 kind: str) -> None:
