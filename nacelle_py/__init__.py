@@ -22,6 +22,7 @@ from ._errors import (
     SettingError,
     UnavailableError,
 )
+from ._extras import MissingExtraError
 from ._health import Health, HealthComponent, HealthStatus
 from ._inject import Inject
 from ._services import PerComponent, ServiceContainer
@@ -41,6 +42,7 @@ __all__ = [
     "Inject",
     "InjectionError",
     "Initializer",
+    "MissingExtraError",
     "NacelleError",
     "Options",
     "PerComponent",

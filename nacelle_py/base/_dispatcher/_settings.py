@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ..._config import mask_url
 from ..._errors import RegistrationError
 from ..._validate import positive, positive_setting
 from .._redis._settings import DEFAULT_REDIS_URL, RedisSettings, check_redis_url
@@ -64,12 +65,19 @@ class BackendOptions:
     """The backend options in force: the constructor's keywords over the settings over the defaults."""
 
     backend: str
-    redis_url: str
+    redis_url: str  # it may hold a password: __repr__ masks it
     stream: str
     lease: float
     max_deliveries: int
     consume: bool
     key_ttl: float
+
+    def __repr__(self) -> str:
+        return (
+            f"BackendOptions(backend={self.backend!r}, redis_url={mask_url(self.redis_url)!r}, "
+            f"stream={self.stream!r}, lease={self.lease!r}, max_deliveries={self.max_deliveries!r}, "
+            f"consume={self.consume!r}, key_ttl={self.key_ttl!r})"
+        )
 
 
 _KEYWORDS = ("backend", "redis_url", "stream", "lease", "max_deliveries", "consume", "key_ttl")
@@ -86,7 +94,8 @@ def check_keywords(values: dict[str, Any]) -> dict[str, Any]:
             try:
                 given[name] = check(given[name])
             except (ValueError, AttributeError) as exc:
-                raise RegistrationError(f"{where}: {name} {exc}, got {given[name]!r}") from None
+                shown = mask_url(given[name]) if isinstance(given[name], str) else given[name]
+                raise RegistrationError(f"{where}: {name} {exc}, got {shown!r}") from None
     for name in ("lease", "key_ttl"):
         if name in given:
             given[name] = positive(where, name, given[name])
