@@ -5,6 +5,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# The peers the benchmarks compare with (streaq, arq) get a venv of their own: what they pull
+# in (rich, which structlog then uses for tracebacks) must not change the test suite's venv.
+BENCH  := .venv-bench/bin
 
 .PHONY: run test bench docs clean redis-server
 
@@ -38,19 +41,23 @@ redis-server:
 	      || { tail -n 5 /tmp/redis-apt.log; echo "apt-get install redis-server failed: the Redis tests will skip"; }; \
 	  fi; }
 
-bench: $(VENV)/.installed-dev redis-server
-	$(BIN)/python -m pip install --quiet -e '.[dev,all,bench]'
-	$(BIN)/python bench/boot.py
-	$(BIN)/python bench/import_time.py
-	$(BIN)/python bench/dispatcher.py
-	$(BIN)/python bench/pipeline.py
-	$(BIN)/python bench/machine.py
-	$(BIN)/python bench/http_server.py
-	$(BIN)/python bench/redis_dispatcher.py
+$(BENCH)/python:
+	$(PYTHON) -m venv .venv-bench
+	$(BENCH)/python -m pip install --quiet --upgrade pip
+
+bench: $(BENCH)/python redis-server
+	$(BENCH)/python -m pip install --quiet -e '.[dev,all,bench]'
+	$(BENCH)/python bench/boot.py
+	$(BENCH)/python bench/import_time.py
+	$(BENCH)/python bench/dispatcher.py
+	$(BENCH)/python bench/pipeline.py
+	$(BENCH)/python bench/machine.py
+	$(BENCH)/python bench/http_server.py
+	$(BENCH)/python bench/redis_dispatcher.py
 
 docs: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[docs]'
 	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) site .pytest_cache
+	rm -rf $(VENV) .venv-bench site .pytest_cache

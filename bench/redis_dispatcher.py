@@ -99,7 +99,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -619,6 +619,14 @@ async def memory_round(n: int, named_first: bool) -> tuple[float, float, float, 
 ROWS = (("nacelle", 1), ("nacelle", 2), ("streaq", 1), ("arq", 1))
 
 
+def installed(package: str) -> str:
+    """The version of a peer, or "not installed" (``--systems nacelle`` needs none)."""
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def rate(per_second: float) -> str:
     return f"{per_second:10,.0f} tasks/s"
 
@@ -636,8 +644,8 @@ def main(options: argparse.Namespace) -> None:
     memory: list[tuple[float, float, float, float]] = []
     import nacelle_py
 
-    print(f"nacelle_py from {os.path.dirname(nacelle_py.__file__)}, streaq {version('streaq')}, "
-          f"arq {version('arq')}, Python {sys.version.split()[0]}")
+    print(f"nacelle_py from {os.path.dirname(nacelle_py.__file__)}, streaq {installed('streaq')}, "
+          f"arq {installed('arq')}, Python {sys.version.split()[0]}")
     print(f"redis-server {server.version} on 127.0.0.1:{server.port}, {os.cpu_count()} CPUs, "
           f"{n:,} no-op tasks, concurrency {options.concurrency} per consumer process, "
           f"{options.repeat} rounds after a warm-up (median)", flush=True)

@@ -84,9 +84,6 @@ class Backend(abc.ABC):
     async def finish(self) -> None:
         """After the pool has drained (graceful stop): settle what is still unsettled (bounded)."""
 
-    async def close(self) -> None:
-        """Release connections (after the run)."""
-
     def extra_stats(self) -> dict[str, Any]:
         """The backend's own counters for ``stats()``."""
         return {}

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.from_thread
 import anyio.to_process
 
 from ..._calls import is_async
-from ._items import UNSET
+from ._items import UNSET, from_thread
 from ._stats import DispatcherError
 
 if TYPE_CHECKING:
@@ -77,15 +76,9 @@ class _Call:
         try:
             value = self.function()
         except BaseException as exc:
-            self._from_thread(False, exc)
+            from_thread(self.token, self.settle, False, exc)
             raise Reported() from None
-        self._from_thread(True, value)
-
-    def _from_thread(self, ok: bool, value: Any) -> None:
-        try:
-            anyio.from_thread.run_sync(self.settle, ok, value, token=self.token)
-        except anyio.RunFinishedError:
-            pass
+        from_thread(self.token, self.settle, True, value)
 
     def timed_out(self) -> None:
         self.settle(False, TimeoutError(f"Dispatcher.call: {self!r} ran longer than its timeout"))

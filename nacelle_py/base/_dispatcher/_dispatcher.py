@@ -218,8 +218,8 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
             backend.health = health.register(f"{owner}.redis")
 
     async def finalize(self) -> None:
-        """Release the backend's connections."""
-        await self._close_backend()
+        """Let go of the backend (a Redis client closes with the run that owns it)."""
+        self._drop_backend()
 
     async def run(self) -> None:
         """Run the workers until ``quit``; a second concurrent call waits for the first (reentrant)."""
@@ -295,8 +295,7 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
                 else:
                     await stack.__aexit__(exc_type, exc, tb)
             finally:
-                with anyio.CancelScope(shield=True):
-                    await self._close_backend()
+                self._drop_backend()
         return None
 
     # -- the backend ----------------------------------------------------------------------
@@ -321,12 +320,10 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
             return RedisBackend(self, options, processes=processes)
         return MemoryBackend(self, key_ttl=options.key_ttl, processes=processes)
 
-    async def _close_backend(self) -> None:
-        backend, self._backend = self._backend, None
+    def _drop_backend(self) -> None:
+        """Forget the backend: the next use builds one for the options then in force."""
+        self._backend = None
         self._opened = False
-        if backend is not None:
-            with anyio.move_on_after(5.0):
-                await backend.close()
 
     def _processes(self) -> anyio.CapacityLimiter:
         """The limiter of the worker processes (``max_processes``), made on first use."""

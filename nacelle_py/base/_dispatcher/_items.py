@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.from_thread
 
-__all__ = ["UNSET", "Worker", "describe", "handed_back", "job_of", "resolve", "task_of", "timed_out"]
+__all__ = ["UNSET", "Worker", "describe", "from_thread", "handed_back", "job_of", "resolve", "task_of", "timed_out"]
 
 UNSET: Any = object()
 _CO_COROUTINE = inspect.CO_COROUTINE
@@ -81,3 +82,12 @@ def handed_back(task: Any) -> None:
     hook = getattr(job_of(task), "handed_back", None)
     if hook is not None:
         hook()
+
+
+def from_thread(token: Any, report: Callable[..., Any], *args: Any) -> None:
+    """Call ``report(*args)`` on the event loop of ``token`` from a pool thread (a plain task's outcome);
+    nothing when that loop has finished (nobody is left to tell)."""
+    try:
+        anyio.from_thread.run_sync(report, *args, token=token)
+    except anyio.RunFinishedError:
+        pass

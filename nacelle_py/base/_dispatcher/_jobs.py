@@ -19,11 +19,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import anyio
-import anyio.from_thread
 import anyio.to_process
 from pydantic import BaseModel
 
 from ._call import Reported
+from ._items import from_thread
 from ._tasks import PLAIN_JSON, TaskSpec, backoff_delay, jsonable
 
 __all__ = ["DeadLetter", "Failure", "Job", "Settle", "TaskFailed", "log_failure", "next_step"]
@@ -223,9 +223,9 @@ class Job:
         try:
             value = spec.function() if spec.model is None else spec.function(self.payload)
         except BaseException as exc:
-            self._from_thread(self._failed, exc)
+            from_thread(self.token, self._failed, exc)
             raise Reported() from None
-        self._from_thread(self._succeeded, value)
+        from_thread(self.token, self._succeeded, value)
 
     async def run_process(self) -> None:
         """Run a plain task in one of the dispatcher's worker processes."""
@@ -255,12 +255,6 @@ class Job:
         timeout = self.spec.timeout
         message = f"task {self.spec.name!r} ran longer than its timeout" + (f" ({timeout:g} s)" if timeout else "")
         self._report_failure(Failure("TimeoutError", message, ""))
-
-    def _from_thread(self, report: Any, value: Any) -> None:
-        try:
-            anyio.from_thread.run_sync(report, value, token=self.token)
-        except anyio.RunFinishedError:  # the loop is gone: nothing left to tell
-            pass
 
     def _succeeded(self, value: Any) -> None:
         if self.settled:

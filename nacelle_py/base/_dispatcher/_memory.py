@@ -52,7 +52,6 @@ class MemoryBackend(Backend):
         self._dead: dict[str, tuple[DeadLetter, Job]] = {}
         self.retried = 0
         self.dead_lettered = 0
-        self.dropped = 0
 
     # -- enqueueing ---------------------------------------------------------------------
 
@@ -118,7 +117,6 @@ class MemoryBackend(Backend):
         finally:
             self._kick = None
             if schedule:
-                self.dropped += len(schedule)
                 self.pool._handed_back += len(schedule)
                 self.pool._log_event(
                     "warning", "scheduled tasks dropped: the memory backend keeps nothing after the run",
@@ -129,16 +127,8 @@ class MemoryBackend(Backend):
     # -- outcomes -----------------------------------------------------------------------
 
     def succeeded(self, job: Job, value: Any) -> None:
-        keep = job.keep_result
-        if keep > 0:  # _keep, inlined: this runs once per task
-            expires = _now() + keep
-            task_id = job.id
-            self._results[task_id] = (expires, job.spec.name, True, value)
-            self._expiry.append(task_id)
-            if self._waiters:
-                event = self._waiters.pop(task_id, None)
-                if event is not None:
-                    event.set()
+        if job.keep_result > 0:
+            self._keep(job, True, value)
 
     def failed(self, job: Job, failure: Failure) -> None:
         delay = next_step(job, failure)
@@ -165,7 +155,7 @@ class MemoryBackend(Backend):
         self._results[task_id] = (expires, job.spec.name, ok, value)
         self._expiry.append(task_id)
         if self._waiters:
-            event = self._waiters.pop(job.id, None)
+            event = self._waiters.pop(task_id, None)
             if event is not None:
                 event.set()
 

@@ -67,10 +67,9 @@ class RedisBackend(Backend):
         self.held: dict[bytes, Job] = {}  # delivered to this consumer and not yet settled in Redis
         self.outbox: list[tuple[str, bytes, str, str, str, float]] = []
         self.loops = Loops(self)
-        self.counters: dict[str, int | None] = dict.fromkeys(
-            ("stream_length", "pending", "lag", "scheduled"), None
-        ) | {"retried": 0, "reclaimed": 0, "dead_lettered": 0}
-        self.group_name = GROUP
+        # What Redis says (refreshed by the loops about once a second), and what this replica did.
+        self.polled: dict[str, int | None] = dict.fromkeys(("stream_length", "pending", "lag", "scheduled"))
+        self.retried = self.reclaimed = self.dead_lettered = 0
         self._scripts: dict[str, Any] = {}
         self.unreachable: str | None = None
 
@@ -129,20 +128,12 @@ class RedisBackend(Backend):
 
     async def _retrying(self, where: str, call: Any) -> Any:
         """``await call()``, retried with backoff while Redis is unreachable, for at most ENQUEUE_WITHIN."""
-        deadline = time.monotonic() + ENQUEUE_WITHIN
-        delays = self.loops.backoff()
-        while True:
-            try:
-                result = await call()
-            except LOST as exc:
-                self.lost(exc)
-                if time.monotonic() >= deadline:
-                    raise DispatcherError(f"{where}: {describe_failure(self.url, exc)}; gave up after "
-                                          f"{ENQUEUE_WITHIN:g} s") from None
-                await anyio.sleep(min(next(delays), max(0.0, deadline - time.monotonic())))
-                continue
-            self.connected()
-            return result
+        try:
+            return await self.loops._until_done(call, within=ENQUEUE_WITHIN)
+        except LOST as exc:
+            raise DispatcherError(
+                f"{where}: {describe_failure(self.url, exc)}; gave up after {ENQUEUE_WITHIN:g} s"
+            ) from None
 
     # -- producing ----------------------------------------------------------------------
 
@@ -193,7 +184,7 @@ class RedisBackend(Backend):
         delay = next_step(job, failure)
         log_failure(self.pool._log_event, job, failure, delay)
         if delay is not None:
-            self.counters["retried"] = (self.counters["retried"] or 0) + 1
+            self.retried += 1
             entry = reencode_entry(job.raw, job.attempts)
             self.loops.settle(("retry", job.entry, job.id, entry, "", time.time() + delay))
             return
@@ -205,7 +196,7 @@ class RedisBackend(Backend):
     def dead(self, entry_id: bytes, entry: dict[str, Any], attempts: int, failure: Failure, keep: float,
              *, kind: str) -> None:
         """Settle an entry as a dead letter (a failure for good, too many deliveries, or poison)."""
-        self.counters["dead_lettered"] = (self.counters["dead_lettered"] or 0) + 1
+        self.dead_lettered += 1
         letter = encode_letter(entry, attempts, failure, time.time())
         task = str(entry.get("t", ""))
         result = encode_failure(task, failure) if keep > 0 and entry.get("i") else ""
@@ -252,4 +243,5 @@ class RedisBackend(Backend):
         return bool(moved)
 
     def extra_stats(self) -> dict[str, Any]:
-        return dict(self.counters)
+        return {**self.polled, "retried": self.retried, "reclaimed": self.reclaimed,
+                "dead_lettered": self.dead_lettered}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -55,17 +54,15 @@ class Loops:
         self._reported: set[bytes] = set()  # entries already reported as lost leases
         self._flushed: anyio.Event | None = None
 
-    @staticmethod
-    def backoff() -> Iterator[float]:
-        """Reconnect delays: 50 ms doubling to 5 s, jittered."""
-        return backoff(0.05, 5.0)
+    async def _until_done(self, call: Any, *, stoppable: bool = False, within: float | None = None) -> Any:
+        """``await call()`` until it goes through, backing off (50 ms doubling to 5 s) while Redis is
+        unreachable.
 
-    async def _until_done(self, call: Any, *, stoppable: bool = False) -> Any:
-        """``await call()`` until it goes through, backing off while Redis is unreachable.
-
-        ``stoppable``: give up (None) once a graceful stop has begun.
+        ``stoppable``: give up (None) once a graceful stop has begun. ``within``:
+        give up after that many seconds, raising the last connection error.
         """
-        delays = self.backoff()
+        delays = backoff(0.05, 5.0)
+        deadline = None if within is None else time.monotonic() + within
         while True:
             try:
                 result = await call()
@@ -74,7 +71,12 @@ class Loops:
                 self.reread = True
                 if stoppable and self.stopping:
                     return None
-                await anyio.sleep(next(delays))
+                delay = next(delays)
+                if deadline is not None:
+                    if time.monotonic() >= deadline:
+                        raise
+                    delay = min(delay, deadline - time.monotonic())
+                await anyio.sleep(delay)
                 continue
             except GroupGone:
                 # NOGROUP: Redis lost the group (restarted without persistence, or the stream was
@@ -185,7 +187,7 @@ class Loops:
 
     async def _deliver_reclaimed(self, claimed: list[tuple[bytes, bytes | None, int]]) -> None:
         backend = self.backend
-        backend.counters["reclaimed"] = (backend.counters["reclaimed"] or 0) + len(claimed)
+        backend.reclaimed += len(claimed)
         await self.deliver(claimed)
         if claimed:
             backend.pool._log_event("info", "reclaimed idle entries (their consumer died, or lost track of them)",
@@ -383,6 +385,6 @@ class Loops:
             except LOST as exc:
                 backend.lost(exc)
             else:
-                backend.counters.update(stream_length=length, pending=pending, lag=lag, scheduled=int(scheduled))
+                backend.polled.update(stream_length=length, pending=pending, lag=lag, scheduled=int(scheduled))
             await anyio.sleep(COUNT_EVERY)
 

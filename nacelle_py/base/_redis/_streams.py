@@ -84,18 +84,16 @@ class StreamGroup:
 
     async def read(self, count: int, block_ms: int) -> list[tuple[bytes, bytes | None]]:
         """Up to ``count`` new entries for this consumer (waiting up to ``block_ms``): (entry id, message)."""
-        reply = await self.client.xreadgroup(
-            self.group, self.consumer, streams={self.stream: ">"}, count=count, block=block_ms
-        )
-        if not reply:
-            return []
-        entries = next(iter(reply.values()))
-        return [(_bytes(entry.identifier), entry.field_values.get(FIELD)) for entry in entries]
+        return await self._read(">", count, block=block_ms)
 
     async def read_own(self, count: int) -> list[tuple[bytes, bytes | None]]:
         """This consumer's own pending entries (XREADGROUP from 0): after a lost reply, some of them
         may have been delivered to it without its knowing."""
-        reply = await self.client.xreadgroup(self.group, self.consumer, streams={self.stream: "0"}, count=count)
+        return await self._read("0", count)
+
+    async def _read(self, start: str, count: int, **block: int) -> list[tuple[bytes, bytes | None]]:
+        reply = await self.client.xreadgroup(self.group, self.consumer, streams={self.stream: start}, count=count,
+                                             **block)
         if not reply:
             return []
         entries = next(iter(reply.values()))
