@@ -38,7 +38,7 @@ class TaskIds:
         """``count`` new ids."""
         start, prefix = self._next, self._prefix
         self._next = start + count
-        return [f"{prefix}{n:x}" for n in range(start, start + count)]
+        return [f"{prefix}{n}" for n in range(start, start + count)]  # decimal: the cheapest to format
 
 
 class Backend(abc.ABC):

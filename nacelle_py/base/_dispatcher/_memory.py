@@ -127,8 +127,16 @@ class MemoryBackend(Backend):
     # -- outcomes -----------------------------------------------------------------------
 
     def succeeded(self, job: Job, value: Any) -> None:
-        if job.keep_result > 0:
-            self._keep(job, True, value)
+        # _keep inlined: this runs once per task, on the hot path.
+        keep = job.keep_result
+        if keep > 0:
+            task_id = job.id
+            self._results[task_id] = (_now() + keep, job.spec.name, True, value)
+            self._expiry.append(task_id)
+            if self._waiters:
+                event = self._waiters.pop(task_id, None)
+                if event is not None:
+                    event.set()
 
     def failed(self, job: Job, failure: Failure) -> None:
         delay = next_step(job, failure)
