@@ -26,6 +26,7 @@ __all__ = [
     "MachineOverflowError",
     "MachineSettings",
     "MachineStats",
+    "Message",
     "Pipeline",
     "PipelineError",
     "PipelineSettings",
@@ -76,6 +77,7 @@ _WHERE = {
     "RedisSettings": "._redis",
     "DispatcherStats": "._dispatcher",
     "DispatcherStatus": "._dispatcher",
+    "Message": "._pipeline",
     "Pipeline": "._pipeline",
     "PipelineError": "._pipeline",
     "PipelineSettings": "._pipeline",
@@ -111,7 +113,7 @@ if TYPE_CHECKING:
         timeout,
     )
     from ._redis import RedisSettings
-    from ._pipeline import Pipeline, PipelineError, PipelineSettings, Stage, StageStats
+    from ._pipeline import Message, Pipeline, PipelineError, PipelineSettings, Stage, StageStats
     from ._worker import Worker, WorkerSettings, WorkerStats
 
 

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nacelle_py.base import Pipeline, Stage
+from nacelle_py.base import Message, Pipeline, Stage
 
 pytestmark = pytest.mark.anyio
 
@@ -36,12 +36,31 @@ RUN_LIMIT = 10.0
 
 
 class Recorder:
-    """What each stage received, keyed by stage name (thread-safe: plain stages run in threads)."""
+    """What each stage received, keyed by stage name (thread-safe: plain stages run in threads).
 
-    def __init__(self) -> None:
+    With ``ids``, every recording stage is made with ``with_id=True``: it records the
+    bodies as usual, and each message's id besides (``ids_of``).
+    """
+
+    def __init__(self, ids: bool = False) -> None:
         self.lock = threading.Lock()
         self.edges: dict[str, list[Any]] = {}
         self.problems: list[str] = []
+        self.ids = ids
+        self.ids_of: dict[str, list[tuple[str, Any]]] = {}
+
+    def unwrap(self, name: str, arg: Any) -> Any:
+        """The body (or bodies) of what a ``with_id`` stage received; its ids are noted."""
+        if not self.ids:
+            return arg
+        msgs = arg if isinstance(arg, list) else [arg]
+        with self.lock:
+            for msg in msgs:
+                if not isinstance(msg, Message):
+                    self.problems.append(f"{name}: not a Message: {msg!r}")
+                    continue
+                self.ids_of.setdefault(name, []).append((msg.id, msg.body))
+        return [msg.body for msg in msgs] if isinstance(arg, list) else getattr(arg, "body", arg)
 
     def add(self, name: str, msg: Any) -> None:
         with self.lock:
@@ -123,6 +142,7 @@ def stage(
     kids = children or []
 
     def take(arg: Any) -> list[Any]:
+        arg = rec.unwrap(name, arg)
         if batch is False:
             rec.add(name, arg)
             return [arg]
@@ -165,7 +185,7 @@ def stage(
                     await anyio.sleep(delay(m))
 
         fn = async_inner if kids else async_leaf
-    return Stage(name, fn, kids, **options)
+    return Stage(name, fn, kids, with_id=rec.ids, **options)
 
 
 def jitter(seed: int, most: float) -> Callable[[Any], float]:
@@ -440,9 +460,14 @@ def children_of(roots: list[Stage]) -> Iterator[tuple[Stage, Stage]]:
             todo.append(child)
 
 
-async def run_shape(build: Callable[[Recorder], Shape], engine: str) -> dict[str, list[Any]]:
-    """Run a fresh instance of the shape on ``engine``; check it against its expectation."""
-    rec = Recorder()
+async def run_shape(
+    build: Callable[[Recorder], Shape], engine: str, ids: bool = False
+) -> tuple[dict[str, list[Any]], dict[str, list[tuple[str, Any]]]]:
+    """Run a fresh instance of the shape on ``engine``; check it against its expectation.
+
+    Returns what each edge carried (normalised) and, with ``ids``, each edge's (id, body) pairs, sorted.
+    """
+    rec = Recorder(ids)
     shape = build(rec)
     pipeline = Pipeline(shape.roots, engine=engine)
     with anyio.fail_after(RUN_LIMIT):
@@ -462,15 +487,46 @@ async def run_shape(build: Callable[[Recorder], Shape], engine: str) -> dict[str
         assert s.messages_in == len(shape.expected[child.name]) == stats[parent.name].messages_out, (
             engine, parent.name, child.name, s, stats[parent.name])
         assert s.queue_depth == 0 and s.errors == 0 and s.dropped == 0, (engine, s)
-    return have
+    pairs = {name: sorted(rec.ids_of.get(name, []), key=key) for name in shape.expected} if ids else {}
+    for name, seen in pairs.items():
+        assert len({i for i, _ in seen}) == len(seen) == len(shape.expected[name]), (engine, name, "ids not unique")
+    return have, pairs
+
+
+def batch_free(roots: list[Stage]) -> set[str]:
+    """Stages with no batch stage above them: their messages' ids do not depend on how batches formed."""
+    free: set[str] = set()
+    todo = [(root, True) for root in roots]
+    while todo:
+        stage, clean = todo.pop()
+        for child in stage.children:
+            if clean:
+                free.add(child.name)
+            todo.append((child, clean and child.batch is False))
+    return free
 
 
 @pytest.mark.parametrize("build", list(SHAPES.values()), ids=list(SHAPES))
 async def test_every_engine_delivers_the_same_per_edge_sequences(build: Callable[[Recorder], Shape]) -> None:
-    results = {engine: await run_shape(build, engine) for engine in ENGINES}
+    results = {engine: (await run_shape(build, engine))[0] for engine in ENGINES}
     first, *others = ENGINES
     for engine in others:
         assert results[engine] == results[first], (first, engine)
+
+
+@pytest.mark.parametrize("build", list(SHAPES.values()), ids=list(SHAPES))
+async def test_every_engine_gives_every_message_the_same_id(build: Callable[[Recorder], Shape]) -> None:
+    # Every stage made with_id=True: the same messages arrive, each with an id unique on its edge,
+    # and (where no batch stage decided how messages were grouped) the same id on every engine.
+    runs = {engine: await run_shape(build, engine, ids=True) for engine in ENGINES}
+    plain = {engine: (await run_shape(build, engine))[0] for engine in ENGINES}
+    stable = batch_free(build(Recorder()).roots)
+    first, *others = ENGINES
+    for engine in ENGINES:
+        assert runs[engine][0] == plain[engine], engine  # ids change nothing about what is delivered
+    for engine in others:
+        for name in stable:
+            assert runs[engine][1][name] == runs[first][1][name], (first, engine, name)
 
 
 # -- property: random trees ---------------------------------------------------------------------

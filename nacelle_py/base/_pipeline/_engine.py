@@ -16,6 +16,7 @@ import anyio
 
 from ..._waker import Waker
 from ._lanes import Lane, Outbox, Stopped
+from ._message import carry_ids
 from ._stage import Node
 
 __all__ = ["FAILURES", "Engine", "Failure", "check_result"]
@@ -38,8 +39,10 @@ class Engine:
     """The base of the engines: the run's state, failure and stop bookkeeping."""
 
     name = "engine"
+    carries_ids = False  # True: every message carries its id (an engine whose edges need them)
 
     def __init__(self, nodes: list[Node]) -> None:
+        carry_ids(nodes, always=self.carries_ids)
         self.nodes = nodes
         self.roots = [n for n in nodes if n.role == "root"]
         self.failure: Failure | None = None

@@ -30,9 +30,11 @@ class Stage:
     messages at once (for I/O-bound stages); the output keeps the input's
     order unless ``ordered=False``. ``batch=True`` (or a maximum size) hands
     the stage lists of messages instead of one message at a time.
+    ``with_id=True`` hands it each message as a ``Message`` (``.id``, ``.body``):
+    an id stable from the root, by which a leaf can store each message once.
     """
 
-    __slots__ = ("batch", "buffer", "children", "fn", "name", "ordered", "workers")
+    __slots__ = ("batch", "buffer", "children", "fn", "name", "ordered", "with_id", "workers")
 
     def __init__(
         self,
@@ -44,6 +46,7 @@ class Stage:
         buffer: int = 1024,
         ordered: bool = True,
         batch: bool | int = False,
+        with_id: bool = False,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise RegistrationError(f"Stage: the name must be a non-empty string, got {name!r}")
@@ -59,6 +62,8 @@ class Stage:
             raise RegistrationError(f"{owner}: ordered must be True or False, got {ordered!r}")
         if batch is not False and batch is not True:
             positive(owner, "batch", batch, integer=True)
+        if not isinstance(with_id, bool):
+            raise RegistrationError(f"{owner}: with_id must be True or False, got {with_id!r}")
         self.name = name
         self.fn = fn
         self.children: list[Stage] = list(children)
@@ -66,6 +71,7 @@ class Stage:
         self.buffer: int = positive(owner, "buffer", buffer, integer=True)
         self.ordered = ordered
         self.batch = batch
+        self.with_id = with_id
 
     def __repr__(self) -> str:
         return f"Stage({self.name!r}, children={[c.name for c in self.children]!r})"
@@ -76,12 +82,15 @@ class Node:
 
     __slots__ = (
         "active", "base", "batch", "busy", "buffer", "children", "count", "cursor", "dropped", "errors", "fn",
-        "inbox", "is_async", "name", "ordered", "out", "parent", "role", "scope", "taken", "unit", "workers",
+        "inbox", "is_async", "name", "ordered", "out", "parent", "role", "scope", "stage_fn", "taken", "unit",
+        "with_id", "workers",
     )
 
     def __init__(self, stage: Stage, role: str, parent: Node | None) -> None:
         self.name = stage.name
-        self.fn = stage.fn
+        self.stage_fn = stage.fn
+        self.fn = stage.fn  # what the engines call: wrapped for a run where the tree carries ids (_message)
+        self.with_id = stage.with_id
         self.role = role  # "root", "inner" or "leaf"
         self.parent = parent
         self.children: list[Node] = []
@@ -207,6 +216,11 @@ def _check(node: Node, stage: Stage, owner: str) -> None:
             raise RegistrationError(f"{where} is a root: roots run once, workers does not apply")
         if node.batch:
             raise RegistrationError(f"{where} is a root: roots produce messages, batch does not apply")
+        if node.with_id:
+            raise RegistrationError(
+                f"{where} is a root: roots receive no messages, with_id does not apply "
+                "(give it to the stages that read the ids)"
+            )
     required, most = _arity(stage.fn)
     if required is None:
         return  # no signature to check (a builtin, say): trust the wiring

@@ -1,0 +1,168 @@
+"""Message ids: every message of a tree that asks for them carries a stable id from its root.
+
+A root's n-th emission (from 0) is ``"<root>:<n>"``; the k-th emission of a
+stage while it processes message ``m`` is ``"<m.id>.<k>"`` (a batch stage's
+outputs extend the id of the first message of its batch). So an id names the
+path a message took, and a stage that runs a message again (the worker-based
+engine, after a crash) gives its outputs the same ids: a leaf that stores
+by id stores each message once.
+
+Ids are carried, not computed from counters of the engines: each stage's
+function is wrapped (``carry_ids``) so that it receives the message's body, or
+the ``Message`` itself when the stage was made with ``with_id=True``, and an
+``emit`` that wraps what it is given. Only trees with a stage that asks for ids
+pay for this (one small object per message); the others run their functions
+unwrapped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Message", "carry_ids"]
+
+T = TypeVar("T")
+
+
+class Message(Generic[T]):
+    """A message with its id, as a stage made with ``Stage(..., with_id=True)`` receives it.
+
+    ``id`` is stable across runs of the same message (see the module
+    docstring for its form) and unique within a run of a tree; ``body`` is
+    what its parent emitted.
+    """
+
+    __slots__ = ("body", "id")
+
+    def __init__(self, id: str, body: T) -> None:  # noqa: A002 (the public field is named id)
+        self.id = id
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"Message({self.id!r}, {self.body!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self.id == other.id and self.body == other.body
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+
+def carry_ids(nodes: list[Any], *, always: bool = False) -> None:
+    """Set every node's ``fn`` for a run: wrapped where its tree carries ids, else the stage's own.
+
+    A tree carries ids when one of its stages has ``with_id`` (or ``always``,
+    for an engine whose edges carry ids anyway).
+    """
+    trees: dict[str, bool] = {}
+    for node in nodes:
+        root = node if node.parent is None else _root_of(node)
+        trees[root.name] = trees.get(root.name, False) or node.with_id
+    for node in nodes:
+        carries = always or trees[_root_of(node).name]
+        node.fn = _wrap(node) if carries else node.stage_fn
+
+
+def _root_of(node: Any) -> Any:
+    while node.parent is not None:
+        node = node.parent
+    return node
+
+
+def _wrap(node: Any) -> Callable[..., Any]:
+    fn, with_id, name = node.stage_fn, node.with_id, node.name
+    if node.role == "root":
+        return _root(fn, name, node.is_async)
+    if node.batch:
+        return _batch(fn, with_id, bool(node.children), node.is_async)
+    return _single(fn, with_id, bool(node.children), node.is_async)
+
+
+def _emitter(emit: Any, next_id: Callable[[], str]) -> Any:
+    """An ``emit`` that wraps each item in a ``Message`` with the next id (async or plain alike)."""
+
+    def wrapped(item: Any) -> Any:
+        return emit(Message(next_id(), item))
+
+    def many(items: Iterable[Any]) -> Any:
+        if type(items) is list or type(items) is tuple:
+            return emit.many([Message(next_id(), item) for item in items])
+        return emit.many(Message(next_id(), item) for item in items)  # read as lazily as before
+
+    wrapped.many = many  # type: ignore[attr-defined]
+    return wrapped
+
+
+def _counter(prefix: str) -> Callable[[], str]:
+    numbers = itertools.count()
+    return lambda: f"{prefix}{next(numbers)}"
+
+
+def _root(fn: Callable[..., Any], name: str, is_async: bool) -> Callable[..., Any]:
+    prefix = f"{name}:"
+    if is_async:
+
+        async def root(emit: Any) -> Any:
+            return await fn(_emitter(emit, _counter(prefix)))
+
+        return root
+
+    def plain_root(emit: Any) -> Any:
+        return fn(_emitter(emit, _counter(prefix)))
+
+    return plain_root
+
+
+def _single(fn: Callable[..., Any], with_id: bool, inner: bool, is_async: bool) -> Callable[..., Any]:
+    if inner and is_async:
+
+        async def call(msg: Message[Any], emit: Any) -> Any:
+            return await fn(msg if with_id else msg.body, _emitter(emit, _counter(msg.id + ".")))
+
+    elif inner:
+
+        def call(msg: Message[Any], emit: Any) -> Any:  # type: ignore[misc]
+            return fn(msg if with_id else msg.body, _emitter(emit, _counter(msg.id + ".")))
+
+    elif is_async:
+
+        async def call(msg: Message[Any]) -> Any:  # type: ignore[misc]
+            return await fn(msg if with_id else msg.body)
+
+    else:
+
+        def call(msg: Message[Any]) -> Any:  # type: ignore[misc]
+            return fn(msg if with_id else msg.body)
+
+    return call
+
+
+def _batch(fn: Callable[..., Any], with_id: bool, inner: bool, is_async: bool) -> Callable[..., Any]:
+    def unwrap(msgs: list[Message[Any]]) -> list[Any]:
+        return msgs if with_id else [msg.body for msg in msgs]
+
+    if inner and is_async:
+
+        async def call(msgs: list[Message[Any]], emit: Any) -> Any:
+            return await fn(unwrap(msgs), _emitter(emit, _counter(msgs[0].id + ".")))
+
+    elif inner:
+
+        def call(msgs: list[Message[Any]], emit: Any) -> Any:  # type: ignore[misc]
+            return fn(unwrap(msgs), _emitter(emit, _counter(msgs[0].id + ".")))
+
+    elif is_async:
+
+        async def call(msgs: list[Message[Any]]) -> Any:  # type: ignore[misc]
+            return await fn(unwrap(msgs))
+
+    else:
+
+        def call(msgs: list[Message[Any]]) -> Any:  # type: ignore[misc]
+            return fn(unwrap(msgs))
+
+    return call
