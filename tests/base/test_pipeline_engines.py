@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,26 @@ from nacelle_py.base import Message, Pipeline, Stage
 
 pytestmark = pytest.mark.anyio
 
-ENGINES = ["serial", "parallel"]
+ENGINES = ["serial", "parallel", "worker-based"]
 """Every engine under test: add a new engine here and every shape runs on it too."""
+
+_REDIS: dict[str, str] = {}  # the worker-based engine's server, for make_pipeline
+
+
+@pytest.fixture(autouse=True)
+def _worker_based_redis(redis_url: str) -> Iterator[None]:
+    """The worker-based engine runs against the session's real Redis (emptied for each test)."""
+    _REDIS["url"] = redis_url
+    yield
+    _REDIS.clear()
+
+
+def make_pipeline(roots: list[Stage], engine: str, **options: Any) -> Pipeline:
+    """A pipeline on ``engine``; on the worker-based one, with a namespace of its own on the test's Redis."""
+    if engine == "worker-based":
+        options.setdefault("redis_url", _REDIS["url"])
+        options.setdefault("namespace", f"test:{uuid.uuid4().hex[:12]}")
+    return Pipeline(roots, engine=engine, **options)
 
 RUN_LIMIT = 10.0
 
@@ -252,7 +271,8 @@ def two_root_tree(rec: Recorder) -> Shape:
 
 
 def filter_and_multiply(rec: Recorder) -> Shape:
-    triple = stage(rec, "triple", [stage(rec, "tleaf")], out=lambda x: [(x, 0), (x, 1), (x, 2)])
+    # Lists, not tuples: what a message is must survive JSON (the worker-based engine's edges).
+    triple = stage(rec, "triple", [stage(rec, "tleaf")], out=lambda x: [[x, 0], [x, 1], [x, 2]])
     evens = stage(rec, "evens", [triple, stage(rec, "eleaf", plain=True)], out=lambda x: [x] if x % 2 == 0 else [])
     nothing = stage(rec, "nothing", [stage(rec, "never")], out=lambda x: [], plain=True)
     roots = [Stage("root", async_root(lambda: range(40)), [evens, nothing])]
@@ -262,7 +282,7 @@ def filter_and_multiply(rec: Recorder) -> Shape:
         {
             "evens": list(range(40)),
             "triple": ev,
-            "tleaf": [(x, k) for x in ev for k in range(3)],
+            "tleaf": [[x, k] for x in ev for k in range(3)],
             "eleaf": ev,
             "nothing": list(range(40)),
             "never": [],
@@ -469,7 +489,7 @@ async def run_shape(
     """
     rec = Recorder(ids)
     shape = build(rec)
-    pipeline = Pipeline(shape.roots, engine=engine)
+    pipeline = make_pipeline(shape.roots, engine)
     with anyio.fail_after(RUN_LIMIT):
         await pipeline.run()
     assert pipeline.engine == engine
@@ -645,7 +665,7 @@ async def test_random_trees_run_identically_on_every_engine(forest: tuple[Root, 
     results: dict[str, dict[str, list[Any]]] = {}
     for engine in ENGINES:
         rec = Recorder()
-        pipeline = Pipeline(build_forest(forest, rec), engine=engine)
+        pipeline = make_pipeline(build_forest(forest, rec), engine)
         with anyio.fail_after(RUN_LIMIT):
             await pipeline.run()
         got = rec.snapshot()

@@ -11,13 +11,13 @@ import pytest
 from nacelle_py import RegistrationError
 from nacelle_py.base import Message, Pipeline, Stage
 
-from test_pipeline_engines import ENGINES
+from test_pipeline_engines import ENGINES, _worker_based_redis, make_pipeline  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.anyio
 
 
 async def run(roots: list[Stage], engine: str) -> Pipeline:
-    pipeline = Pipeline(roots, engine=engine)
+    pipeline = make_pipeline(roots, engine)
     with anyio.fail_after(10):
         await pipeline.run()
     return pipeline
@@ -108,7 +108,7 @@ async def test_ids_start_again_with_each_run_and_trees_without_with_id_are_untou
         bodies.append(body)
 
     roots = [Stage("a", root, [Stage("ids", with_ids, with_id=True)]), Stage("b", root, [Stage("plain", plain)])]
-    pipeline = Pipeline(roots, engine=engine)
+    pipeline = make_pipeline(roots, engine)
     for _ in range(2):
         with anyio.fail_after(10):
             await pipeline.run()

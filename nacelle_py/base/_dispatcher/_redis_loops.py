@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic_core import from_json
 
-from .._redis._client import LOST, GroupGone, backoff, consumer_name
+from .._redis._client import LOST, backoff, consumer_name
+from .._redis._retry import until_done
 from ._jobs import Failure, Job
 from ._redis_scripts import MOVE, SETTLE
 
@@ -55,41 +56,28 @@ class Loops:
         self._flushed: anyio.Event | None = None
 
     async def _until_done(self, call: Any, *, stoppable: bool = False, within: float | None = None) -> Any:
-        """``await call()`` until it goes through, backing off (50 ms doubling to 5 s) while Redis is
-        unreachable.
+        """``await call()`` until it goes through (``until_done``); after a failure, re-read our own
+        pending entries. ``stoppable``: give up (None) once a graceful stop has begun. ``within``:
+        give up after that many seconds, raising the last connection error."""
+        backend = self.backend
 
-        ``stoppable``: give up (None) once a graceful stop has begun. ``within``:
-        give up after that many seconds, raising the last connection error.
-        """
-        delays = backoff(0.05, 5.0)
-        deadline = None if within is None else time.monotonic() + within
-        while True:
-            try:
-                result = await call()
-            except LOST as exc:
-                self.backend.lost(exc)
-                self.reread = True
-                if stoppable and self.stopping:
-                    return None
-                delay = next(delays)
-                if deadline is not None:
-                    if time.monotonic() >= deadline:
-                        raise
-                    delay = min(delay, deadline - time.monotonic())
-                await anyio.sleep(delay)
-                continue
-            except GroupGone:
-                # NOGROUP: Redis lost the group (restarted without persistence, or the stream was
-                # deleted). Create it again; what was pending in it is gone with it.
-                self.backend.pool._log_event(
-                    "warning", "consumer group missing in Redis (data lost?); creating it again",
-                    stream=self.backend.stream,
-                )
-                assert self.backend.group is not None
-                await self._until_done(self.backend.group.ensure)
-                continue
-            self.backend.connected()
-            return result
+        def lost(exc: BaseException) -> None:
+            backend.lost(exc)
+            self.reread = True
+
+        async def regroup() -> None:
+            # NOGROUP: Redis lost the group (restarted without persistence, or the stream was
+            # deleted). Create it again; what was pending in it is gone with it.
+            backend.pool._log_event(
+                "warning", "consumer group missing in Redis (data lost?); creating it again", stream=backend.stream
+            )
+            assert backend.group is not None
+            await backend.group.ensure()
+
+        return await until_done(
+            call, lost=lost, connected=backend.connected, regroup=regroup,
+            give_up=(lambda: self.stopping) if stoppable else None, within=within,
+        )
 
     # -- the run --------------------------------------------------------------------------
 

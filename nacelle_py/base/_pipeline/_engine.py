@@ -41,8 +41,8 @@ class Engine:
     name = "engine"
     carries_ids = False  # True: every message carries its id (an engine whose edges need them)
 
-    def __init__(self, nodes: list[Node]) -> None:
-        carry_ids(nodes, always=self.carries_ids)
+    def __init__(self, nodes: list[Node], options: Any = None) -> None:
+        self.wrap(nodes)
         self.nodes = nodes
         self.roots = [n for n in nodes if n.role == "root"]
         self.failure: Failure | None = None
@@ -52,6 +52,10 @@ class Engine:
         self.outboxes: list[Outbox] = []  # plain roots' outboxes: told to stop when the run ends
         self._lanes: dict[str, list[Lane]] = {}
         self._scope: anyio.CancelScope | None = None
+
+    def wrap(self, nodes: list[Node]) -> None:
+        """Give every node the function this run calls (wrapped where its tree carries ids)."""
+        carry_ids(nodes, always=self.carries_ids)
 
     @classmethod
     def check(cls, nodes: list[Node], owner: str) -> None:
@@ -63,7 +67,7 @@ class Engine:
             async with anyio.create_task_group() as outer:
                 self._scope = outer.cancel_scope
                 if self.needs_threads():
-                    self.waker = Waker()
+                    self.waker = Waker(on_wake=self.woken)
                     outer.start_soon(self.waker.pump)
                 await self.run_nodes()
                 outer.cancel_scope.cancel()
@@ -90,6 +94,17 @@ class Engine:
     def depth(self, node: Node) -> int:
         """Messages waiting for the stage: on its edge, and taken but not started."""
         return node.remaining()
+
+    def emitted(self, node: Node) -> int:
+        """Messages the stage emitted (each child received all of them)."""
+        if not node.children:
+            return node.out
+        first = node.children[0]
+        return first.taken + (len(first.inbox.items) if first.inbox is not None else 0)
+
+    def extra(self, node: Node) -> dict[str, int]:
+        """Counters only this engine has, for ``stats()`` (none by default)."""
+        return {}
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -180,6 +195,9 @@ class Engine:
             raise error
         if outbox.items:  # emitted while stop() was being called, after the outbox's last look
             self.drop(node, len(outbox.items))
+
+    def woken(self) -> None:
+        """The loop was woken from a stage's thread (the waker's ``notify``); nothing to do here."""
 
     def needs_threads(self) -> bool:
         """Whether any stage is a plain function."""

@@ -52,11 +52,14 @@ class Message(Generic[T]):
         return hash(self.id)
 
 
-def carry_ids(nodes: list[Any], *, always: bool = False) -> None:
+def carry_ids(nodes: list[Any], *, always: bool = False, acks: Callable[[Any], Any] | None = None) -> None:
     """Set every node's ``fn`` for a run: wrapped where its tree carries ids, else the stage's own.
 
     A tree carries ids when one of its stages has ``with_id`` (or ``always``,
-    for an engine whose edges carry ids anyway).
+    for an engine whose edges carry ids anyway). With ``acks`` (the
+    worker-based engine), a stage tells when it is done with a message: an
+    inner stage emits the message itself after its function returned (behind
+    its outputs, through the same ``emit``), a leaf calls ``acks(node)(msg)``.
     """
     trees: dict[str, bool] = {}
     for node in nodes:
@@ -64,7 +67,7 @@ def carry_ids(nodes: list[Any], *, always: bool = False) -> None:
         trees[root.name] = trees.get(root.name, False) or node.with_id
     for node in nodes:
         carries = always or trees[_root_of(node).name]
-        node.fn = _wrap(node) if carries else node.stage_fn
+        node.fn = _wrap(node, acks) if carries else node.stage_fn
 
 
 def _root_of(node: Any) -> Any:
@@ -73,13 +76,58 @@ def _root_of(node: Any) -> Any:
     return node
 
 
-def _wrap(node: Any) -> Callable[..., Any]:
+def _wrap(node: Any, acks: Callable[[Any], Any] | None) -> Callable[..., Any]:
     fn, with_id, name = node.stage_fn, node.with_id, node.name
     if node.role == "root":
         return _root(fn, name, node.is_async)
     if node.batch:
-        return _batch(fn, with_id, bool(node.children), node.is_async)
-    return _single(fn, with_id, bool(node.children), node.is_async)
+        fn = _batch(fn, with_id, bool(node.children), node.is_async)
+    else:
+        fn = _single(fn, with_id, bool(node.children), node.is_async)
+    if acks is None:
+        return fn
+    return _acking(fn, bool(node.children), node.is_async, acks(node), bool(node.batch))
+
+
+def _acking(fn: Callable[..., Any], inner: bool, is_async: bool, ack: Any, batch: bool) -> Callable[..., Any]:
+    """``fn``, then the message (or each of the batch) reported done; not when ``fn`` raised."""
+    if inner and is_async:
+
+        async def call(unit: Any, emit: Any) -> Any:
+            result = await fn(unit, emit)
+            if batch:
+                await emit.many(unit)
+            else:
+                await emit(unit)
+            return result
+
+    elif inner:
+
+        def call(unit: Any, emit: Any) -> Any:  # type: ignore[misc]
+            result = fn(unit, emit)
+            if batch:
+                emit.many(unit)
+            else:
+                emit(unit)
+            return result
+
+    elif is_async:
+
+        async def call(unit: Any) -> Any:  # type: ignore[misc]
+            result = await fn(unit)
+            for msg in unit if batch else (unit,):
+                ack(msg)
+            return result
+
+    else:
+
+        def call(unit: Any) -> Any:  # type: ignore[misc]
+            result = fn(unit)
+            for msg in unit if batch else (unit,):
+                ack(msg)
+            return result
+
+    return call
 
 
 def _emitter(emit: Any, next_id: Callable[[], str]) -> Any:

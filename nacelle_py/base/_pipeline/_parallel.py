@@ -32,7 +32,7 @@ class ParallelEngine(Engine):
 
     name = "parallel"
 
-    def __init__(self, nodes: list[Node]) -> None:
+    def __init__(self, nodes: list[Node], options: Any = None) -> None:
         super().__init__(nodes)
         self._emits: dict[str, Any] = {}
         self._pools: dict[str, _Pool] = {}
@@ -82,6 +82,10 @@ class ParallelEngine(Engine):
             done = await self._single(node)
         else:
             done = await self._single_plain(node)
+        await self.finish_node(node, done)
+
+    async def finish_node(self, node: Node, done: bool) -> None:
+        """A stage ended: when it finished (not failed), its children's edges end."""
         if done:
             for child in node.children:
                 child.inbox.close()

@@ -14,18 +14,36 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ..._components import Process
 from ..._config import Config
 from ..._errors import RegistrationError
+from ..._extras import require
 from ..._health import Health, HealthComponent
 from ..._inject import Inject
 from ..._validate import positive, positive_setting
+from .._redis._settings import RedisSettings
 from ._engine import Engine
 from ._parallel import ParallelEngine
+from ._placement import Placement, parse_stages
 from ._serial import SerialEngine
 from ._stage import Node, Stage, build
 
 __all__ = ["ENGINES", "Pipeline", "PipelineError", "PipelineSettings", "StageStats"]
 
-ENGINES: dict[str, type[Engine]] = {"serial": SerialEngine, "parallel": ParallelEngine}
+ENGINES: tuple[str, ...] = ("serial", "parallel", "worker-based")
 """The engines by name; every one passes ``tests/base/test_pipeline_engines.py``."""
+
+
+REDIS_WITHIN = 10.0  # seconds a worker-based pipeline waits for Redis to answer before it fails
+
+
+def engine_class_of(name: str) -> type[Engine]:
+    """The engine called ``name`` (the worker-based one needs the ``redis`` extra)."""
+    if name == "serial":
+        return SerialEngine
+    if name == "parallel":
+        return ParallelEngine
+    require("coredis", "redis", "Pipeline(engine='worker-based')")
+    from ._worker_based import WorkerBasedEngine
+
+    return WorkerBasedEngine
 
 
 class PipelineSettings(BaseSettings):
@@ -39,6 +57,18 @@ class PipelineSettings(BaseSettings):
     shutdown_timeout: float | None = Field(
         None, description="Seconds stop() lets in-flight messages drain (overrides the code's choice)."
     )
+    stages: str | None = Field(
+        None, description="Worker-based engine: the stages this replica runs, comma-separated (default: all)."
+    )
+    namespace: str | None = Field(
+        None, description="Worker-based engine: the prefix of the pipeline's Redis keys (default: nacelle:<app>:<name>)."
+    )
+    lease: float | None = Field(
+        None, description="Worker-based engine: seconds a replica holds a message unrenewed before others reclaim it."
+    )
+    max_deliveries: int | None = Field(
+        None, description="Worker-based engine: deliveries of a message before it is dead-lettered."
+    )
 
     @field_validator("engine", mode="before")
     @classmethod
@@ -49,10 +79,31 @@ class PipelineSettings(BaseSettings):
                 raise ValueError(f"unknown engine {value!r}; use one of: {', '.join(ENGINES)}")
         return value
 
-    @field_validator("shutdown_timeout")
+    @field_validator("shutdown_timeout", "lease")
     @classmethod
     def _positive(cls, value: float | None) -> float | None:
         return positive_setting(value)
+
+    @field_validator("max_deliveries")
+    @classmethod
+    def _count(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("must be a whole number of deliveries, 1 or more")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_stages(value)  # raises ValueError naming what is wrong
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+            raise ValueError("must be a non-empty prefix without spaces, e.g. myapp:orders")
+        return value
 
 
 class PipelineError(RuntimeError):
@@ -88,6 +139,10 @@ class StageStats(NamedTuple):
     queue_depth: int
     busy: float
     dropped: int
+    lag: int = 0
+    pending: int = 0
+    reclaimed: int = 0
+    dead_lettered: int = 0
 
 
 class Pipeline(Process):
@@ -106,13 +161,20 @@ class Pipeline(Process):
 
     health: Health | None = Inject("health", optional=True)
     logger: Any = Inject("logger", optional=True)
+    app_name: str | None = Inject("app_name", optional=True)
     settings: PipelineSettings = Inject()
+    redis_settings: RedisSettings = Inject()
 
     def __init__(
         self,
         roots: Sequence[Stage],
         engine: str | None = None,
         *,
+        redis_url: str | None = None,
+        namespace: str | None = None,
+        stages: Sequence[str] | None = None,
+        lease: float | None = None,
+        max_deliveries: int | None = None,
         shutdown_timeout: float = 5.0,
         stall_after: float = 30.0,
     ) -> None:
@@ -122,6 +184,17 @@ class Pipeline(Process):
                 "(or set PIPELINE_ENGINE)"
             )
         self._nodes: list[Node] = build(roots, "Pipeline")
+        self._placement = Placement.checked(
+            [n.name for n in self._nodes], redis_url=redis_url, namespace=namespace, stages=stages, lease=lease,
+            max_deliveries=max_deliveries,
+        )
+        if engine is not None and engine != "worker-based" and self._placement.given():
+            raise RegistrationError(
+                f"Pipeline: {', '.join(self._placement.given())} apply to the worker-based engine only; "
+                f"drop them or use engine='worker-based' (this pipeline's engine: {engine!r})"
+            )
+        self._placed: Placement | None = None  # the options in force for a worker-based run
+        self._redis_health: HealthComponent | None = None
         self._code_engine = self._engine_name = engine or "parallel"
         self._code_timeout = positive("Pipeline", "shutdown_timeout", shutdown_timeout)
         self.shutdown_timeout: float = self._code_timeout
@@ -164,41 +237,48 @@ class Pipeline(Process):
             if engine is None:
                 out[node.name] = StageStats(node.name, 0, 0, 0, 0, 0.0, 0)
                 continue
-            if node.children:
-                first = node.children[0]
-                emitted = first.taken + (len(first.inbox.items) if first.inbox is not None else 0)
-            else:
-                emitted = node.out
             out[node.name] = StageStats(
                 name=node.name,
                 messages_in=0 if node.role == "root" else engine.started(node),
-                messages_out=emitted,
+                messages_out=engine.emitted(node),
                 errors=node.errors,
                 queue_depth=0 if node.role == "root" else engine.depth(node),
                 busy=node.busy,
                 dropped=node.dropped,
+                **engine.extra(node),
             )
         return out
 
     # -- as a Process -----------------------------------------------------------------------
 
     async def init(self) -> None:
-        """Under an App: register the health key and apply the settings."""
+        """Under an App: register the health key and apply the settings (worker-based: reach Redis)."""
         health = vars(self).get("health")
+        owner = "pipeline"
         if health is not None:
-            self._health = health.register(health.owner or "pipeline")
-        self._apply(vars(self).get("settings"))
+            owner = health.owner or owner
+            self._health = health.register(owner)
+        app = vars(self).get("app_name")
+        self._default_namespace = f"nacelle:{app}:{owner}" if app else f"nacelle:{owner}"
+        self._apply(vars(self).get("settings"), vars(self).get("redis_settings"))
+        if self._engine_name == "worker-based":
+            await self._reach_redis()
+            if health is not None:
+                self._redis_health = health.register(f"{owner}.redis")
 
     async def run(self) -> None:
         """Run until every root has finished and its subtree drained, or ``stop()``; raise a stage's error."""
         if self._running:
             raise RuntimeError("Pipeline.run: the pipeline is already running")
         if "settings" not in vars(self):  # standalone: read the same settings from the environment
-            self._apply(Config().load(PipelineSettings))
+            config = Config()
+            self._apply(config.load(PipelineSettings), config.load(RedisSettings))
+            if self._engine_name == "worker-based":
+                await self._reach_redis()
         self._log = vars(self).get("logger") or structlog.get_logger().bind(component="pipeline")
-        engine_class = ENGINES[self._engine_name]
+        engine_class = engine_class_of(self._engine_name)
         engine_class.check(self._nodes, "Pipeline")
-        engine = self._engine = engine_class(self._nodes)
+        engine = self._engine = engine_class(self._nodes, self._worker_options())
         self._running = True
         self._stop_requested = False
         self._stalled.clear()
@@ -246,15 +326,50 @@ class Pipeline(Process):
 
     # -- inside -----------------------------------------------------------------------------
 
-    def _apply(self, settings: PipelineSettings | None) -> None:
+    def _apply(self, settings: PipelineSettings | None, redis: RedisSettings | None = None) -> None:
         """The constructor's values, overridden by the settings that are set (looked at anew each time)."""
         self._engine_name, self.shutdown_timeout = self._code_engine, self._code_timeout
-        if settings is None:
+        if settings is not None:
+            if settings.engine is not None:
+                self._engine_name = settings.engine
+            if settings.shutdown_timeout is not None:
+                self.shutdown_timeout = settings.shutdown_timeout
+        names = [n.name for n in self._nodes]
+        if self._engine_name != "worker-based":
+            self._placed = None
+            given = self._placement.given() + (["PIPELINE_STAGES"] if settings is not None and settings.stages else [])
+            if given:
+                raise RegistrationError(
+                    f"Pipeline: {', '.join(given)} apply to the worker-based engine only, and this pipeline runs "
+                    f"on {self._engine_name!r}; set PIPELINE_ENGINE=worker-based (or engine='worker-based'), "
+                    "or drop them"
+                )
             return
-        if settings.engine is not None:
-            self._engine_name = settings.engine
-        if settings.shutdown_timeout is not None:
-            self.shutdown_timeout = settings.shutdown_timeout
+        engine_class_of("worker-based")  # the extra, before anything else: MissingExtraError names it
+        default = getattr(self, "_default_namespace", "nacelle:pipeline")
+        self._placed = self._placement.resolve(names, settings, redis, default)
+
+    async def _reach_redis(self) -> None:
+        """Fail (within 10 s, naming the URL) when the worker-based engine's Redis does not answer."""
+        from .._redis._client import ping
+
+        placed = self._placed
+        assert placed is not None and placed.redis_url is not None
+        await ping(placed.redis_url, within=REDIS_WITHIN, who=f"Pipeline (namespace {placed.namespace!r})")
+
+    def _worker_options(self) -> Any:
+        """The worker-based engine's options for this run (None for the other engines)."""
+        placed = self._placed
+        if placed is None:
+            return None
+        from ._worker_based import WorkerOptions
+
+        assert placed.redis_url is not None and placed.namespace is not None
+        assert placed.lease is not None and placed.max_deliveries is not None
+        stages = frozenset(placed.stages) if placed.stages is not None else frozenset(n.name for n in self._nodes)
+        log = vars(self).get("logger") or structlog.get_logger().bind(component="pipeline")
+        return WorkerOptions(placed.redis_url, placed.namespace, stages, placed.lease, placed.max_deliveries, log,
+                             self._redis_health)
 
     async def _watch(self) -> None:
         """Health: unhealthy while a stage has work and has started nothing new for ``stall_after``."""

@@ -63,7 +63,7 @@ class SerialEngine(Engine):
 
     name = "serial"
 
-    def __init__(self, nodes: list[Node]) -> None:
+    def __init__(self, nodes: list[Node], options: Any = None) -> None:
         super().__init__(nodes)
         self._one: dict[str, Deliver] = {}  # deliver one message to a stage
         self._many: dict[str, Callable[[list[Any]], Awaitable[None]]] = {}  # deliver several

@@ -1,0 +1,271 @@
+"""The reading side of a worker-based edge: a stage's consumer in its edge's consumer group.
+
+A ``StreamInbox`` looks to the stage loops of the parallel engine like its
+``Inbox`` (``items``, ``take``, ``wait``, ``closed``), and is filled by a
+reader task:
+
+- it reads chunks with XREADGROUP, as many as the stage's ``buffer`` has
+  room for (what it holds and has not started counts), so no message is read
+  that the stage cannot start soon;
+- every chunk it holds, started or not, is leased: the keeper renews the
+  leases (``StreamGroup.renew``) until the stage's outbound flush
+  acknowledges the chunk, once every message of it is done;
+- it reclaims the chunks of dead consumers idle past the lease
+  (``StreamGroup.reclaim``). A chunk delivered again goes back as one entry
+  per message, each with a delivery count of its own; a message delivered
+  more than ``max_deliveries`` times goes to the dead-letter stream;
+- the end of the edge: the consumer that reads it holds it until every other
+  message of the edge is acknowledged by whichever replica held it, then
+  passes it on to the children's edges in one step (``FINISH``); the other
+  replicas of the stage see the edge's end key change and finish too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from pydantic_core import from_json, to_json
+
+from .._redis._streams import StreamGroup
+from ._message import Message
+from ._stream_scripts import DEAD, END, EXPLODE, FINISH
+
+if TYPE_CHECKING:
+    from ._stage import Node
+    from ._worker_based import Wiring
+
+__all__ = ["BLOCK_MS", "Delivered", "Entry", "StreamInbox"]
+
+BLOCK_MS = 100  # a read waits this long for entries; a stop or an end is noticed within it
+
+
+class Entry:
+    """A chunk this consumer holds: its entry id, and how many of its messages are not done yet."""
+
+    __slots__ = ("id", "left", "size")
+
+    def __init__(self, entry_id: bytes, size: int) -> None:
+        self.id = entry_id
+        self.size = size
+        self.left = size
+
+
+class Delivered(Message[Any]):
+    """A message read from an edge: a ``Message`` that knows the chunk it came in."""
+
+    __slots__ = ("entry",)
+
+    def __init__(self, id: str, body: Any, entry: Entry) -> None:  # noqa: A002
+        self.id = id
+        self.body = body
+        self.entry = entry
+
+
+class StreamInbox:
+    """The input edge of one stage run here; see the module docstring."""
+
+    def __init__(self, node: Node, wiring: Wiring, group: StreamGroup) -> None:
+        self.node = node
+        self.wiring = wiring
+        self.group = group
+        self.items: list[Delivered] = []
+        self.closed = False
+        self.stopping = False  # stop reading (a replica's stop): what is held drains
+        self.held: dict[bytes, Entry] = {}  # chunks read and not acknowledged: leased
+        self.end: bytes | None = None  # the end's entry id, once this consumer holds it
+        self.reread = False  # a failed call: our own pending list may hold entries we never saw
+        self.reclaimed = 0
+        self.dead_lettered = 0
+        self.lag = 0
+        self.pending = 0
+        self._consumer: anyio.Event | None = None
+        self._room: anyio.Event | None = None
+        self._scripts = {name: group.client.register_script(text)
+                         for name, text in (("finish", FINISH), ("explode", EXPLODE), ("dead", DEAD))}
+
+    # -- what the stage loops use (as the parallel engine's Inbox) --------------------------------
+
+    def take(self) -> list[Delivered] | None:
+        """Everything read and not yet taken, or None."""
+        items = self.items
+        if not items:
+            return None
+        self.items = []
+        self._wake_reader()
+        return items
+
+    async def wait(self) -> None:
+        """Sleep until the reader delivers or the edge closes."""
+        self._wake_reader()
+        if self._consumer is None:
+            self._consumer = anyio.Event()
+        await self._consumer.wait()
+
+    def close(self) -> None:
+        """No more messages on this edge for this replica."""
+        self.closed = True
+        self._wake_consumer()
+
+    def acked(self, entry: Entry) -> None:
+        """The outbound flush acknowledged ``entry``: its lease ends."""
+        self.held.pop(entry.id, None)
+        self._wake_reader()
+
+    def leased(self) -> list[bytes]:
+        """The entry ids this consumer holds (the end too)."""
+        ids = list(self.held)
+        if self.end is not None:
+            ids.append(self.end)
+        return ids
+
+    # -- the reader -------------------------------------------------------------------------------
+
+    async def read(self, baseline: bytes | None) -> None:
+        """Fill ``items`` until the edge ends for this replica, or a stop; see the module docstring.
+
+        ``baseline`` is the edge's end key when the run began: another replica's
+        end counts only when the key has changed since.
+        """
+        wiring, node, group = self.wiring, self.node, self.group
+        lease = wiring.lease
+        next_reclaim = 0.0  # at once: a dead replica's chunks are the oldest work there is
+        try:
+            while not self.closed and not self.stopping:
+                if self.reread:
+                    self.reread = False
+                    own = await wiring.call(lambda: group.read_own(1000), self)
+                    await self._deliver([(eid, raw, 2) for eid, raw in own or () if eid not in self.held
+                                         and eid != self.end])
+                    continue
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + max(lease / 2, 0.05)
+                    found = await wiring.call(lambda: group.reclaim(lease, 100), self)
+                    if found:
+                        self.reclaimed += sum(1 for _, raw, _ in found if raw is not None and raw != END)
+                        await self._deliver(found)
+                        continue
+                if self.end is not None and not self._busy():
+                    if await self._ended(baseline):
+                        self.close()
+                        break
+                room = node.buffer - self._holding()
+                if room <= 0 or (self.end is not None and self._busy()):
+                    # Full; or the end is here and what came before it is still being done here.
+                    self._room = anyio.Event()
+                    with anyio.move_on_after(BLOCK_MS / 1000):
+                        await self._room.wait()
+                    continue
+                count = max(1, room // wiring.chunk_of(node))
+                entries = await wiring.call(lambda: group.read(count, BLOCK_MS), self)
+                if entries:
+                    await self._deliver([(eid, raw, 1) for eid, raw in entries])
+                    continue
+                if entries is None:
+                    continue  # a stop while Redis was away
+                if await self._ended(baseline):
+                    self.close()
+        finally:
+            if not self.closed and self.stopping:
+                self.close()  # a stop: the stage drains what it holds, then ends
+
+    def _holding(self) -> int:
+        """Messages of the chunks held here that are not done: waiting, in flight, or awaiting their flush."""
+        return sum(entry.left for entry in self.held.values())
+
+    def _busy(self) -> bool:
+        """Whether messages read here are not all done and flushed."""
+        return bool(self.held or self.items or self.node.remaining() or self.node.active)
+
+    async def _ended(self, baseline: bytes | None) -> bool:
+        """Idle: whether the edge is done (the end held here passed on, or another replica saw it)."""
+        wiring = self.wiring
+        if self.end is not None:
+            if self._busy():
+                return False
+            end = self.end
+            keys = [wiring.edge(self.node.name), wiring.end_key(self.node.name),
+                    *[wiring.edge(child.name) for child in self.node.children]]
+            done = await wiring.call(
+                lambda: self._scripts["finish"](keys=keys, args=[self.group.group, self.group.consumer, end]), self
+            )
+            if done:
+                self.end = None
+            return bool(done)
+        if self.held or self.items:
+            return False
+        key = await wiring.call(lambda: self.group.client.get(wiring.end_key(self.node.name)), self)
+        return key is not None and key != baseline
+
+    async def _deliver(self, entries: list[tuple[bytes, bytes | None, int]]) -> None:
+        """Turn entries into messages (or an end, a dead letter, single entries again)."""
+        wiring, node = self.wiring, self.node
+        out = self.items
+        for entry_id, raw, deliveries in entries:
+            if raw is None or entry_id in self.held:
+                continue  # deleted while pending, or ours already
+            if raw == END:
+                if self.end is not None and self.end != entry_id:
+                    await self._drop(entry_id)  # the same end twice (a flush sent again): one is enough
+                else:
+                    self.end = entry_id
+                continue
+            try:
+                pairs = from_json(raw)
+                if type(pairs) is not list or any(type(p) is not list or len(p) != 2 for p in pairs):
+                    raise ValueError("not a list of [id, body] pairs")
+            except ValueError as exc:
+                await self._dead(entry_id, raw, 1, f"undecodable entry: {exc}", deliveries)
+                continue
+            if deliveries > wiring.max_deliveries:
+                await self._dead(entry_id, raw, len(pairs), f"delivered {deliveries} times (PIPELINE_MAX_DELIVERIES="
+                                 f"{wiring.max_deliveries}): it keeps failing or killing its replica", deliveries)
+                continue
+            if deliveries > 1 and len(pairs) > 1:
+                singles = [to_json([pair]) for pair in pairs]
+                await wiring.call(lambda: self._scripts["explode"](
+                    keys=[wiring.edge(node.name)], args=[self.group.group, entry_id, *singles]), self)
+                continue
+            entry = Entry(entry_id, len(pairs))
+            self.held[entry_id] = entry
+            out.extend([Delivered(i, body, entry) for i, body in pairs])
+        self._wake_consumer()
+
+    async def _dead(self, entry_id: bytes, raw: bytes, size: int, error: str, deliveries: int) -> None:
+        wiring, name = self.wiring, self.node.name
+        try:
+            messages: Any = from_json(raw)
+        except ValueError:
+            messages = raw.decode("utf-8", "replace")
+        letter = json.dumps({"stage": name, "entry": entry_id.decode(), "messages": messages, "error": error,
+                             "deliveries": deliveries, "at": time.time()}, default=str)
+        moved = await wiring.call(lambda: self._scripts["dead"](
+            keys=[wiring.edge(name), wiring.count(name), wiring.dead(name)],
+            args=[self.group.group, entry_id, size, letter]), self)
+        if moved:
+            self.dead_lettered += 1
+            wiring.log("error", "pipeline message dead-lettered", stage=name, entry=entry_id.decode(),
+                       deliveries=deliveries, error=error, dead_letters=wiring.dead(name))
+
+    async def _drop(self, entry_id: bytes) -> None:
+        client, stream, group = self.group.client, self.wiring.edge(self.node.name), self.group.group
+
+        async def drop() -> None:
+            await client.xack(stream, group, [entry_id])
+            await client.xdel(stream, [entry_id])
+
+        await self.wiring.call(drop, self)
+
+    def _wake_consumer(self) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            self._consumer = None
+            consumer.set()
+
+    def _wake_reader(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()

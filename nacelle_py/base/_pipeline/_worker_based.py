@@ -1,0 +1,295 @@
+"""The worker-based engine: every edge a Redis stream, every stage a consumer group, any replica.
+
+The stage loops are the parallel engine's (one worker or a pool, ordered or
+not, async or plain, single messages or batches); what changes is where
+messages wait. A stage's input edge is a ``StreamInbox`` (read from Redis)
+and its ``emit`` an ``Outbound`` (flushed to Redis), so the same tree can run
+with all its stages in one process or spread over many: a replica runs the
+stages ``PIPELINE_STAGES`` names and reads and writes the edges of those.
+
+Every message carries its id (``_message``), and the id wrappers report each
+input done behind its outputs, which is what lets an input be acknowledged
+only once everything it caused is on the child edges.
+
+A finite pipeline ends as on the other engines: a root that returns (or is
+stopped) sends the end behind its messages; the end moves on from a stage's
+edge to its children's once every message before it was acknowledged, by
+whichever replica held it (``FINISH``), and every replica running the stage
+finishes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from ..._health import HealthComponent
+from .._redis._client import consumer_name, describe_failure, make_client
+from .._redis._retry import until_done
+from .._redis._streams import StreamGroup
+from ._engine import Engine
+from ._lanes import Outbox
+from ._message import carry_ids
+from ._parallel import ParallelEngine
+from ._stage import Node
+from ._stream_edge import StreamInbox
+from ._stream_out import Outbound
+from ._stream_scripts import DEAD, EXPLODE, FINISH, FLUSH
+
+__all__ = ["WorkerBasedEngine", "WorkerOptions", "Wiring"]
+
+COUNT_EVERY = 1.0  # seconds between looks at the edges' lag and pending counts (stats)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What the worker-based engine needs from the Pipeline: where, which stages, how long a lease."""
+
+    redis_url: str
+    namespace: str
+    stages: frozenset[str]
+    lease: float
+    max_deliveries: int
+    log: Any
+    health: HealthComponent | None = None
+
+
+class Wiring:
+    """What the edges and outbounds of one run share: key names, options, the client, retried calls."""
+
+    def __init__(self, options: WorkerOptions, client: Any, engine: WorkerBasedEngine) -> None:
+        self.options = options
+        self.client = client
+        self.engine = engine
+        self.lease = options.lease
+        self.max_deliveries = options.max_deliveries
+        self.consumer = consumer_name()
+        self.unreachable: str | None = None
+        self._ns = options.namespace
+
+    def edge(self, stage: str) -> str:
+        """The stream of the edge into ``stage``."""
+        return f"{self._ns}:edge:{stage}"
+
+    def count(self, stage: str) -> str:
+        """The count of messages on the edge into ``stage``."""
+        return f"{self._ns}:count:{stage}"
+
+    def end_key(self, stage: str) -> str:
+        """The id of the last end that went through the edge into ``stage``."""
+        return f"{self._ns}:end:{stage}"
+
+    def dead(self, stage: str) -> str:
+        """The dead-letter stream of ``stage``."""
+        return f"{self._ns}:dead:{stage}"
+
+    @staticmethod
+    def chunk_for(node: Node) -> int:
+        """Messages per stream entry on ``node``'s outputs: a quarter of the smallest child buffer, at most 256."""
+        if not node.children:
+            return 1
+        return max(1, min(256, min(child.buffer for child in node.children) // 4))
+
+    def chunk_of(self, node: Node) -> int:
+        """Messages per entry on the edge into ``node``."""
+        return self.chunk_for(node.parent) if node.parent is not None else 1
+
+    def log(self, level: str, event: str, **fields: Any) -> None:
+        """One log line through the pipeline's logger."""
+        getattr(self.options.log, level)(event, **fields)
+
+    async def call(self, fn: Any, inbox: StreamInbox | None) -> Any:
+        """``await fn()``, retried with backoff while Redis is unreachable (given up once a stop began)."""
+
+        def lost(exc: BaseException) -> None:
+            if inbox is not None:
+                inbox.reread = True
+            reason = describe_failure(self.options.redis_url, exc)
+            if self.unreachable is None:
+                self.log("warning", "redis unreachable; retrying with backoff", reason=reason)
+            self.unreachable = reason
+            health = self.options.health
+            if health is not None and health.healthy:
+                health.update(False, reason)
+
+        regroup = inbox.group.ensure if inbox is not None else None
+        return await until_done(fn, lost=lost, connected=self._connected, regroup=regroup,
+                                give_up=lambda: self.engine.cut)
+
+    def _connected(self) -> None:
+        if self.unreachable is not None:
+            self.unreachable = None
+            self.log("info", "redis reachable again")
+        health = self.options.health
+        if health is not None and not health.healthy:
+            health.update(True)
+
+
+class WorkerBasedEngine(ParallelEngine):
+    """Edges are Redis streams; a replica runs the stages it is given; see the module docstring."""
+
+    name = "worker-based"
+    carries_ids = True
+
+    def __init__(self, nodes: list[Node], options: WorkerOptions | None = None) -> None:
+        assert options is not None, "the worker-based engine needs its options"
+        self.options = options
+        self.outs: dict[str, Outbound] = {}
+        self.cut = False  # cut off or failed: Redis calls give up instead of waiting for Redis
+        super().__init__(nodes)
+        self.local = [node for node in nodes if node.name in options.stages]
+        self._draining: set[str] = set()  # stages that drain through the end when stopped
+
+    def wrap(self, nodes: list[Node]) -> None:
+        """Ids everywhere, and each stage reports the messages it is done with."""
+        carry_ids(nodes, always=True, acks=lambda node: functools.partial(self._ack, node.name))
+
+    def _ack(self, name: str, msg: Any) -> None:
+        self.outs[name].ack(msg)
+
+    # -- the run -----------------------------------------------------------------------------------
+
+    async def run_nodes(self) -> None:
+        """Connect, make the groups, then run the local stages with their readers and flushers."""
+        options = self.options
+        for node in self.nodes:
+            node.reset()
+        local_inputs = [node for node in self.local if node.role != "root"]
+        client = make_client(options.redis_url, name=f"nacelle pipeline {options.namespace}",
+                             max_connections=len(local_inputs) + 8)
+        async with client:
+            wiring = self.wiring = Wiring(options, client, self)
+            groups = {node.name: StreamGroup(client, wiring.edge(node.name), node.name, wiring.consumer)
+                      for node in self.nodes if node.role != "root"}
+
+            async def prepare() -> dict[str, Any]:
+                for group in groups.values():  # every edge: a replica may emit into edges it does not read
+                    await group.ensure()
+                for script in (FLUSH, FINISH, EXPLODE, DEAD):
+                    await client.script_load(script)
+                return {node.name: await client.get(wiring.end_key(node.name)) for node in local_inputs}
+
+            baselines = await wiring.call(prepare, None)
+            for node in local_inputs:
+                node.inbox = StreamInbox(node, wiring, groups[node.name])
+            for node in self.local:
+                out = self.outs[node.name] = Outbound(node, wiring, node.inbox)
+                self._emits[node.name] = out
+            self._draining = {node.name for node in self.local if self._ancestors_local(node)}
+            async with anyio.create_task_group() as tg:
+                for node in self.local:
+                    tg.start_soon(self.outs[node.name].run)
+                for node in local_inputs:
+                    tg.start_soon(node.inbox.read, baselines[node.name])
+                tg.start_soon(self._keeper)
+                tg.start_soon(self._counter)
+                async with anyio.create_task_group() as stages:
+                    for node in self.local:
+                        stages.start_soon(self._run_node, node, name=f"pipeline stage {node.name}")
+                tg.cancel_scope.cancel()
+
+    def _ancestors_local(self, node: Node) -> bool:
+        parent = node.parent
+        while parent is not None:
+            if parent.name not in self.options.stages:
+                return False
+            parent = parent.parent
+        return True
+
+    async def finish_node(self, node: Node, done: bool) -> None:
+        """A local stage ended: flush its outbound; a root that ended (not failed) sends the end."""
+        out = self.outs.get(node.name)
+        if out is not None and done:
+            await out.close(end=node.role == "root")
+
+    async def _keeper(self) -> None:
+        """Renew the leases of every chunk the local stages hold, four times per lease."""
+        wiring = self.wiring
+        while True:
+            await anyio.sleep(wiring.lease / 4)
+            for node in self.local:
+                inbox = node.inbox
+                if node.role == "root" or inbox is None:
+                    continue
+                ids = inbox.leased()
+                if not ids:
+                    continue
+                lost = await wiring.call(functools.partial(inbox.group.renew, ids), inbox)
+                for entry_id in lost or ():
+                    if inbox.held.pop(entry_id, None) is not None or inbox.end == entry_id:
+                        if inbox.end == entry_id:
+                            inbox.end = None
+                        wiring.log("warning", "pipeline lease lost: another replica took the chunk over",
+                                   stage=node.name, entry=entry_id.decode())
+
+    async def _counter(self) -> None:
+        """The lag and pending counts of the local stages' edges, for stats (once a second)."""
+        wiring = self.wiring
+        while True:
+            for node in self.local:
+                inbox = node.inbox
+                if node.role == "root" or inbox is None:
+                    continue
+                counts = await wiring.call(inbox.group.counts, inbox)
+                if counts is not None:
+                    _, inbox.pending, lag = counts
+                    inbox.lag = lag or 0
+            await anyio.sleep(COUNT_EVERY)
+
+    def woken(self) -> None:
+        """A plain leaf's thread acknowledged messages: its flusher looks."""
+        for out in self.outs.values():
+            out.woken()
+
+    # -- roots -------------------------------------------------------------------------------------
+
+    async def _plain_root(self, node: Node, emit: Any) -> None:
+        """A plain root's thread emits into an outbox bounded by what its outbound has not flushed."""
+        assert self.waker is not None
+        out = self.outs[node.name]
+        outbox = Outbox(self.waker, out.bound, lambda: out.waiting)
+        out.on_room = outbox.room.set
+        await self.run_plain_root(node, outbox, functools.partial(outbox.forward, out.many))
+
+    # -- stopping ----------------------------------------------------------------------------------
+
+    def stop_roots(self) -> None:
+        """Stop the local roots (their end follows what they emitted); stages fed from elsewhere stop
+        reading and drain what they hold."""
+        Engine.stop_roots(self)
+        for node in self.local:
+            if node.role == "root":
+                self.outs[node.name].sealed = True
+                if node.scope is not None:
+                    node.scope.cancel()
+            elif node.name not in self._draining and isinstance(node.inbox, StreamInbox):
+                node.inbox.stopping = True
+
+    def cut_off(self) -> int:
+        """Cancel the rest: what is held here stays pending in Redis, and is reclaimed after the lease."""
+        self.cut = True
+        return super().cut_off()
+
+    def fail(self, node: Node, index: int | None, error: BaseException) -> None:
+        """A stage's error ends the run here; its message stays pending (another replica gets it later)."""
+        self.cut = True
+        super().fail(node, index, error)
+
+    # -- stats -------------------------------------------------------------------------------------
+
+    def emitted(self, node: Node) -> int:
+        """Messages the stage emitted here (each went to every child's edge)."""
+        out = self.outs.get(node.name)
+        return out.sent if out is not None else 0
+
+    def extra(self, node: Node) -> dict[str, int]:
+        """The edge's counts for ``stats()``: lag, pending, reclaimed, dead_lettered."""
+        inbox = node.inbox
+        if not isinstance(inbox, StreamInbox):
+            return {}
+        return {"lag": inbox.lag, "pending": inbox.pending, "reclaimed": inbox.reclaimed,
+                "dead_lettered": inbox.dead_lettered}
+
