@@ -16,7 +16,8 @@ from _support import Boom, counting_root, wait_until
 
 pytestmark = pytest.mark.anyio
 
-ENGINES = ["serial", "parallel"]
+from test_pipeline_engines import ENGINES, _worker_based_redis, make_pipeline  # noqa: F401 (a fixture)
+
 CONCURRENT_ENGINES = [e for e in ENGINES if e != "serial"]
 """Engines that can run a stage's workers at once (serial is one task, depth-first)."""
 
@@ -63,7 +64,7 @@ async def test_standalone_run_returns_none_after_delivering_everything(engine: s
     async def leaf(msg: int) -> None:
         got.append(msg)
 
-    p = Pipeline([Stage("numbers", counting_root(50), [Stage("sink", leaf)])], engine=engine)
+    p = make_pipeline([Stage("numbers", counting_root(50), [Stage("sink", leaf)])], engine)
     assert p.engine == engine
     with anyio.fail_after(LIMIT):
         result = await p.run()  # type: ignore[func-returns-value]
@@ -106,7 +107,7 @@ async def test_stats_after_a_completed_run_are_consistent(engine: str) -> None:
         ),
         Stage("orphan", counting_root(7)),  # no children: counted and discarded
     ]
-    p = Pipeline(roots, engine=engine)
+    p = make_pipeline(roots, engine)
     await run(p)
     stats = p.stats()
     assert set(stats) == {"numbers", "evens", "sink", "batched", "slow", "orphan"}
@@ -114,7 +115,8 @@ async def test_stats_after_a_completed_run_are_consistent(engine: str) -> None:
         assert isinstance(s, StageStats) and s.name == name
         assert s.queue_depth == 0 and s.errors == 0 and s.dropped == 0, s
         assert isinstance(s.busy, float) and s.busy >= 0, s
-    assert StageStats._fields == ("name", "messages_in", "messages_out", "errors", "queue_depth", "busy", "dropped")
+    assert StageStats._fields == ("name", "messages_in", "messages_out", "errors", "queue_depth", "busy", "dropped",
+                                  "lag", "pending", "reclaimed", "dead_lettered")
     assert stats["numbers"].messages_out == 20
     assert stats["orphan"].messages_out == 7
     assert stats["evens"].messages_in == stats["slow"].messages_in == 20
@@ -126,7 +128,7 @@ async def test_stats_after_a_completed_run_are_consistent(engine: str) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_stats_before_a_run_are_zero(engine: str) -> None:
-    p = Pipeline([Stage("numbers", counting_root(3), [Stage("sink", lambda m: None)])], engine=engine)
+    p = make_pipeline([Stage("numbers", counting_root(3), [Stage("sink", lambda m: None)])], engine)
     stats = p.stats()
     assert set(stats) == {"numbers", "sink"}
     assert all((s.messages_in, s.messages_out, s.errors, s.queue_depth, s.dropped) == (0, 0, 0, 0, 0)
@@ -180,7 +182,7 @@ def failing_pipeline(where: str, kind: str, engine: str, abort: threading.Event,
             fail("root")
 
         root = p_root if kind == "plain" else a_root
-        return Pipeline([Stage(name, root, [Stage("sink", a_leaf)])], engine=engine), name
+        return make_pipeline([Stage(name, root, [Stage("sink", a_leaf)])], engine), name
 
     batch: bool | int = 3 if kind == "batch" else False
     if kind == "plain":
@@ -214,7 +216,7 @@ def failing_pipeline(where: str, kind: str, engine: str, abort: threading.Event,
     else:
         tree = Stage("producer", root_fn, [Stage("middle", a_pass if kind != "batch" else _one_by_one,
                                                  [Stage(name, leaf_fn, batch=batch)])])
-    return Pipeline([tree], engine=engine), name
+    return make_pipeline([tree], engine), name
 
 
 async def _one_by_one(msg: Any, emit: Any) -> None:
@@ -270,7 +272,7 @@ async def test_an_error_in_a_workers_stage_names_its_index(engine: str, plain: b
         pass
 
     pool = Stage("pool", p_work if plain else a_work, [Stage("sink", leaf)], workers=4)
-    p = Pipeline([Stage("producer", endless_root(False, abort), [pool])], engine=engine)
+    p = make_pipeline([Stage("producer", endless_root(False, abort), [pool])], engine)
     with pytest.raises(PipelineError) as info:
         await run(p)
     assert (info.value.stage, info.value.index, str(info.value.error)) == ("pool", 9, "nine")
@@ -293,7 +295,7 @@ async def test_an_error_in_one_branch_stops_the_other_branches(engine: str, abor
         Stage("producer", endless_root(False, abort), [Stage("ok", healthy), Stage("broken", broken)]),
         Stage("second", endless_root(True, abort), [Stage("ok2", lambda m: None)]),
     ]
-    p = Pipeline(roots, engine=engine)
+    p = make_pipeline(roots, engine)
     with pytest.raises(PipelineError) as info:
         await run(p)
     assert (info.value.stage, info.value.index) == ("broken", 3)
@@ -318,10 +320,10 @@ async def test_stop_ends_an_endless_root_and_drains(engine: str, plain: bool, ab
             enough.set()
         await anyio.sleep(0)
 
-    p = Pipeline(
+    p = make_pipeline(
         [Stage("source", endless_root(plain, abort, emitted), [Stage("double", double, [Stage("sink", leaf)],
                                                                       buffer=4)])],
-        engine=engine,
+        engine,
     )
     outcome: list[str] = []
 
@@ -376,7 +378,7 @@ async def test_stop_drains_what_the_root_already_emitted(engine: str, plain: boo
         first.set()
         await anyio.sleep(0.005)
 
-    p = Pipeline([Stage("source", p_root if plain else a_root, [Stage("slow", slow, buffer=1)])], engine=engine)
+    p = make_pipeline([Stage("source", p_root if plain else a_root, [Stage("slow", slow, buffer=1)])], engine)
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
             tg.start_soon(p.run)
@@ -398,7 +400,7 @@ async def test_stop_before_run_and_after_run_is_a_no_op(engine: str) -> None:
     async def leaf(msg: int) -> None:
         got.append(msg)
 
-    p = Pipeline([Stage("numbers", counting_root(10), [Stage("sink", leaf)])], engine=engine)
+    p = make_pipeline([Stage("numbers", counting_root(10), [Stage("sink", leaf)])], engine)
     with anyio.fail_after(LIMIT):
         await p.stop()
         await p.run()
@@ -422,7 +424,7 @@ async def test_stop_cuts_off_a_stuck_leaf_after_the_shutdown_timeout(engine: str
             await emit(i)
             i += 1
 
-    p = Pipeline([Stage("source", root, [Stage("stuck", stuck, buffer=8)])], engine=engine,
+    p = make_pipeline([Stage("source", root, [Stage("stuck", stuck, buffer=8)])], engine,
                  shutdown_timeout=timeout)
     outcome: list[str] = []
 
@@ -483,7 +485,7 @@ async def test_a_slow_leaf_holds_the_root_back(engine: str, plain: bool, depth: 
 
     leaf = Stage("slow", slow, buffer=buffer)
     child = leaf if depth == 1 else Stage("middle", middle, [leaf], buffer=buffer)
-    p = Pipeline([Stage("source", p_root if plain else a_root, [child])], engine=engine)
+    p = make_pipeline([Stage("source", p_root if plain else a_root, [child])], engine)
     await run(p)
     assert counts["emitted"] == counts["consumed"] == n
     # Waiting on each edge (buffer) plus one being handled by each stage, plus slack for a hand-over.
@@ -507,7 +509,7 @@ async def test_the_buffer_bounds_the_messages_waiting_on_an_edge(engine: str, bu
         started.set()
         await release.wait()
 
-    p = Pipeline([Stage("source", root, [Stage("held", held, buffer=buffer)])], engine=engine)
+    p = make_pipeline([Stage("source", root, [Stage("held", held, buffer=buffer)])], engine)
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
             tg.start_soon(p.run)
@@ -556,7 +558,7 @@ async def test_workers_4_runs_four_messages_at_once(engine: str, role: str) -> N
 
     pool = (Stage("pool", inner, [Stage("sink", lambda m: None)], workers=4) if role == "inner"
             else Stage("pool", leaf, workers=4))
-    p = Pipeline([Stage("source", counting_root(20), [pool])], engine=engine)
+    p = make_pipeline([Stage("source", counting_root(20), [pool])], engine)
     await run(p)
     assert peak == 4
     assert p.stats()["pool"].messages_in == 20
@@ -581,7 +583,7 @@ async def test_plain_workers_4_run_in_four_threads_at_once(engine: str) -> None:
         with lock:
             state["active"] -= 1
 
-    p = Pipeline([Stage("source", counting_root(12), [Stage("pool", work, workers=4)])], engine=engine)
+    p = make_pipeline([Stage("source", counting_root(12), [Stage("pool", work, workers=4)])], engine)
     await run(p)
     assert state["peak"] == 4 and state["calls"] == 12
     assert len(threads) >= 4
@@ -608,7 +610,7 @@ async def test_ordered_workers_keep_the_input_order(engine: str, plain: bool) ->
         got.append(msg)
 
     pool = Stage("pool", p_work if plain else a_work, [Stage("sink", leaf)], workers=4, ordered=True)
-    p = Pipeline([Stage("source", counting_root(n), [pool])], engine=engine)
+    p = make_pipeline([Stage("source", counting_root(n), [pool])], engine)
     await run(p)
     assert got == list(range(n))
 
@@ -634,7 +636,7 @@ async def test_unordered_workers_deliver_every_message_exactly_once(engine: str,
         got.append(msg)
 
     pool = Stage("pool", p_work if plain else a_work, [Stage("sink", leaf)], workers=4, ordered=False)
-    p = Pipeline([Stage("source", counting_root(n), [pool])], engine=engine)
+    p = make_pipeline([Stage("source", counting_root(n), [pool])], engine)
     await run(p)
     assert sorted(got) == list(range(n))
     assert len(got) == n

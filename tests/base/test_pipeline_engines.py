@@ -41,7 +41,7 @@ def _worker_based_redis(redis_url: str) -> Iterator[None]:
     _REDIS.clear()
 
 
-def make_pipeline(roots: list[Stage], engine: str, **options: Any) -> Pipeline:
+def make_pipeline(roots: list[Stage], engine: str | None = None, **options: Any) -> Pipeline:
     """A pipeline on ``engine``; on the worker-based one, with a namespace of its own on the test's Redis."""
     if engine == "worker-based":
         options.setdefault("redis_url", _REDIS["url"])

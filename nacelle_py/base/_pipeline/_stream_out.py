@@ -12,8 +12,10 @@ done. One script call applies many ops, atomically and in order.
 
 Backpressure: ``FLUSH`` adds a chunk only where the child's edge has room
 (its ``buffer``, counted in messages); otherwise the flusher waits and tries
-again, the log fills, and ``emit`` waits once the log holds ``bound``
-messages: the parent waits for its child, as on the other engines.
+again, and ``emit`` waits while what the log holds and what the fullest
+child edge held at the last flush reach that child's ``buffer``: the
+parent waits for its child, as on the other engines, and what waits for a
+stage (on its edge, or in its parent's log) stays within its buffer.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Outbound:
         self.script = wiring.client.register_script(FLUSH)
         self.log: list[Any] = []  # bytes: an output's JSON; Delivered: an input done
         self.waiting = 0  # outputs in the log or being flushed
+        self.edge_count = 0  # the fullest child edge's messages, as the last flush saw them
         self.sent = 0  # outputs emitted (each goes to every child)
         self.sealed = False  # a stopped root: emit raises Stopped
         self.closing = False
@@ -82,7 +85,7 @@ class Outbound:
         self.sent += 1
         self.waiting += 1
         self._kick()
-        if self.waiting >= self.bound:
+        if self.waiting + self.edge_count >= self.bound:
             return self._wait_room()
         return READY
 
@@ -127,7 +130,9 @@ class Outbound:
             ) from None
 
     async def _wait_room(self) -> None:
-        while self.waiting >= self.bound and not self.closing:
+        # Until what this emit appended was flushed, or the log and the edge are below the bound again
+        # (the count is as the last flush saw it: once the log is empty there is nothing to wait for).
+        while self.waiting and self.waiting + self.edge_count >= self.bound and not self.closing:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
@@ -214,10 +219,10 @@ class Outbound:
         step = OPS_PER_CALL * 3
         while position < len(ops):
             part = ops[position : position + step]
-            stopped = await wiring.call(lambda: self.script(keys=self.keys, args=[*head, *part]), self.inbox)
-            if stopped is None:
+            reply = await wiring.call(lambda: self.script(keys=self.keys, args=[*head, *part]), self.inbox)
+            if reply is None:
                 return  # given up: a stop while Redis is away (the inputs stay pending, for a lease)
-            stopped = int(stopped)
+            stopped, self.edge_count = int(reply[0]), int(reply[1])
             if stopped == 0:
                 position += len(part)
                 pause = 0.001

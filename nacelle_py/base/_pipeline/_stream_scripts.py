@@ -27,10 +27,16 @@ END = b"E"
 #               waits and sends the rest again): all of the chunk or none of it
 #   K id n    - acknowledge and delete input entry `id` (n messages), if it is still pending
 #   E - -     - add the end to every child's edge
-# -> 0 once every op is applied. An input is acknowledged in the same step as, or after, everything
+# -> {0, the fullest child edge's count} once every op is applied, or {the position of the A op that
+# did not fit, that count}. An input is acknowledged in the same step as, or after, everything
 # emitted for it: a crash leaves outputs without their input's ack (a duplicate later), never the reverse.
 FLUSH = """
 local group, nc = ARGV[1], tonumber(ARGV[2])
+local function fullest()
+  local most = 0
+  for c = 1, nc do most = math.max(most, tonumber(redis.call('GET', KEYS[2 * c + 2]) or '0')) end
+  return most
+end
 local i = 3 + nc
 while i <= #ARGV do
   local op = ARGV[i]
@@ -38,7 +44,7 @@ while i <= #ARGV do
     local n = tonumber(ARGV[i + 1])
     for c = 1, nc do
       local count = tonumber(redis.call('GET', KEYS[2 * c + 2]) or '0')
-      if count > 0 and count + n > tonumber(ARGV[2 + c]) then return i end
+      if count > 0 and count + n > tonumber(ARGV[2 + c]) then return {i, fullest()} end
     end
     for c = 1, nc do
       redis.call('XADD', KEYS[2 * c + 1], '*', 'm', ARGV[i + 2])
@@ -54,7 +60,7 @@ while i <= #ARGV do
   end
   i = i + 3
 end
-return 0
+return {0, fullest()}
 """
 
 # KEYS: input edge, its end key, then each child's edge. ARGV: group, consumer, the end's entry id

@@ -262,7 +262,8 @@ class WorkerBasedEngine(ParallelEngine):
         Engine.stop_roots(self)
         for node in self.local:
             if node.role == "root":
-                self.outs[node.name].sealed = True
+                if node.is_async:  # a plain root's outbox is stopped instead, and what it holds drains
+                    self.outs[node.name].sealed = True
                 if node.scope is not None:
                     node.scope.cancel()
             elif node.name not in self._draining and isinstance(node.inbox, StreamInbox):
@@ -279,6 +280,16 @@ class WorkerBasedEngine(ParallelEngine):
         super().fail(node, index, error)
 
     # -- stats -------------------------------------------------------------------------------------
+
+    def depth(self, node: Node) -> int:
+        """Messages waiting for the stage here: read and not started, and emitted by a local parent and
+        not yet flushed (the edge's backlog in Redis is ``lag``)."""
+        inbox = node.inbox
+        waiting = node.remaining() + (len(inbox.items) if inbox is not None else 0)
+        parent = node.parent
+        if parent is not None and parent.name in self.outs:
+            waiting += self.outs[parent.name].waiting
+        return waiting
 
     def emitted(self, node: Node) -> int:
         """Messages the stage emitted here (each went to every child's edge)."""
