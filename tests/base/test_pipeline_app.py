@@ -15,7 +15,7 @@ from _support import counting_root, serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
-ENGINES = ["serial", "parallel"]
+from test_pipeline_engines import ENGINES, _worker_based_redis, make_pipeline  # noqa: F401 (a fixture)
 
 
 async def endless_root(emit: Any) -> None:
@@ -55,8 +55,8 @@ async def test_a_finite_pipeline_runs_and_its_return_ends_the_app(engine: str) -
         got.append(msg)
 
     p = app.register(
-        Pipeline([Stage("numbers", counting_root(30), [Stage("square", square, [Stage("sink", sink)])])],
-                 engine=engine),
+        make_pipeline([Stage("numbers", counting_root(30), [Stage("square", square, [Stage("sink", sink)])])],
+                 engine),
         name="pipeline",
         priority=2,
     )
@@ -115,8 +115,8 @@ async def test_app_shutdown_stops_an_endless_pipeline_and_drains(engine: str) ->
         await anyio.sleep(0)
 
     p = app.register(
-        Pipeline([Stage("source", endless_root, [Stage("double", double, [Stage("sink", sink, buffer=4)],
-                                                       buffer=4)])], engine=engine),
+        make_pipeline([Stage("source", endless_root, [Stage("double", double, [Stage("sink", sink, buffer=4)],
+                                                       buffer=4)])], engine),
         name="pipeline",
         priority=2,
     )
@@ -142,7 +142,7 @@ async def test_a_stuck_stage_is_cut_off_after_the_pipeline_shutdown_timeout_sett
         await anyio.sleep_forever()
 
     p = app.register(
-        Pipeline([Stage("source", endless_root, [Stage("stuck", stuck)])], engine=engine, shutdown_timeout=60),
+        make_pipeline([Stage("source", endless_root, [Stage("stuck", stuck)])], engine, shutdown_timeout=60),
         name="pipeline",
         shutdown_timeout=30,
     )
@@ -169,7 +169,7 @@ async def test_a_stage_error_is_the_process_error_and_is_logged_with_stage_and_i
         pass
 
     app.register(
-        Pipeline([Stage("source", endless_root, [Stage("parser", parse, [Stage("sink", sink)])])], engine=engine),
+        make_pipeline([Stage("source", endless_root, [Stage("parser", parse, [Stage("sink", sink)])])], engine),
         name="pipeline",
         priority=2,
     )
@@ -201,7 +201,7 @@ async def test_the_health_key_is_healthy_while_running(engine: str) -> None:
             moving.set()
         await anyio.sleep(0)
 
-    app.register(Pipeline([Stage("source", endless_root, [Stage("sink", sink)])], engine=engine),
+    app.register(make_pipeline([Stage("source", endless_root, [Stage("sink", sink)])], engine),
                  name="pipeline", priority=2)
     async with serving(app) as served:
         flag = app.health.get("pipeline")  # the health key is the registered name
@@ -224,7 +224,7 @@ async def test_a_stalled_stage_makes_the_pipeline_unhealthy_until_it_moves(engin
         await anyio.sleep(0)
 
     app.register(
-        Pipeline([Stage("source", endless_root, [Stage("sink", sink, buffer=4)])], engine=engine, stall_after=0.2),
+        make_pipeline([Stage("source", endless_root, [Stage("sink", sink, buffer=4)])], engine, stall_after=0.2),
         name="pipeline",
         priority=2,
     )

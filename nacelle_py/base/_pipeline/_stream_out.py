@@ -68,7 +68,8 @@ class Outbound:
         self._done = anyio.Event()
         self.threaded = not node.is_async and not children  # a plain leaf acknowledges from its thread
         self.from_thread = False
-        self.on_room: Any = None  # told when a flush made room (a plain root's thread waits for it)
+        self.on_room: Any = None
+        self._freed: anyio.Event | None = None  # told when a flush made room (a plain root's thread waits for it)
         self._where = f"stage {node.name!r}"
 
     # -- emitting ---------------------------------------------------------------------------------
@@ -158,9 +159,10 @@ class Outbound:
                 log, self.log = self.log, []
                 ops, acked, outputs = self._ops(log)
                 await self._send(ops)
-                if self.inbox is not None:
+                if self.inbox is not None and acked:
                     for entry in acked:
                         self.inbox.acked(entry)
+                    self.wiring.engine.freed(self.node)  # a local parent waiting for room on this edge
                 self.waiting -= outputs
                 room, self._room = self._room, None
                 if room is not None:
@@ -228,5 +230,16 @@ class Outbound:
                 pause = 0.001
                 continue
             position += stopped - len(head) - 1  # the op that found a full edge, and after it
-            await anyio.sleep(pause)  # the child's consumers free room; nothing tells us when
+            # A child run here says when it made room (``freed``); one elsewhere cannot: look again
+            # after a pause that grows while the edge stays full.
+            self._freed = anyio.Event()
+            with anyio.move_on_after(pause):
+                await self._freed.wait()
+            self._freed = None
             pause = min(pause * 2, 0.025)
+
+    def freed(self) -> None:
+        """A child's consumer here acknowledged messages: its edge has room again."""
+        freed = self._freed
+        if freed is not None:
+            freed.set()

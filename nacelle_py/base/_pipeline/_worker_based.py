@@ -239,6 +239,14 @@ class WorkerBasedEngine(ParallelEngine):
                     inbox.lag = lag or 0
             await anyio.sleep(COUNT_EVERY)
 
+    def freed(self, node: Node) -> None:
+        """``node`` acknowledged messages here: its parent's outbound, if here and waiting, goes on."""
+        parent = node.parent
+        if parent is not None:
+            out = self.outs.get(parent.name)
+            if out is not None:
+                out.freed()
+
     def woken(self) -> None:
         """A plain leaf's thread acknowledged messages: its flusher looks."""
         for out in self.outs.values():
