@@ -144,7 +144,11 @@ class StreamInbox:
                     next_reclaim = time.monotonic() + max(lease / 2, 0.05)
                     found = await wiring.call(lambda: group.reclaim(lease, 100), self)
                     if found:
-                        self.reclaimed += sum(1 for _, raw, _ in found if raw is not None and raw != END)
+                        taken = sum(1 for _, raw, _ in found if raw is not None and raw != END)
+                        if taken:
+                            self.reclaimed += taken
+                            wiring.log("warning", "pipeline chunks reclaimed from a replica that stopped renewing "
+                                       "their lease", stage=node.name, entries=taken, lease=lease)
                         await self._deliver(found)
                         continue
                 if self.end is not None and not self._busy():
