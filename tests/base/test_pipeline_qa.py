@@ -1249,7 +1249,7 @@ BASE_EXIT_SCRIPT = textwrap.dedent(
                 raise exc("x")
         root = p_root if plain_root else a_root
         leaf = p_leaf if plain_stage else a_leaf
-        return make_pipeline([Stage("root", root, [Stage("leaf", leaf)])], engine)
+        return Pipeline([Stage("root", root, [Stage("leaf", leaf)])], engine=engine)
 
     for engine in ("serial", "parallel"):
         for where in ("root", "leaf"):

@@ -52,6 +52,7 @@ class Engine:
         self.outboxes: list[Outbox] = []  # plain roots' outboxes: told to stop when the run ends
         self._lanes: dict[str, list[Lane]] = {}
         self._scope: anyio.CancelScope | None = None
+        self.halted = False
 
     def wrap(self, nodes: list[Node]) -> None:
         """Give every node the function this run calls (wrapped where its tree carries ids)."""
@@ -116,10 +117,16 @@ class Engine:
 
     def cut_off(self) -> int:
         """Cancel everything still running (a drain that took too long); return what was dropped."""
-        if self._scope is not None and not self._scope.cancel_called:
+        if self._scope is not None and not self._scope.cancel_called and not self.halted:
             self._note_dropped()
-            self._scope.cancel()
+            self.halt()
         return self.dropped
+
+    def halt(self) -> None:
+        """Cancel the run's stages (a failure, a cut-off); the worker-based engine tidies up first."""
+        self.halted = True
+        if self._scope is not None:
+            self._scope.cancel()
 
     def fail(self, node: Node, index: int | None, error: BaseException) -> None:
         """Record a stage's error; the first one stops the run."""
@@ -131,8 +138,7 @@ class Engine:
             self._note_dropped()
             if node.role != "root":
                 node.active += 1
-            if self._scope is not None:
-                self._scope.cancel()
+            self.halt()
 
     def drop(self, node: Node, count: int) -> None:
         """Count messages lost outside any stage's edge (a plain root's last emits during a stop)."""

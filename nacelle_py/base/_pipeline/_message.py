@@ -89,12 +89,25 @@ def _wrap(node: Any, acks: Callable[[Any], Any] | None) -> Callable[..., Any]:
     return _acking(fn, bool(node.children), node.is_async, acks(node), bool(node.batch))
 
 
+_RAISED = (Exception, SystemExit, KeyboardInterrupt)  # what a stage may raise as its failure (not a cancellation)
+
+
+def _failed(unit: Any, batch: bool) -> None:
+    """The stage raised for ``unit``: its messages' delivery counts (the others' are not)."""
+    for msg in unit if batch else (unit,):
+        msg.failed = True
+
+
 def _acking(fn: Callable[..., Any], inner: bool, is_async: bool, ack: Any, batch: bool) -> Callable[..., Any]:
-    """``fn``, then the message (or each of the batch) reported done; not when ``fn`` raised."""
+    """``fn``, then the message (or each of the batch) reported done; when ``fn`` raised, marked failed."""
     if inner and is_async:
 
         async def call(unit: Any, emit: Any) -> Any:
-            result = await fn(unit, emit)
+            try:
+                result = await fn(unit, emit)
+            except _RAISED:
+                _failed(unit, batch)
+                raise
             if batch:
                 await emit.many(unit)
             else:
@@ -104,7 +117,11 @@ def _acking(fn: Callable[..., Any], inner: bool, is_async: bool, ack: Any, batch
     elif inner:
 
         def call(unit: Any, emit: Any) -> Any:  # type: ignore[misc]
-            result = fn(unit, emit)
+            try:
+                result = fn(unit, emit)
+            except _RAISED:
+                _failed(unit, batch)
+                raise
             if batch:
                 emit.many(unit)
             else:
@@ -114,7 +131,11 @@ def _acking(fn: Callable[..., Any], inner: bool, is_async: bool, ack: Any, batch
     elif is_async:
 
         async def call(unit: Any) -> Any:  # type: ignore[misc]
-            result = await fn(unit)
+            try:
+                result = await fn(unit)
+            except _RAISED:
+                _failed(unit, batch)
+                raise
             for msg in unit if batch else (unit,):
                 ack(msg)
             return result
@@ -122,7 +143,11 @@ def _acking(fn: Callable[..., Any], inner: bool, is_async: bool, ack: Any, batch
     else:
 
         def call(unit: Any) -> Any:  # type: ignore[misc]
-            result = fn(unit)
+            try:
+                result = fn(unit)
+            except _RAISED:
+                _failed(unit, batch)
+                raise
             for msg in unit if batch else (unit,):
                 ack(msg)
             return result

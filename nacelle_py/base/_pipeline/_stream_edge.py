@@ -43,25 +43,44 @@ BLOCK_MS = 100  # a read waits this long for entries; a stop or an end is notice
 
 
 class Entry:
-    """A chunk this consumer holds: its entry id, and how many of its messages are not done yet."""
+    """A chunk this consumer holds: its entry id, its messages, how many are not done yet, and how
+    many times its messages were delivered (this time included)."""
 
-    __slots__ = ("id", "left", "size")
+    __slots__ = ("deliveries", "id", "left", "messages", "size")
 
-    def __init__(self, entry_id: bytes, size: int) -> None:
+    def __init__(self, entry_id: bytes, size: int, deliveries: int) -> None:
         self.id = entry_id
         self.size = size
         self.left = size
+        self.deliveries = deliveries
+        self.messages: list[Delivered] = []
 
 
 class Delivered(Message[Any]):
-    """A message read from an edge: a ``Message`` that knows the chunk it came in."""
+    """A message read from an edge: a ``Message`` that knows the chunk it came in (and whether the
+    stage raised for it)."""
 
-    __slots__ = ("entry",)
+    __slots__ = ("entry", "failed")
 
     def __init__(self, id: str, body: Any, entry: Entry) -> None:  # noqa: A002
         self.id = id
         self.body = body
         self.entry = entry
+        self.failed = False
+
+
+def decode_chunk(raw: bytes) -> tuple[list[list[Any]], int]:
+    """A chunk's ``[id, body]`` pairs and the deliveries its messages had before (a chunk split up after
+    a crash: ``{"d": deliveries, "m": pairs}``); ``ValueError`` for anything else."""
+    data = from_json(raw)
+    before = 0
+    if type(data) is dict:
+        before, data = data.get("d"), data.get("m")
+        if type(before) is not int or before < 0:
+            raise ValueError("a split chunk without its count of deliveries")
+    if type(data) is not list or any(type(p) is not list or len(p) != 2 or type(p[0]) is not str for p in data):
+        raise ValueError("not a list of [id, body] pairs")
+    return data, before
 
 
 class StreamInbox:
@@ -82,6 +101,7 @@ class StreamInbox:
         self.lag = 0
         self.pending = 0
         self._consumer: anyio.Event | None = None
+        self.done: anyio.Event | None = None  # set when the reader has exited
         self._room: anyio.Event | None = None
         self._scripts = {name: group.client.register_script(text)
                          for name, text in (("finish", FINISH), ("explode", EXPLODE), ("dead", DEAD))}
@@ -132,6 +152,7 @@ class StreamInbox:
         wiring, node, group = self.wiring, self.node, self.group
         lease = wiring.lease
         next_reclaim = 0.0  # at once: a dead replica's chunks are the oldest work there is
+        self.done = anyio.Event()
         try:
             while not self.closed and not self.stopping:
                 if self.reread:
@@ -172,6 +193,7 @@ class StreamInbox:
                 if await self._ended(baseline):
                     self.close()
         finally:
+            self.done.set()
             if not self.closed and self.stopping:
                 self.close()  # a stop: the stage drains what it holds, then ends
 
@@ -217,30 +239,47 @@ class StreamInbox:
                     self.end = entry_id
                 continue
             try:
-                pairs = from_json(raw)
-                if type(pairs) is not list or any(type(p) is not list or len(p) != 2 for p in pairs):
-                    raise ValueError("not a list of [id, body] pairs")
+                pairs, before = decode_chunk(raw)
             except ValueError as exc:
                 await self._dead(entry_id, raw, 1, f"undecodable entry: {exc}", deliveries)
                 continue
+            deliveries += before
             if deliveries > wiring.max_deliveries:
                 await self._dead(entry_id, raw, len(pairs), f"delivered {deliveries} times (PIPELINE_MAX_DELIVERIES="
                                  f"{wiring.max_deliveries}): it keeps failing or killing its replica", deliveries)
                 continue
             if deliveries > 1 and len(pairs) > 1:
-                singles = [to_json([pair]) for pair in pairs]
+                # Each message goes back alone, with the deliveries it had so far (this one ran nothing).
+                singles = [to_json({"d": deliveries - 1, "m": [pair]}) for pair in pairs]
                 await wiring.call(lambda: self._scripts["explode"](
                     keys=[wiring.edge(node.name)], args=[self.group.group, entry_id, *singles]), self)
                 continue
-            entry = Entry(entry_id, len(pairs))
+            entry = Entry(entry_id, len(pairs), deliveries)
             self.held[entry_id] = entry
-            out.extend([Delivered(i, body, entry) for i, body in pairs])
+            entry.messages = messages = [Delivered(i, body, entry) for i, body in pairs]
+            out.extend(messages)
         self._wake_consumer()
+
+    async def hand_back(self) -> None:
+        """After a failure or a cut-off: every chunk held here goes back at once, as one entry per
+        message, so no replica waits for a lease. The delivery counts only for a message the stage
+        raised for; the others were cut short by it (the end goes back as it was)."""
+        wiring, script, stream = self.wiring, self._scripts["explode"], self.wiring.edge(self.node.name)
+        for entry in list(self.held.values()):
+            singles = [to_json({"d": entry.deliveries - (0 if msg.failed else 1), "m": [[msg.id, msg.body]]})
+                       for msg in entry.messages]
+            await wiring.call(lambda: script(keys=[stream], args=[self.group.group, entry.id, *singles]), self)
+            self.held.pop(entry.id, None)
+        end = self.end
+        if end is not None:
+            await wiring.call(lambda: script(keys=[stream], args=[self.group.group, end, END]), self)
+            self.end = None
+        self.items = []
 
     async def _dead(self, entry_id: bytes, raw: bytes, size: int, error: str, deliveries: int) -> None:
         wiring, name = self.wiring, self.node.name
         try:
-            messages: Any = from_json(raw)
+            messages: Any = decode_chunk(raw)[0]
         except ValueError:
             messages = raw.decode("utf-8", "replace")
         letter = json.dumps({"stage": name, "entry": entry_id.decode(), "messages": messages, "error": error,

@@ -42,6 +42,7 @@ from ._stream_scripts import DEAD, EXPLODE, FINISH, FLUSH
 __all__ = ["WorkerBasedEngine", "WorkerOptions", "Wiring"]
 
 COUNT_EVERY = 1.0  # seconds between looks at the edges' lag and pending counts (stats)
+HAND_BACK_WITHIN = 5.0  # seconds a failed or cut-off run spends giving back what it held
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class WorkerBasedEngine(ParallelEngine):
         self.options = options
         self.outs: dict[str, Outbound] = {}
         self.cut = False  # cut off or failed: Redis calls give up instead of waiting for Redis
+        self._stages: anyio.CancelScope | None = None
         super().__init__(nodes)
         self.local = [node for node in nodes if node.name in options.stages]
         self._draining: set[str] = set()  # stages that drain through the end when stopped
@@ -187,9 +189,32 @@ class WorkerBasedEngine(ParallelEngine):
                 tg.start_soon(self._keeper)
                 tg.start_soon(self._counter)
                 async with anyio.create_task_group() as stages:
+                    self._stages = stages.cancel_scope
                     for node in self.local:
                         stages.start_soon(self._run_node, node, name=f"pipeline stage {node.name}")
+                if self.halted:
+                    with anyio.move_on_after(HAND_BACK_WITHIN):
+                        await self._hand_back(local_inputs)
                 tg.cancel_scope.cancel()
+
+    async def _hand_back(self, inputs: list[Node]) -> None:
+        """A failure or a cut-off stopped the stages: stop reading, then give back what is held."""
+        for node in inputs:
+            node.inbox.stopping = True
+        for node in inputs:
+            if node.inbox.done is not None:
+                await node.inbox.done.wait()
+        for node in inputs:
+            await node.inbox.hand_back()
+
+    def halt(self) -> None:
+        """Cancel the local stages only: the readers, the client and the hand-back outlive them."""
+        self.halted = True
+        self.cut = True
+        if self._stages is not None:
+            self._stages.cancel()
+        else:
+            super().halt()
 
     def _ancestors_local(self, node: Node) -> bool:
         parent = node.parent
@@ -277,15 +302,6 @@ class WorkerBasedEngine(ParallelEngine):
             elif node.name not in self._draining and isinstance(node.inbox, StreamInbox):
                 node.inbox.stopping = True
 
-    def cut_off(self) -> int:
-        """Cancel the rest: what is held here stays pending in Redis, and is reclaimed after the lease."""
-        self.cut = True
-        return super().cut_off()
-
-    def fail(self, node: Node, index: int | None, error: BaseException) -> None:
-        """A stage's error ends the run here; its message stays pending (another replica gets it later)."""
-        self.cut = True
-        super().fail(node, index, error)
 
     # -- stats -------------------------------------------------------------------------------------
 
