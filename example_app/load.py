@@ -10,6 +10,8 @@ Three stages of three kinds, as a user would mix them:
   heartbeat also writes from: one SQLite connection, one writer thread).
 
 On SIGTERM the root stops and what is in flight drains into the database.
+With ``EXAMPLE_PIPELINE_ENGINE=worker-based`` the stages can run in separate
+replicas (``EXAMPLE_PIPELINE_STAGES``); see docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class LoadSettings(BaseSettings):
 
     every: float = Field(0.5, gt=0, description="Seconds between two load samples.")
     alpha: float = Field(0.3, gt=0, le=1, description="Weight of a new sample in the moving average.")
+    work: float = Field(
+        0.0, ge=0, description="Seconds smooth spends on each sample (to watch a backlog spread over replicas)."
+    )
 
 
 class LoadPipeline(Pipeline):
@@ -55,7 +60,9 @@ class LoadPipeline(Pipeline):
             await anyio.sleep(self.load_settings.every)
 
     def smooth(self, reading: tuple[float, float], emit: Any) -> None:
-        at, load = reading
+        if self.load_settings.work:
+            time.sleep(self.load_settings.work)  # on the stage's thread: the loop goes on
+        at, load = reading  # a list on the worker-based engine (JSON): unpacks the same
         alpha = self.load_settings.alpha
         self.average = load if self.average is None else alpha * load + (1 - alpha) * self.average
         emit((at, load, self.average))

@@ -156,6 +156,33 @@ async def test_a_slow_message_past_the_lease_runs_once_its_lease_renewed(redis_u
     assert sorted(stored) == sorted((f"numbers:{n}.0", n * n) for n in range(20))
 
 
+async def test_a_stopped_replica_gives_back_what_it_had_not_started_at_once(redis_url: str) -> None:
+    stored: list[tuple[str, Any]] = []
+    ns = namespace()
+    lease = 30.0  # far longer than the test: nothing here may wait for a lease
+
+    def roots() -> list[Stage]:
+        return tree(stored, 200, square_delay=lambda n: 0.01)
+
+    producer = worker_based(roots(), redis_url, ns, stages=["numbers", "store"], lease=lease)
+    first = worker_based(roots(), redis_url, ns, stages=["square"], lease=lease)
+    second = worker_based(roots(), redis_url, ns, stages=["square"], lease=lease)
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer.run)
+            tg.start_soon(first.run)
+            await wait_until(lambda: first.stats()["square"].messages_in >= 20)
+            began = anyio.current_time()
+            await first.stop()
+            assert anyio.current_time() - began < 1.0  # in flight only: 4 workers, 10 ms each
+            assert not first.running and first.dropped == 0
+            done_by_first = first.stats()["square"].messages_in
+            assert done_by_first < 200
+            tg.start_soon(second.run)  # takes over at once: what the first held went back into the edge
+    assert sorted(stored) == sorted((f"numbers:{n}.0", n * n) for n in range(200))  # each once: no crash
+    assert second.stats()["square"].messages_in == 200 - done_by_first
+
+
 async def test_a_failing_message_stays_pending_then_is_retried_then_dead_lettered(redis_url: str) -> None:
     stored: list[tuple[str, Any]] = []
     ns = namespace()

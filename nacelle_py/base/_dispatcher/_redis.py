@@ -26,7 +26,9 @@ import anyio
 from anyio.abc import TaskStatus
 from pydantic import BaseModel
 
+from ..._health import HealthComponent
 from .._redis._client import LOST, describe_failure, make_client, ping
+from .._redis._retry import Reachability
 from .._redis._streams import StreamGroup
 from ._backend import Backend, Outcome, TaskIds
 from ._codec import decode_letter, decode_result, encode_entry, encode_failure, encode_letter, encode_ok
@@ -71,7 +73,7 @@ class RedisBackend(Backend):
         self.polled: dict[str, int | None] = dict.fromkeys(("stream_length", "pending", "lag", "scheduled"))
         self.retried = self.reclaimed = self.dead_lettered = 0
         self._scripts: dict[str, Any] = {}
-        self.unreachable: str | None = None
+        self.reach = Reachability(self.url, pool._log_event, stream=stream)
 
     # -- connection ---------------------------------------------------------------------
 
@@ -100,20 +102,20 @@ class RedisBackend(Backend):
 
     def connected(self) -> None:
         """A command went through: healthy again if it was not."""
-        if self.unreachable is not None:
-            self.unreachable = None
-            self.pool._log_event("info", "redis reachable again", stream=self.stream)
-        if self.health is not None and not self.health.healthy:
-            self.health.update(True)
+        self.reach.connected()
 
     def lost(self, exc: BaseException) -> None:
         """A command failed for the connection's sake: unhealthy, naming Redis, until one goes through."""
-        reason = describe_failure(self.url, exc)
-        if self.unreachable is None:
-            self.pool._log_event("warning", "redis unreachable; retrying with backoff", reason=reason)
-        self.unreachable = reason
-        if self.health is not None and self.health.healthy:
-            self.health.update(False, reason)
+        self.reach.lost(exc)
+
+    @property
+    def health(self) -> HealthComponent | None:
+        """The ``<component>.redis`` health key, unhealthy while Redis does not answer."""
+        return self.reach.health
+
+    @health.setter
+    def health(self, value: HealthComponent | None) -> None:
+        self.reach.health = value
 
     async def _client(self, where: str) -> Any:
         """The open client, waiting (bounded) for the run to open it."""

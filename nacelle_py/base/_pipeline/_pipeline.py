@@ -284,7 +284,14 @@ class Pipeline(Process):
         self._stalled.clear()
         self._finished = anyio.Event()
         started = time.perf_counter()
-        self._log.info("pipeline starting", engine=engine.name, stages=len(self._nodes))
+        placed = self._placed
+        if placed is not None and placed.stages is not None:
+            self._log.info("pipeline starting", engine=engine.name, stages=len(self._nodes), runs=placed.stages,
+                           namespace=placed.namespace)
+        elif placed is not None:
+            self._log.info("pipeline starting", engine=engine.name, stages=len(self._nodes), namespace=placed.namespace)
+        else:
+            self._log.info("pipeline starting", engine=engine.name, stages=len(self._nodes))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch)

@@ -60,20 +60,21 @@ class Delivered(Message[Any]):
     """A message read from an edge: a ``Message`` that knows the chunk it came in (and whether the
     stage raised for it)."""
 
-    __slots__ = ("entry", "failed")
+    __slots__ = ("done", "entry", "failed")
 
     def __init__(self, id: str, body: Any, entry: Entry) -> None:  # noqa: A002
         self.id = id
         self.body = body
         self.entry = entry
         self.failed = False
+        self.done = False  # processed, and what it emitted is in Redis
 
 
 def decode_chunk(raw: bytes) -> tuple[list[list[Any]], int]:
     """A chunk's ``[id, body]`` pairs and the deliveries its messages had before (a chunk split up after
     a crash: ``{"d": deliveries, "m": pairs}``); ``ValueError`` for anything else."""
     data = from_json(raw)
-    before = 0
+    before: Any = 0
     if type(data) is dict:
         before, data = data.get("d"), data.get("m")
         if type(before) is not int or before < 0:
@@ -252,7 +253,8 @@ class StreamInbox:
                 # Each message goes back alone, with the deliveries it had so far (this one ran nothing).
                 singles = [to_json({"d": deliveries - 1, "m": [pair]}) for pair in pairs]
                 await wiring.call(lambda: self._scripts["explode"](
-                    keys=[wiring.edge(node.name)], args=[self.group.group, entry_id, *singles]), self)
+                    keys=[wiring.edge(node.name), wiring.count(node.name)],
+                    args=[self.group.group, entry_id, 0, *singles]), self)
                 continue
             entry = Entry(entry_id, len(pairs), deliveries)
             self.held[entry_id] = entry
@@ -260,21 +262,39 @@ class StreamInbox:
             out.extend(messages)
         self._wake_consumer()
 
-    async def hand_back(self) -> None:
-        """After a failure or a cut-off: every chunk held here goes back at once, as one entry per
-        message, so no replica waits for a lease. The delivery counts only for a message the stage
-        raised for; the others were cut short by it (the end goes back as it was)."""
-        wiring, script, stream = self.wiring, self._scripts["explode"], self.wiring.edge(self.node.name)
+    async def hand_back(self) -> int:
+        """After a stop, a failure or a cut-off: the messages of every chunk held here that were not
+        done go back at once, one entry each, so no replica waits for a lease; those done leave the
+        edge. The delivery counts only for a message the stage raised for; the others were cut
+        short by it, or never started (the end goes back as it was)."""
+        wiring, script = self.wiring, self._scripts["explode"]
+        keys = [wiring.edge(self.node.name), wiring.count(self.node.name)]
+        given = 0
         for entry in list(self.held.values()):
             singles = [to_json({"d": entry.deliveries - (0 if msg.failed else 1), "m": [[msg.id, msg.body]]})
-                       for msg in entry.messages]
-            await wiring.call(lambda: script(keys=[stream], args=[self.group.group, entry.id, *singles]), self)
+                       for msg in entry.messages if not msg.done]
+            gone = entry.size - len(singles)
+            if await wiring.call(lambda: script(keys=keys, args=[self.group.group, entry.id, gone, *singles]), self):
+                given += len(singles)
             self.held.pop(entry.id, None)
         end = self.end
         if end is not None:
-            await wiring.call(lambda: script(keys=[stream], args=[self.group.group, end, END]), self)
+            await wiring.call(lambda: script(keys=keys, args=[self.group.group, end, 0, END]), self)
             self.end = None
         self.items = []
+        return given
+
+    def withhold(self) -> int:
+        """A stop: the messages read here and not started are not started (``hand_back`` returns them)."""
+        node = self.node
+        held = len(self.items)
+        self.items = []
+        cursor = node.cursor
+        if cursor is not None:
+            rest = sum(1 for _ in cursor)  # the stage's loop finds its batch used up
+            node.taken -= rest
+            held += rest
+        return held
 
     async def _dead(self, entry_id: bytes, raw: bytes, size: int, error: str, deliveries: int) -> None:
         wiring, name = self.wiring, self.node.name

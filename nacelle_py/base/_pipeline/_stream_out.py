@@ -158,7 +158,10 @@ class Outbound:
                     continue
                 log, self.log = self.log, []
                 ops, acked, outputs = self._ops(log)
-                await self._send(ops)
+                if await self._send(ops):
+                    for item in log:
+                        if type(item) is Delivered:
+                            item.done = True
                 if self.inbox is not None and acked:
                     for entry in acked:
                         self.inbox.acked(entry)
@@ -214,8 +217,10 @@ class Outbound:
         acked += acks
         return ops, acked, outputs
 
-    async def _send(self, ops: list[Any]) -> None:
-        """Apply ``ops`` in calls of ``OPS_PER_CALL``; where a child's edge is full, wait and go on from there."""
+    async def _send(self, ops: list[Any]) -> bool:
+        """Apply ``ops`` in calls of ``OPS_PER_CALL``; where a child's edge is full, wait and go on from there.
+
+        False when given up (the run was cut short while Redis was away)."""
         wiring, head = self.wiring, self.head
         position, pause = 0, 0.001
         step = OPS_PER_CALL * 3
@@ -223,7 +228,7 @@ class Outbound:
             part = ops[position : position + step]
             reply = await wiring.call(lambda: self.script(keys=self.keys, args=[*head, *part]), self.inbox)
             if reply is None:
-                return  # given up: a stop while Redis is away (the inputs stay pending, for a lease)
+                return False  # given up: a cut-off while Redis is away (the inputs stay pending, for a lease)
             stopped, self.edge_count = int(reply[0]), int(reply[1])
             if stopped == 0:
                 position += len(part)
@@ -237,6 +242,7 @@ class Outbound:
                 await self._freed.wait()
             self._freed = None
             pause = min(pause * 2, 0.025)
+        return True
 
     def freed(self) -> None:
         """A child's consumer here acknowledged messages: its edge has room again."""

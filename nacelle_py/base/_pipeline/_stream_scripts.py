@@ -79,13 +79,16 @@ redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
 
-# KEYS: input edge. ARGV: group, entry id, then one chunk per message of it -> 1 when replaced.
-# A chunk delivered again (its consumer died) goes back as one entry per message, each with a
-# delivery count of its own: a message that keeps killing its replica is dead-lettered alone.
+# KEYS: input edge, its count. ARGV: group, entry id, messages leaving the edge, then the entries to
+# add in its place -> 1 when replaced. A chunk delivered again (its consumer died) goes back as one
+# entry per message, each with a delivery count of its own: a message that keeps killing its replica
+# is dead-lettered alone. A replica that stops or fails gives back, the same way, the messages of a
+# chunk it did not finish (those it finished leave the edge).
 EXPLODE = """
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) ~= 1 then return 0 end
 redis.call('XDEL', KEYS[1], ARGV[2])
-for i = 3, #ARGV do redis.call('XADD', KEYS[1], '*', 'm', ARGV[i]) end
+if tonumber(ARGV[3]) > 0 then redis.call('DECRBY', KEYS[2], ARGV[3]) end
+for i = 4, #ARGV do redis.call('XADD', KEYS[1], '*', 'm', ARGV[i]) end
 return 1
 """
 

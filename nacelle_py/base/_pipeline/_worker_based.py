@@ -27,8 +27,8 @@ from typing import Any
 import anyio
 
 from ..._health import HealthComponent
-from .._redis._client import consumer_name, describe_failure, make_client
-from .._redis._retry import until_done
+from .._redis._client import consumer_name, make_client
+from .._redis._retry import Reachability, until_done
 from .._redis._streams import StreamGroup
 from ._engine import Engine
 from ._lanes import Outbox
@@ -68,7 +68,7 @@ class Wiring:
         self.lease = options.lease
         self.max_deliveries = options.max_deliveries
         self.consumer = consumer_name()
-        self.unreachable: str | None = None
+        self.reach = Reachability(options.redis_url, self.log, options.health, namespace=options.namespace)
         self._ns = options.namespace
 
     def edge(self, stage: str) -> str:
@@ -103,30 +103,18 @@ class Wiring:
         getattr(self.options.log, level)(event, **fields)
 
     async def call(self, fn: Any, inbox: StreamInbox | None) -> Any:
-        """``await fn()``, retried with backoff while Redis is unreachable (given up once a stop began)."""
+        """``await fn()``, retried with backoff while Redis is unreachable (given up once the run was cut
+        short); after a failure, ``inbox`` re-reads its own pending entries."""
+        reach = self.reach
 
         def lost(exc: BaseException) -> None:
             if inbox is not None:
                 inbox.reread = True
-            reason = describe_failure(self.options.redis_url, exc)
-            if self.unreachable is None:
-                self.log("warning", "redis unreachable; retrying with backoff", reason=reason)
-            self.unreachable = reason
-            health = self.options.health
-            if health is not None and health.healthy:
-                health.update(False, reason)
+            reach.lost(exc)
 
         regroup = inbox.group.ensure if inbox is not None else None
-        return await until_done(fn, lost=lost, connected=self._connected, regroup=regroup,
+        return await until_done(fn, lost=lost, connected=reach.connected, regroup=regroup,
                                 give_up=lambda: self.engine.cut)
-
-    def _connected(self) -> None:
-        if self.unreachable is not None:
-            self.unreachable = None
-            self.log("info", "redis reachable again")
-        health = self.options.health
-        if health is not None and not health.healthy:
-            health.update(True)
 
 
 class WorkerBasedEngine(ParallelEngine):
@@ -141,6 +129,7 @@ class WorkerBasedEngine(ParallelEngine):
         self.outs: dict[str, Outbound] = {}
         self.cut = False  # cut off or failed: Redis calls give up instead of waiting for Redis
         self._stages: anyio.CancelScope | None = None
+        self._withheld = False  # a stop left messages read and not started: given back at the end
         super().__init__(nodes)
         self.local = [node for node in nodes if node.name in options.stages]
         self._draining: set[str] = set()  # stages that drain through the end when stopped
@@ -192,7 +181,7 @@ class WorkerBasedEngine(ParallelEngine):
                     self._stages = stages.cancel_scope
                     for node in self.local:
                         stages.start_soon(self._run_node, node, name=f"pipeline stage {node.name}")
-                if self.halted:
+                if self.halted or self._withheld:
                     with anyio.move_on_after(HAND_BACK_WITHIN):
                         await self._hand_back(local_inputs)
                 tg.cancel_scope.cancel()
@@ -205,7 +194,10 @@ class WorkerBasedEngine(ParallelEngine):
             if node.inbox.done is not None:
                 await node.inbox.done.wait()
         for node in inputs:
-            await node.inbox.hand_back()
+            given = await node.inbox.hand_back()
+            if given:
+                self.wiring.log("info", "pipeline messages given back to their edge for other replicas",
+                                stage=node.name, messages=given)
 
     def halt(self) -> None:
         """Cancel the local stages only: the readers, the client and the hand-back outlive them."""
@@ -291,7 +283,7 @@ class WorkerBasedEngine(ParallelEngine):
 
     def stop_roots(self) -> None:
         """Stop the local roots (their end follows what they emitted); stages fed from elsewhere stop
-        reading and drain what they hold."""
+        reading, finish the messages in flight and give back the ones they had not started."""
         Engine.stop_roots(self)
         for node in self.local:
             if node.role == "root":
@@ -300,7 +292,10 @@ class WorkerBasedEngine(ParallelEngine):
                 if node.scope is not None:
                     node.scope.cancel()
             elif node.name not in self._draining and isinstance(node.inbox, StreamInbox):
+                # Fed from another replica: stop reading, finish what is in flight, give back the rest.
                 node.inbox.stopping = True
+                node.inbox.withhold()
+                self._withheld = True
 
 
     # -- stats -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Retrying a Redis call while Redis is unreachable: what every consumer loop does the same way.
+"""Retrying a Redis call while Redis is unreachable, and saying so: what every Redis user does alike.
 
 A call that fails with a lost connection is sent again after a capped,
 jittered backoff (50 ms doubling to 5 s): only calls that are safe to send
@@ -15,9 +15,42 @@ from typing import Any
 
 import anyio
 
-from ._client import LOST, GroupGone, backoff
+from ..._health import HealthComponent
+from ._client import LOST, GroupGone, backoff, describe_failure
 
-__all__ = ["until_done"]
+__all__ = ["Reachability", "until_done"]
+
+
+class Reachability:
+    """Whether Redis answers, as one component sees it: one warning when it stops answering, one line
+    when it is back, and its health key (``<component>.redis``, if any) unhealthy in between, with the
+    reason naming the URL (password masked)."""
+
+    def __init__(
+        self, url: str, log: Callable[..., None], health: HealthComponent | None = None, **fields: Any
+    ) -> None:
+        self.url = url
+        self.log = log  # log(level, event, **fields)
+        self.health = health
+        self.fields = fields  # what every line adds (the stream, the namespace)
+        self.unreachable: str | None = None  # the reason, while Redis does not answer
+
+    def lost(self, exc: BaseException) -> None:
+        """A command failed for the connection's sake: unhealthy until one goes through."""
+        reason = describe_failure(self.url, exc)
+        if self.unreachable is None:
+            self.log("warning", "redis unreachable; retrying with backoff", reason=reason, **self.fields)
+        self.unreachable = reason
+        if self.health is not None and self.health.healthy:
+            self.health.update(False, reason)
+
+    def connected(self) -> None:
+        """A command went through: healthy again if it was not."""
+        if self.unreachable is not None:
+            self.unreachable = None
+            self.log("info", "redis reachable again", **self.fields)
+        if self.health is not None and not self.health.healthy:
+            self.health.update(True)
 
 
 async def until_done(
