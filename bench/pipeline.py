@@ -23,8 +23,18 @@ calling the same stage functions.
    4 leaves, per item, each with its hand-written baseline (for the fan-out,
    the baseline sends each int into 4 streams).
 4. For reference: the serial engine on the 2-stage pipeline.
+5. The worker-based engine on a ``redis-server`` this script starts (no
+   persistence, a free port on 127.0.0.1), in this process: the 2-stage
+   pipeline (``count`` leaf) with per-item ``await emit(i)`` and with
+   ``emit.many`` (chunks of 1,000), ``--redis-items`` (100,000) each, against
+   a hand-written coredis producer/consumer on the same Redis: a producer
+   task sending ``XADD`` per item (JSON, pipelined 500 at a time) and a
+   consumer task reading ``XREADGROUP`` batches of up to 1,000, calling the
+   same ``count`` and acknowledging each batch with one ``XACK``. Goals:
+   >= 0.8x that loop, and >= 100,000 items/s with ``emit.many``.
+   ``--no-redis`` skips them.
 
-    python bench/pipeline.py [--repeat 5] [--items 1000000]
+    python bench/pipeline.py [--repeat 5] [--items 1000000] [--redis-items 100000] [--no-redis]
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ import structlog
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from nacelle_py.base import Pipeline, Stage
+
+from _redis_server import RedisServer
 
 BUFFER = 1024
 CHUNK = 1000
@@ -167,7 +179,66 @@ async def baseline(n: int, c: Counter, inner: int = 0, fan: int = 1) -> None:
             send.close()
 
 
+# -- the worker-based engine and its hand-written coredis baseline -------------------------
+
+
+class OnRedis:
+    """The worker-based rows: a namespace (or stream) of their own per run, on one server."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.runs = 0
+
+    def fresh(self) -> str:
+        self.runs += 1
+        return f"bench:{self.runs}"
+
+    async def pipeline(self, roots: list[Stage]) -> None:
+        await Pipeline(roots, engine="worker-based", redis_url=self.server.url, namespace=self.fresh()).run()
+
+    async def by_hand(self, n: int, c: Counter) -> None:
+        """XADD per item (pipelined), XREADGROUP batches, one XACK per batch: what one writes by hand."""
+        import json
+
+        import coredis
+
+        stream, group = self.fresh(), "count"
+        client = coredis.Redis.from_url(self.server.url, decode_responses=False)
+        async with client:
+            await client.xgroup_create(stream, group, identifier="0", mkstream=True)
+
+            async def produce() -> None:
+                for start in range(0, n, 500):
+                    async with client.pipeline(transaction=False) as pipe:
+                        for i in range(start, min(start + 500, n)):
+                            pipe.xadd(stream, {"m": json.dumps(i)})
+
+            async def consume() -> None:
+                seen = 0
+                while seen < n:
+                    reply = await client.xreadgroup(group, "c1", streams={stream: ">"}, count=1000, block=100)
+                    if not reply:
+                        continue
+                    entries = next(iter(reply.values()))
+                    for entry in entries:
+                        await c.count(json.loads(entry.field_values[b"m"]))
+                    await client.xack(stream, group, [entry.identifier for entry in entries])
+                    seen += len(entries)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume)
+                await produce()
+
+
 # -- the runs ------------------------------------------------------------------------------
+
+
+def _redis_cases(on: OnRedis, n: int) -> dict[str, tuple[Callable[[Counter], Awaitable[None]], int]]:
+    return {
+        "worker-based 2-stage": (lambda c: on.pipeline(two_stage(n, c)), n),
+        "worker-based 2-stage emit.many": (lambda c: on.pipeline(two_stage_many_per_item(n, c)), n),
+        "coredis by hand": (lambda c: on.by_hand(n, c), n),
+    }
 
 
 def _cases(n: int) -> dict[str, tuple[Callable[[Counter], Awaitable[None]], int]]:
@@ -185,8 +256,10 @@ def _cases(n: int) -> dict[str, tuple[Callable[[Counter], Awaitable[None]], int]
     }
 
 
-async def main(repeat: int, n: int) -> None:
+async def main(repeat: int, n: int, on: OnRedis | None, redis_n: int) -> None:
     cases = _cases(n)
+    if on is not None:
+        cases.update(_redis_cases(on, redis_n))
     rates: dict[str, list[float]] = {name: [] for name in cases}
     for round_ in range(repeat + 1):
         for name, (run, expected) in cases.items():
@@ -207,13 +280,30 @@ async def main(repeat: int, n: int) -> None:
     print(f"ratio 4-stage chain pipeline/baseline: {median['4-stage chain'] / median['4-stage chain baseline']:.2f}x")
     print(f"ratio fan-out pipeline/baseline: {median['fan-out 1 -> 4'] / median['fan-out 1 -> 4 baseline']:.2f}x")
     print(f"ratio 2-stage pipeline/baseline: {median['2-stage'] / median['2-stage baseline']:.2f}x (goal >= 0.8x)")
+    if on is not None:
+        by_hand = median["coredis by hand"]
+        many = median["worker-based 2-stage emit.many"]
+        print(f"goal worker-based emit.many >= 100,000 items/s: {many:,.0f}")
+        print(f"ratio worker-based 2-stage per item/coredis by hand: {median['worker-based 2-stage'] / by_hand:.2f}x "
+              "(goal >= 0.8x)")
+        print(f"ratio worker-based 2-stage emit.many/coredis by hand: {many / by_hand:.2f}x (goal >= 0.8x)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--redis-items", type=int, default=100_000)
+    parser.add_argument("--no-redis", action="store_true", help="skip the worker-based rows (no redis-server)")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     print(f"backend: asyncio, {args.items:,} items, repetitions: {args.repeat} after a warm-up (median)")
-    anyio.run(main, args.repeat, args.items)
+    server = None if args.no_redis else RedisServer()
+    try:
+        if server is not None:
+            print(f"worker-based rows: redis-server {server.version} on 127.0.0.1:{server.port}, "
+                  f"{args.redis_items:,} items")
+        anyio.run(main, args.repeat, args.items, None if server is None else OnRedis(server), args.redis_items)
+    finally:
+        if server is not None:
+            server.stop()

@@ -17,8 +17,7 @@ unwrapped.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 __all__ = ["Message", "carry_ids"]
@@ -80,6 +79,8 @@ def _wrap(node: Any, acks: Callable[[Any], Any] | None) -> Callable[..., Any]:
     fn, with_id, name = node.stage_fn, node.with_id, node.name
     if node.role == "root":
         return _root(fn, name, node.is_async)
+    if acks is not None and not node.batch and node.is_async:
+        return _single_acking(fn, with_id, bool(node.children), acks(node))
     if node.batch:
         fn = _batch(fn, with_id, bool(node.children), node.is_async)
     else:
@@ -87,6 +88,34 @@ def _wrap(node: Any, acks: Callable[[Any], Any] | None) -> Callable[..., Any]:
     if acks is None:
         return fn
     return _acking(fn, bool(node.children), node.is_async, acks(node), bool(node.batch))
+
+
+def _single_acking(fn: Callable[..., Any], with_id: bool, inner: bool, ack: Any) -> Callable[..., Any]:
+    """An async stage's message on the worker-based engine (its hot path): one coroutine that calls
+    the function and then reports the message done (or marks it failed)."""
+    if inner:
+
+        async def call(msg: Any, emit: Any) -> Any:
+            try:
+                result = await fn(msg if with_id else msg.body, _emitter(emit, msg.id + "."))
+            except _RAISED:
+                msg.failed = True
+                raise
+            await emit(msg)
+            return result
+
+        return call
+
+    async def leaf(msg: Any) -> Any:
+        try:
+            result = await fn(msg if with_id else msg.body)
+        except _RAISED:
+            msg.failed = True
+            raise
+        ack(msg)
+        return result
+
+    return leaf
 
 
 _RAISED = (Exception, SystemExit, KeyboardInterrupt)  # what a stage may raise as its failure (not a cancellation)
@@ -155,24 +184,32 @@ def _acking(fn: Callable[..., Any], inner: bool, is_async: bool, ack: Any, batch
     return call
 
 
-def _emitter(emit: Any, next_id: Callable[[], str]) -> Any:
-    """An ``emit`` that wraps each item in a ``Message`` with the next id (async or plain alike)."""
+def _emitter(emit: Any, prefix: str) -> Any:
+    """An ``emit`` that wraps each item in a ``Message`` whose id is ``prefix`` and the next number."""
+    seq = [0]  # the next number: one list cell, read and written without a call
 
     def wrapped(item: Any) -> Any:
-        return emit(Message(next_id(), item))
+        n = seq[0]
+        seq[0] = n + 1
+        return emit(Message(f"{prefix}{n}", item))
 
     def many(items: Iterable[Any]) -> Any:
         if type(items) is list or type(items) is tuple:
-            return emit.many([Message(next_id(), item) for item in items])
-        return emit.many(Message(next_id(), item) for item in items)  # read as lazily as before
+            n = seq[0]
+            seq[0] = n + len(items)
+            return emit.many([Message(f"{prefix}{i}", item) for i, item in enumerate(items, n)])
+        return emit.many(_numbered(items, prefix, seq))
 
     wrapped.many = many  # type: ignore[attr-defined]
     return wrapped
 
 
-def _counter(prefix: str) -> Callable[[], str]:
-    numbers = itertools.count()
-    return lambda: f"{prefix}{next(numbers)}"
+def _numbered(items: Iterable[Any], prefix: str, seq: list[int]) -> Iterator[Message[Any]]:
+    """``items`` as messages, read as lazily as the items themselves."""
+    for item in items:
+        n = seq[0]
+        seq[0] = n + 1
+        yield Message(f"{prefix}{n}", item)
 
 
 def _root(fn: Callable[..., Any], name: str, is_async: bool) -> Callable[..., Any]:
@@ -180,12 +217,12 @@ def _root(fn: Callable[..., Any], name: str, is_async: bool) -> Callable[..., An
     if is_async:
 
         async def root(emit: Any) -> Any:
-            return await fn(_emitter(emit, _counter(prefix)))
+            return await fn(_emitter(emit, prefix))
 
         return root
 
     def plain_root(emit: Any) -> Any:
-        return fn(_emitter(emit, _counter(prefix)))
+        return fn(_emitter(emit, prefix))
 
     return plain_root
 
@@ -194,12 +231,12 @@ def _single(fn: Callable[..., Any], with_id: bool, inner: bool, is_async: bool) 
     if inner and is_async:
 
         async def call(msg: Message[Any], emit: Any) -> Any:
-            return await fn(msg if with_id else msg.body, _emitter(emit, _counter(msg.id + ".")))
+            return await fn(msg if with_id else msg.body, _emitter(emit, msg.id + "."))
 
     elif inner:
 
         def call(msg: Message[Any], emit: Any) -> Any:  # type: ignore[misc]
-            return fn(msg if with_id else msg.body, _emitter(emit, _counter(msg.id + ".")))
+            return fn(msg if with_id else msg.body, _emitter(emit, msg.id + "."))
 
     elif is_async:
 
@@ -221,12 +258,12 @@ def _batch(fn: Callable[..., Any], with_id: bool, inner: bool, is_async: bool) -
     if inner and is_async:
 
         async def call(msgs: list[Message[Any]], emit: Any) -> Any:
-            return await fn(unwrap(msgs), _emitter(emit, _counter(msgs[0].id + ".")))
+            return await fn(unwrap(msgs), _emitter(emit, msgs[0].id + "."))
 
     elif inner:
 
         def call(msgs: list[Message[Any]], emit: Any) -> Any:  # type: ignore[misc]
-            return fn(unwrap(msgs), _emitter(emit, _counter(msgs[0].id + ".")))
+            return fn(unwrap(msgs), _emitter(emit, msgs[0].id + "."))
 
     elif is_async:
 

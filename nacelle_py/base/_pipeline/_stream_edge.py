@@ -79,9 +79,9 @@ def decode_chunk(raw: bytes) -> tuple[list[list[Any]], int]:
         before, data = data.get("d"), data.get("m")
         if type(before) is not int or before < 0:
             raise ValueError("a split chunk without its count of deliveries")
-    if type(data) is not list or any(type(p) is not list or len(p) != 2 or type(p[0]) is not str for p in data):
+    if type(data) is not list:
         raise ValueError("not a list of [id, body] pairs")
-    return data, before
+    return data, before  # each pair is checked as it becomes a message (``_deliver``)
 
 
 class StreamInbox:
@@ -257,8 +257,15 @@ class StreamInbox:
                     args=[self.group.group, entry_id, 0, *singles]), self)
                 continue
             entry = Entry(entry_id, len(pairs), deliveries)
+            try:
+                entry.messages = messages = [Delivered(i, body, entry) for i, body in pairs]
+                if messages and type(messages[-1].id) is not str:
+                    raise ValueError("an id that is not a string")
+            except (ValueError, TypeError) as exc:
+                await self._dead(entry_id, raw, len(pairs), f"undecodable entry: not [id, body] pairs ({exc})",
+                                 deliveries)
+                continue
             self.held[entry_id] = entry
-            entry.messages = messages = [Delivered(i, body, entry) for i, body in pairs]
             out.extend(messages)
         self._wake_consumer()
 

@@ -43,19 +43,18 @@ OPS_PER_CALL = 300  # ops per script call: a few hundred chunks, far below Lua's
 class Outbound:
     """One local stage's way out; see the module docstring."""
 
-    def __init__(self, node: Node, wiring: Wiring, inbox: StreamInbox | None) -> None:
+    def __init__(self, node: Node, wiring: Wiring) -> None:
         self.node = node
         self.wiring = wiring
-        self.inbox = inbox
+        self.inbox: StreamInbox | None = None
         children = node.children
         self.chunk = wiring.chunk_for(node)
         self.bound = min((child.buffer for child in children), default=1024)
-        name = inbox.group.group if inbox is not None else ""
         self.keys = [wiring.edge(node.name), wiring.count(node.name)]
         for child in children:
             self.keys += [wiring.edge(child.name), wiring.count(child.name)]
-        self.head: list[Any] = [name, len(children), *[child.buffer for child in children]]
-        self.script = wiring.client.register_script(FLUSH)
+        self.head: list[Any] = [node.name, len(children), *[child.buffer for child in children]]  # the group
+        self.script: Any = None
         self.log: list[Any] = []  # bytes: an output's JSON; Delivered: an input done
         self.waiting = 0  # outputs in the log or being flushed
         self.edge_count = 0  # the fullest child edge's messages, as the last flush saw them
@@ -71,6 +70,12 @@ class Outbound:
         self.on_room: Any = None
         self._freed: anyio.Event | None = None  # told when a flush made room (a plain root's thread waits for it)
         self._where = f"stage {node.name!r}"
+
+    def attach(self, inbox: StreamInbox | None) -> Outbound:
+        """For the run: the stage's input edge (whose chunks this acknowledges) and the connected client."""
+        self.inbox = inbox
+        self.script = self.wiring.client.register_script(FLUSH)
+        return self
 
     # -- emitting ---------------------------------------------------------------------------------
 
@@ -91,11 +96,25 @@ class Outbound:
         return READY
 
     async def many(self, items: Iterable[Any]) -> None:
-        """``emit`` each item, in order, waiting for room as needed."""
+        """``emit`` each item, in order, waiting for room as needed (``emit``'s loop, inlined)."""
+        append = self.log.append
         for item in items:
-            waited = self.emit(item)
-            if waited is not READY:
-                await waited
+            if type(item) is Delivered:
+                append(item)
+                continue
+            if self.sealed:
+                raise Stopped
+            try:
+                append(to_json((item.id, item.body)))
+            except PydanticSerializationError as exc:
+                raise self._unsendable(item, exc) from None
+            self.sent += 1
+            self.waiting = waiting = self.waiting + 1
+            if waiting + self.edge_count >= self.bound:
+                self._kick()
+                await self._wait_room()
+                append = self.log.append  # the flusher has swapped the log meanwhile
+        self._kick()
 
     __call__ = emit  # the outbound is the stage's emit (with .many)
 
@@ -124,11 +143,14 @@ class Outbound:
         try:
             return to_json((msg.id, msg.body))
         except PydanticSerializationError as exc:
-            raise TypeError(
-                f"{self._where} emitted a message that cannot be sent as JSON on the worker-based engine: "
-                f"{type(msg.body).__name__} {msg.body!r:.80} ({exc}); emit ints, strings, lists, dicts or "
-                "pydantic models"
-            ) from None
+            raise self._unsendable(msg, exc) from None
+
+    def _unsendable(self, msg: Any, exc: Exception) -> TypeError:
+        return TypeError(
+            f"{self._where} emitted a message that cannot be sent as JSON on the worker-based engine: "
+            f"{type(msg.body).__name__} {msg.body!r:.80} ({exc}); emit ints, strings, lists, dicts or "
+            "pydantic models"
+        )
 
     async def _wait_room(self) -> None:
         # Until what this emit appended was flushed, or the log and the edge are below the bound again

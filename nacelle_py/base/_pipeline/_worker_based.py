@@ -61,9 +61,9 @@ class WorkerOptions:
 class Wiring:
     """What the edges and outbounds of one run share: key names, options, the client, retried calls."""
 
-    def __init__(self, options: WorkerOptions, client: Any, engine: WorkerBasedEngine) -> None:
+    def __init__(self, options: WorkerOptions, engine: WorkerBasedEngine) -> None:
         self.options = options
-        self.client = client
+        self.client: Any = None  # the run's, once it has connected
         self.engine = engine
         self.lease = options.lease
         self.max_deliveries = options.max_deliveries
@@ -130,16 +130,15 @@ class WorkerBasedEngine(ParallelEngine):
         self.cut = False  # cut off or failed: Redis calls give up instead of waiting for Redis
         self._stages: anyio.CancelScope | None = None
         self._withheld = False  # a stop left messages read and not started: given back at the end
-        super().__init__(nodes)
+        self.wiring = Wiring(options, self)
         self.local = [node for node in nodes if node.name in options.stages]
+        self.outs = {node.name: Outbound(node, self.wiring) for node in self.local}
+        super().__init__(nodes)
         self._draining: set[str] = set()  # stages that drain through the end when stopped
 
     def wrap(self, nodes: list[Node]) -> None:
-        """Ids everywhere, and each stage reports the messages it is done with."""
-        carry_ids(nodes, always=True, acks=lambda node: functools.partial(self._ack, node.name))
-
-    def _ack(self, name: str, msg: Any) -> None:
-        self.outs[name].ack(msg)
+        """Ids everywhere, and each stage reports the messages it is done with (a leaf to its outbound)."""
+        carry_ids(nodes, always=True, acks=lambda node: self.outs[node.name].ack if node.name in self.outs else None)
 
     # -- the run -----------------------------------------------------------------------------------
 
@@ -152,7 +151,8 @@ class WorkerBasedEngine(ParallelEngine):
         client = make_client(options.redis_url, name=f"nacelle pipeline {options.namespace}",
                              max_connections=len(local_inputs) + 8)
         async with client:
-            wiring = self.wiring = Wiring(options, client, self)
+            wiring = self.wiring
+            wiring.client = client
             groups = {node.name: StreamGroup(client, wiring.edge(node.name), node.name, wiring.consumer)
                       for node in self.nodes if node.role != "root"}
 
@@ -167,8 +167,7 @@ class WorkerBasedEngine(ParallelEngine):
             for node in local_inputs:
                 node.inbox = StreamInbox(node, wiring, groups[node.name])
             for node in self.local:
-                out = self.outs[node.name] = Outbound(node, wiring, node.inbox)
-                self._emits[node.name] = out
+                self._emits[node.name] = self.outs[node.name].attach(node.inbox)
             self._draining = {node.name for node in self.local if self._ancestors_local(node)}
             async with anyio.create_task_group() as tg:
                 for node in self.local:
