@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from _redis import command
+from _redis import command, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from harness import ROOT, AppProcess, clean_env  # noqa: E402
@@ -78,7 +78,7 @@ def test_a_replica_killed_mid_run_loses_nothing_and_the_leaf_stores_each_id_once
     root = replicas("numbers", redis_url, backend)
 
     deadline = time.monotonic() + 60
-    while rows(db, "SELECT COUNT(*) FROM stored") in ([], [(0,)]) or rows(db, "SELECT COUNT(*) FROM stored")[0][0] < 3000:
+    while (rows(db, "SELECT COUNT(*) FROM stored") or [(0,)])[0][0] < 3000:
         assert time.monotonic() < deadline, "no progress\n" + "\n".join(a.dump() for a in (root, store, *squares))
         time.sleep(0.05)
     victim = squares[0]
@@ -103,3 +103,22 @@ def test_a_replica_killed_mid_run_loses_nothing_and_the_leaf_stores_each_id_once
         assert int(redis(redis_url, "GET", f"{NAMESPACE}:count:{stage}") or 0) == 0, stage
         assert int(redis(redis_url, "XLEN", f"{NAMESPACE}:dead:{stage}")) == 0, stage
         assert int(redis(redis_url, "XLEN", f"{NAMESPACE}:edge:{stage}")) == 0, stage
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_unreachable_redis_fails_the_boot_naming_the_masked_url(backend: str, tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    env = clean_env(PIPELINE_ENGINE="worker-based", PIPELINE_STAGES="square",
+                    REDIS_URL=f"redis://:s3cret@127.0.0.1:{port}/0")
+    app = AppProcess([str(SCRIPT), backend, str(tmp_path / "store.sqlite3"), "10", "0"], env)
+    with app:
+        began = time.monotonic()
+        status = app.wait(10.0 + 5.0)
+        took = time.monotonic() - began
+    output = app.stdout + app.stderr
+    assert status == 1, app.dump()
+    assert "s3cret" not in output and f"127.0.0.1:{port}" in output, app.dump()
+    failures = [e for e in app.events if e.get("level") in ("error", "critical")]
+    text = " ".join(str(v) for e in failures for v in e.values())
+    assert "Pipeline" in text and "REDIS_URL" in text and f"127.0.0.1:{port}" in text, text
+    assert took < 15

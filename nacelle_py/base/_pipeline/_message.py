@@ -128,60 +128,40 @@ def _failed(unit: Any, batch: bool) -> None:
 
 
 def _acking(fn: Callable[..., Any], inner: bool, is_async: bool, ack: Any, batch: bool) -> Callable[..., Any]:
-    """``fn``, then the message (or each of the batch) reported done; when ``fn`` raised, marked failed."""
-    if inner and is_async:
+    """``fn``, then the message (or each of the batch) reported done; when ``fn`` raised, marked failed.
 
-        async def call(unit: Any, emit: Any) -> Any:
+    An inner stage reports through its ``emit`` (a message done never waits there, so nothing
+    is awaited), a leaf through ``ack``. ``emit`` comes as the optional second argument.
+    """
+
+    def report(unit: Any, emit: tuple[Any, ...]) -> None:
+        done = emit[0] if inner else ack
+        for msg in unit if batch else (unit,):
+            done(msg)
+
+    if is_async:
+
+        async def call(unit: Any, *emit: Any) -> Any:
             try:
-                result = await fn(unit, emit)
+                result = await fn(unit, *emit)
             except _RAISED:
                 _failed(unit, batch)
                 raise
-            if batch:
-                await emit.many(unit)
-            else:
-                await emit(unit)
+            report(unit, emit)
             return result
 
-    elif inner:
+        return call
 
-        def call(unit: Any, emit: Any) -> Any:  # type: ignore[misc]
-            try:
-                result = fn(unit, emit)
-            except _RAISED:
-                _failed(unit, batch)
-                raise
-            if batch:
-                emit.many(unit)
-            else:
-                emit(unit)
-            return result
+    def plain(unit: Any, *emit: Any) -> Any:
+        try:
+            result = fn(unit, *emit)
+        except _RAISED:
+            _failed(unit, batch)
+            raise
+        report(unit, emit)
+        return result
 
-    elif is_async:
-
-        async def call(unit: Any) -> Any:  # type: ignore[misc]
-            try:
-                result = await fn(unit)
-            except _RAISED:
-                _failed(unit, batch)
-                raise
-            for msg in unit if batch else (unit,):
-                ack(msg)
-            return result
-
-    else:
-
-        def call(unit: Any) -> Any:  # type: ignore[misc]
-            try:
-                result = fn(unit)
-            except _RAISED:
-                _failed(unit, batch)
-                raise
-            for msg in unit if batch else (unit,):
-                ack(msg)
-            return result
-
-    return call
+    return plain
 
 
 def _emitter(emit: Any, prefix: str) -> Any:

@@ -61,7 +61,8 @@ class PipelineSettings(BaseSettings):
         None, description="Worker-based engine: the stages this replica runs, comma-separated (default: all)."
     )
     namespace: str | None = Field(
-        None, description="Worker-based engine: the prefix of the pipeline's Redis keys (default: nacelle:<app>:<name>)."
+        None,
+        description="Worker-based engine: the prefix of the pipeline's Redis keys (default: nacelle:<app>:<name>).",
     )
     lease: float | None = Field(
         None, description="Worker-based engine: seconds a replica holds a message unrenewed before others reclaim it."
