@@ -183,6 +183,24 @@ async def test_a_stopped_replica_gives_back_what_it_had_not_started_at_once(redi
     assert second.stats()["square"].messages_in == 200 - done_by_first
 
 
+async def test_an_end_added_twice_still_ends_every_replica_once(redis_url: str) -> None:
+    # A flush re-sent after a lost reply can add the end twice; each copy may reach another replica.
+    stored: list[tuple[str, Any]] = []
+    ns = namespace()
+    roots = tree(stored, 12)  # fewer than square's buffer (16): the root finishes with nobody reading
+    await run(worker_based(roots, redis_url, ns, stages=["numbers"]))
+    redis(redis_url, "XADD", f"{ns}:edge:square", "*", "m", "E")
+    replicas = [worker_based(roots, redis_url, ns, stages=["square"]) for _ in range(2)]
+    store = worker_based(roots, redis_url, ns, stages=["store"])
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as tg:
+            for p in (*replicas, store):
+                tg.start_soon(p.run)
+    assert sorted(stored) == sorted((f"numbers:{n}.0", n * n) for n in range(12))
+    assert int(redis(redis_url, "XLEN", f"{ns}:edge:square")) == 0
+    assert int(redis(redis_url, "XLEN", f"{ns}:edge:store")) == 0  # one end passed on, and consumed
+
+
 async def test_a_failing_message_stays_pending_then_is_retried_then_dead_lettered(redis_url: str) -> None:
     stored: list[tuple[str, Any]] = []
     ns = namespace()

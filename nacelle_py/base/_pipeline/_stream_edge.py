@@ -220,11 +220,15 @@ class StreamInbox:
             )
             if done:
                 self.end = None
-            return bool(done)
-        if self.held or self.items:
+                return True
+            # Not yet; or another replica held the same end twice over and passed it on (then ours is gone).
+        elif self.held or self.items:
             return False
         key = await wiring.call(lambda: self.group.client.get(wiring.end_key(self.node.name)), self)
-        return key is not None and key != baseline
+        if key is not None and key != baseline:
+            self.end = None
+            return True
+        return False
 
     async def _deliver(self, entries: list[tuple[bytes, bytes | None, int]]) -> None:
         """Turn entries into messages (or an end, a dead letter, single entries again)."""

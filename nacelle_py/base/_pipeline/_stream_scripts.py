@@ -64,17 +64,25 @@ return {0, fullest()}
 """
 
 # KEYS: input edge, its end key, then each child's edge. ARGV: group, consumer, the end's entry id
-# -> 1 when the edge is done (the end is the only entry left, pending with this consumer, and every
-# other message was acknowledged, by whichever replica): the end moves on to every child, is
-# acknowledged, and its id is kept; else 0 (the caller looks again later).
+# -> 1 when the edge is done: nothing is left on it but ends (the same end added twice, by a flush
+# sent again after a lost reply, may sit with another replica), all delivered, this consumer holding
+# the one given, so every other message was acknowledged, by whichever replica held it. Then one
+# end moves on to every child, every end here is acknowledged, and the given end's id is kept.
+# Else 0 (the caller looks again later).
 FINISH = """
-local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
-if tonumber(summary[1]) ~= 1 or redis.call('XLEN', KEYS[1]) ~= 1 then return 0 end
+local pending = tonumber(redis.call('XPENDING', KEYS[1], ARGV[1])[1])
+if pending < 1 or pending > 16 or redis.call('XLEN', KEYS[1]) ~= pending then return 0 end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if not p[1] or p[1][2] ~= ARGV[2] then return 0 end
+local entries = redis.call('XRANGE', KEYS[1], '-', '+')
+for _, e in ipairs(entries) do
+  if e[2][1] ~= 'm' or e[2][2] ~= 'E' then return 0 end
+end
 for c = 3, #KEYS do redis.call('XADD', KEYS[c], '*', 'm', 'E') end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[3])
+for _, e in ipairs(entries) do
+  redis.call('XACK', KEYS[1], ARGV[1], e[1])
+  redis.call('XDEL', KEYS[1], e[1])
+end
 redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
