@@ -305,11 +305,23 @@ async def test_placement_that_runs_no_stage_of_the_pipeline_is_a_registration_er
         await run(p)
 
 
-async def test_pipeline_stages_on_another_engine_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_worker_based_settings_on_another_engine_are_ignored_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One app's settings serve all its pipelines; a pipeline coded for another engine runs as coded.
     monkeypatch.setenv("PIPELINE_STAGES", "store")
-    p = Pipeline([Stage("numbers", counting_root(1), [Stage("store", lambda m: None)])], engine="parallel")
-    with pytest.raises(RegistrationError, match="PIPELINE_STAGES apply to the worker-based engine only"):
+    monkeypatch.setenv("PIPELINE_LEASE", "5")
+    got: list[int] = []
+
+    async def store(msg: int) -> None:
+        got.append(msg)
+
+    p = Pipeline([Stage("numbers", counting_root(3), [Stage("store", store)])], engine="parallel")
+    with capture_logs() as logs:
         await run(p)
+    assert got == [0, 1, 2]  # every stage ran here
+    warnings = [e for e in logs if e["event"].startswith("worker-based settings ignored")]
+    assert warnings and warnings[0]["settings"] == ["PIPELINE_STAGES", "PIPELINE_LEASE"]
 
 
 async def test_under_an_app_the_settings_place_the_stages_and_name_the_namespace(

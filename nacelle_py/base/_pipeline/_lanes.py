@@ -76,10 +76,14 @@ class Outbox:
     missed). ``emit`` raises ``Stopped`` once ``stop()`` was called.
     """
 
-    def __init__(self, waker: Waker, cap: int, backlog: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self, waker: Waker, cap: int, backlog: Callable[[], int] = lambda: 0,
+        blocked: Callable[[], None] | None = None,
+    ) -> None:
         self._waker = waker
         self.cap = cap
         self._backlog = backlog  # messages waiting downstream, counted against the same bound
+        self._blocked = blocked  # told (on the thread) each time the thread is about to wait for room
         self.items: deque[Any] = deque()
         self.room = threading.Event()
         self.sleeping = False
@@ -118,6 +122,8 @@ class Outbox:
                 return
             # Set when the loop forwards, a child takes its edge, or stop(); the timeout
             # only bounds the wait should a wake-up race past the check above.
+            if self._blocked is not None:
+                self._blocked()
             self.room.wait(0.05)
 
     def finish(self) -> None:

@@ -195,6 +195,7 @@ class Pipeline(Process):
                 f"drop them or use engine='worker-based' (this pipeline's engine: {engine!r})"
             )
         self._placed: Placement | None = None  # the options in force for a worker-based run
+        self._ignored: list[str] = []  # worker-based settings set while another engine runs
         self._redis_health: HealthComponent | None = None
         self._code_engine = self._engine_name = engine or "parallel"
         self._code_timeout = positive("Pipeline", "shutdown_timeout", shutdown_timeout)
@@ -277,6 +278,9 @@ class Pipeline(Process):
             if self._engine_name == "worker-based":
                 await self._reach_redis()
         self._log = vars(self).get("logger") or structlog.get_logger().bind(component="pipeline")
+        if self._ignored:
+            self._log.warning("worker-based settings ignored: this pipeline's engine is not worker-based",
+                              engine=self._engine_name, settings=self._ignored)
         engine_class = engine_class_of(self._engine_name)
         engine_class.check(self._nodes, "Pipeline")
         engine = self._engine = engine_class(self._nodes, self._worker_options())
@@ -345,13 +349,17 @@ class Pipeline(Process):
         names = [n.name for n in self._nodes]
         if self._engine_name != "worker-based":
             self._placed = None
-            given = self._placement.given() + (["PIPELINE_STAGES"] if settings is not None and settings.stages else [])
+            given = self._placement.given()
             if given:
                 raise RegistrationError(
                     f"Pipeline: {', '.join(given)} apply to the worker-based engine only, and this pipeline runs "
                     f"on {self._engine_name!r}; set PIPELINE_ENGINE=worker-based (or engine='worker-based'), "
                     "or drop them"
                 )
+            # The settings serve every pipeline of the app, some of which may be worker-based: ignored
+            # here, and said so (a forgotten PIPELINE_ENGINE would otherwise run every stage here silently).
+            self._ignored = [f"PIPELINE_{name.upper()}" for name in ("stages", "namespace", "lease", "max_deliveries")
+                             if settings is not None and getattr(settings, name) is not None]
             return
         engine_class_of("worker-based")  # the extra, before anything else: MissingExtraError names it
         default = getattr(self, "_default_namespace", "nacelle:pipeline")

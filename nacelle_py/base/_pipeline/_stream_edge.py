@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -95,7 +96,12 @@ class StreamInbox:
         self.closed = False
         self.stopping = False  # stop reading (a replica's stop): what is held drains
         self.held: dict[bytes, Entry] = {}  # chunks read and not acknowledged: leased
-        self.end: bytes | None = None  # the end's entry id, once this consumer holds it
+        self.ends: dict[bytes, bytes] = {}  # the ends this consumer holds: entry id -> E:<token>
+        # Messages delivered before (their replica died or failed holding them): handed to the stage one
+        # at a time, the next once the last one's outcome is in Redis, so that a message that kills its
+        # replica takes nobody's delivery count with it but its own.
+        self.careful: deque[Delivered] = deque()
+        self._careful_entry: Entry | None = None
         self.reread = False  # a failed call: our own pending list may hold entries we never saw
         self.reclaimed = 0
         self.dead_lettered = 0
@@ -137,10 +143,7 @@ class StreamInbox:
 
     def leased(self) -> list[bytes]:
         """The entry ids this consumer holds (the end too)."""
-        ids = list(self.held)
-        if self.end is not None:
-            ids.append(self.end)
-        return ids
+        return [*self.held, *self.ends]
 
     # -- the reader -------------------------------------------------------------------------------
 
@@ -156,29 +159,40 @@ class StreamInbox:
         self.done = anyio.Event()
         try:
             while not self.closed and not self.stopping:
+                if self.careful:
+                    fed = self._careful_entry
+                    if fed is None or fed.id not in self.held:
+                        msg = self.careful.popleft()
+                        self._careful_entry = msg.entry
+                        self.items.append(msg)
+                        self._wake_consumer()
+                    self._room = anyio.Event()  # set when the flush acknowledges it
+                    with anyio.move_on_after(BLOCK_MS / 1000):
+                        await self._room.wait()
+                    continue
                 if self.reread:
                     self.reread = False
                     own = await wiring.call(lambda: group.read_own(1000), self)
-                    await self._deliver([(eid, raw, 2) for eid, raw in own or () if eid not in self.held
-                                         and eid != self.end])
+                    await self._deliver([(eid, raw, 1) for eid, raw in own or () if eid not in self.held
+                                         and eid not in self.ends])
                     continue
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + max(lease / 2, 0.05)
                     found = await wiring.call(lambda: group.reclaim(lease, 100), self)
                     if found:
-                        taken = sum(1 for _, raw, _ in found if raw is not None and raw != END)
+                        taken = sum(1 for _, raw, _ in found if raw is not None and raw[:1] != END)
                         if taken:
                             self.reclaimed += taken
                             wiring.log("warning", "pipeline chunks reclaimed from a replica that stopped renewing "
                                        "their lease", stage=node.name, entries=taken, lease=lease)
                         await self._deliver(found)
                         continue
-                if self.end is not None and not self._busy():
+                if self.ends and not self._busy():
                     if await self._ended(baseline):
                         self.close()
                         break
                 room = node.buffer - self._holding()
-                if room <= 0 or (self.end is not None and self._busy()):
+                if room <= 0 or (self.ends and self._busy()):
                     # Full; or the end is here and what came before it is still being done here.
                     self._room = anyio.Event()
                     with anyio.move_on_after(BLOCK_MS / 1000):
@@ -208,25 +222,26 @@ class StreamInbox:
 
     async def _ended(self, baseline: bytes | None) -> bool:
         """Idle: whether the edge is done (the end held here passed on, or another replica saw it)."""
-        wiring = self.wiring
-        if self.end is not None:
+        wiring, node = self.wiring, self.node
+        if self.ends:
             if self._busy():
                 return False
-            end = self.end
-            keys = [wiring.edge(self.node.name), wiring.end_key(self.node.name),
-                    *[wiring.edge(child.name) for child in self.node.children]]
-            done = await wiring.call(
-                lambda: self._scripts["finish"](keys=keys, args=[self.group.group, self.group.consumer, end]), self
-            )
-            if done:
-                self.end = None
-                return True
-            # Not yet; or another replica held the same end twice over and passed it on (then ours is gone).
+            keys = [wiring.edge(node.name), wiring.end_key(node.name), wiring.run_key(node),
+                    *[wiring.edge(child.name) for child in node.children]]
+            for entry_id, end in list(self.ends.items()):
+                done = await wiring.call(lambda: self._scripts["finish"](
+                    keys=keys, args=[self.group.group, self.group.consumer, entry_id, end]), self)
+                if done == -1:  # an end of an earlier run of the root: dropped
+                    self.ends.pop(entry_id, None)
+                elif done:
+                    self.ends.clear()
+                    return True
+            # Not yet; or another replica held a copy of the same end and passed it on (ours is gone).
         elif self.held or self.items:
             return False
-        key = await wiring.call(lambda: self.group.client.get(wiring.end_key(self.node.name)), self)
+        key = await wiring.call(lambda: self.group.client.get(wiring.end_key(node.name)), self)
         if key is not None and key != baseline:
-            self.end = None
+            self.ends.clear()
             return True
         return False
 
@@ -237,11 +252,11 @@ class StreamInbox:
         for entry_id, raw, deliveries in entries:
             if raw is None or entry_id in self.held:
                 continue  # deleted while pending, or ours already
-            if raw == END:
-                if self.end is not None and self.end != entry_id:
+            if raw[:1] == END:
+                if raw in self.ends.values() and entry_id not in self.ends:
                     await self._drop(entry_id)  # the same end twice (a flush sent again): one is enough
                 else:
-                    self.end = entry_id
+                    self.ends[entry_id] = raw  # FINISH tells a current end from an earlier run's
                 continue
             try:
                 pairs, before = decode_chunk(raw)
@@ -270,7 +285,10 @@ class StreamInbox:
                                  deliveries)
                 continue
             self.held[entry_id] = entry
-            out.extend(messages)
+            if deliveries > 1:
+                self.careful.extend(messages)  # delivered before: one at a time, each flushed before the next
+            else:
+                out.extend(messages)
         self._wake_consumer()
 
     async def hand_back(self) -> int:
@@ -288,21 +306,23 @@ class StreamInbox:
             if await wiring.call(lambda: script(keys=keys, args=[self.group.group, entry.id, gone, *singles]), self):
                 given += len(singles)
             self.held.pop(entry.id, None)
-        end = self.end
-        if end is not None:
-            await wiring.call(lambda: script(keys=keys, args=[self.group.group, end, 0, END]), self)
-            self.end = None
+        for entry_id, end in list(self.ends.items()):
+            await wiring.call(lambda: script(keys=keys, args=[self.group.group, entry_id, 0, end]), self)
+        self.ends.clear()
         self.items = []
         return given
 
     def withhold(self) -> int:
         """A stop: the messages read here and not started are not started (``hand_back`` returns them)."""
         node = self.node
-        held = len(self.items)
+        held = len(self.items) + len(self.careful)
         self.items = []
+        self.careful.clear()
         cursor = node.cursor
         if cursor is not None:
-            rest = sum(1 for _ in cursor)  # the stage's loop finds its batch used up
+            rest = node.remaining()  # messages (a batch stage's cursor walks lists of them)
+            for _ in cursor:  # the stage's loop finds its batch used up
+                pass
             node.taken -= rest
             held += rest
         return held

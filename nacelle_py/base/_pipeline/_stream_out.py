@@ -20,6 +20,7 @@ stage (on its edge, or in its parent's log) stays within its buffer.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ class Outbound:
             self.keys += [wiring.edge(child.name), wiring.count(child.name)]
         self.head: list[Any] = [node.name, len(children), *[child.buffer for child in children]]  # the group
         self.script: Any = None
+        self.token = os.urandom(6).hex()  # this run's, carried by a root's end (see _stream_scripts)
         self.log: list[Any] = []  # bytes: an output's JSON; Delivered: an input done
         self.waiting = 0  # outputs in the log or being flushed
         self.edge_count = 0  # the fullest child edge's messages, as the last flush saw them
@@ -66,6 +68,8 @@ class Outbound:
         self._room: anyio.Event | None = None
         self._done = anyio.Event()
         self.threaded = not node.is_async and not children  # a plain leaf acknowledges from its thread
+        self.probe = False  # a plain root's thread waits on the edge's count: look at it again
+        self._probe_pause = 0.001
         self.from_thread = False
         self.on_room: Any = None
         self._freed: anyio.Event | None = None  # told when a flush made room (a plain root's thread waits for it)
@@ -134,8 +138,8 @@ class Outbound:
                 waker.notify()
 
     def woken(self) -> None:
-        """On the loop, after a thread's wake-up: let the flusher look at the log."""
-        if self.from_thread:
+        """On the loop, after a thread's wake-up: let the flusher look at the log (or at the edge)."""
+        if self.from_thread or self.probe:
             self.from_thread = False
             self._kick()
 
@@ -175,6 +179,9 @@ class Outbound:
                 if not self.log:
                     if self.closing:
                         break
+                    if self.probe:
+                        await self._probe()
+                        continue
                     self._wake = anyio.Event()
                     await self._wake.wait()
                     continue
@@ -195,12 +202,47 @@ class Outbound:
                 if self.on_room is not None:
                     self.on_room()
             if self.end:
-                await self._send(["E", "", ""])
+                await self._send(["E", b"E:" + self.token.encode(), ""])
         finally:
             self._done.set()
 
+    def backlog(self) -> int:
+        """What counts against a plain root's bound, read from its thread: the unflushed messages and the
+        fullest child edge (as the last flush or probe saw it)."""
+        return self.waiting + self.edge_count
+
+    def blocked(self) -> None:
+        """A plain root's thread waits for room: when only the edge's count (maybe old) holds it back,
+        the flusher looks at the edge again (``_probe``), woken through the engine's waker."""
+        if not self.waiting and self.edge_count and not self.probe:
+            self.probe = True
+            waker = self.wiring.engine.waker
+            if waker is not None:
+                waker.notify()
+
+    async def _probe(self) -> None:
+        """A FLUSH of no ops: the fullest child edge's count now. When it is still full, pause (a child
+        here says when it frees room) before the next look."""
+        reply = await self.wiring.call(lambda: self.script(keys=self.keys, args=self.head), self.inbox)
+        self.probe = False
+        if reply is not None:
+            self.edge_count = int(reply[1])
+        if self.on_room is not None:
+            self.on_room()
+        if self.edge_count >= self.bound:
+            self._freed = anyio.Event()
+            with anyio.move_on_after(self._probe_pause):
+                await self._freed.wait()
+            self._freed = None
+            self._probe_pause = min(self._probe_pause * 2, 0.025)
+        else:
+            self._probe_pause = 0.001
+
     async def close(self, *, end: bool) -> None:
-        """Flush what is logged (and then the end, with ``end``); return once it is in Redis."""
+        """Flush what is logged (and then the end, with ``end``); return once it is in Redis (at once
+        when it was closed before)."""
+        if self._done.is_set():
+            return
         self.closing = True
         self.end = end
         self._kick()
@@ -257,6 +299,8 @@ class Outbound:
                 pause = 0.001
                 continue
             position += stopped - len(head) - 1  # the op that found a full edge, and after it
+            if wiring.engine.cut:
+                return False  # cut off: nobody will make room; what is not in Redis is given back
             # A child run here says when it made room (``freed``); one elsewhere cannot: look again
             # after a pause that grows while the edge stays full.
             self._freed = anyio.Event()

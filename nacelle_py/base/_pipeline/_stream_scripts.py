@@ -7,18 +7,22 @@ Key layout for a pipeline whose namespace is ``N``, for each non-root stage
 - ``N:count:S``: the messages on that edge (waiting or delivered and not
   acknowledged): what ``buffer`` bounds;
 - ``N:end:S``: the entry id of the last end that went through ``S``;
-- ``N:dead:S``: the dead-letter stream of ``S``.
+- ``N:dead:S``: the dead-letter stream of ``S``;
+
+and for each root ``R``, ``N:run:R``: the token of its latest run.
 
 An entry's one field ``m`` holds a chunk, a JSON list of ``[id, body]``
-pairs, or ``E``: the end of the edge (the parent finished; it travels behind
-every message the parent emitted).
+pairs, or ``E:<token>``: the end of the edge (the parent finished; it travels
+behind every message the parent emitted), marked with the run of the root it
+comes from, so that an end left behind by an earlier run (a replica that
+failed holding it) never ends a later one.
 """
 
 from __future__ import annotations
 
 __all__ = ["DEAD", "END", "EXPLODE", "FINISH", "FLUSH"]
 
-END = b"E"
+END = b"E"  # the first byte of an end entry (a chunk starts with "[" or "{")
 
 # KEYS: input edge, its count, then each child's edge and count. ARGV: the input's group, the number
 # of children, each child's buffer, then ops, three arguments each, applied in order:
@@ -26,7 +30,7 @@ END = b"E"
 #               n more would pass its buffer, stop here and return this op's position (the caller
 #               waits and sends the rest again): all of the chunk or none of it
 #   K id n    - acknowledge and delete input entry `id` (n messages), if it is still pending
-#   E - -     - add the end to every child's edge
+#   E end -   - add the end (``E:<token>``) to every child's edge
 # -> {0, the fullest child edge's count} once every op is applied, or {the position of the A op that
 # did not fit, that count}. An input is acknowledged in the same step as, or after, everything
 # emitted for it: a crash leaves outputs without their input's ack (a duplicate later), never the reverse.
@@ -56,29 +60,37 @@ while i <= #ARGV do
       redis.call('DECRBY', KEYS[2], ARGV[i + 2])
     end
   else
-    for c = 1, nc do redis.call('XADD', KEYS[2 * c + 1], '*', 'm', 'E') end
+    for c = 1, nc do redis.call('XADD', KEYS[2 * c + 1], '*', 'm', ARGV[i + 1]) end
   end
   i = i + 3
 end
 return {0, fullest()}
 """
 
-# KEYS: input edge, its end key, then each child's edge. ARGV: group, consumer, the end's entry id
-# -> 1 when the edge is done: nothing is left on it but ends (the same end added twice, by a flush
-# sent again after a lost reply, may sit with another replica), all delivered, this consumer holding
-# the one given, so every other message was acknowledged, by whichever replica held it. Then one
-# end moves on to every child, every end here is acknowledged, and the given end's id is kept.
-# Else 0 (the caller looks again later).
+# KEYS: input edge, its end key, its root's run key, then each child's edge. ARGV: group, consumer,
+# the end's entry id, the end (``E:<token>``)
+# -> -1 when the end is stale (its root has begun another run since): acknowledged and dropped.
+# -> 1 when the edge is done: nothing is left on it but copies of this end (a flush sent again after
+# a lost reply adds it twice, and the copy may sit with another replica), all delivered, this
+# consumer holding the given one, so every other message was acknowledged, by whichever replica
+# held it. Then the end moves on to every child, every copy here is acknowledged, and the given
+# end's id is kept. Else 0 (the caller looks again later).
 FINISH = """
+local token = string.sub(ARGV[4], 3)
+if redis.call('GET', KEYS[3]) ~= token then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('XDEL', KEYS[1], ARGV[3])
+  return -1
+end
 local pending = tonumber(redis.call('XPENDING', KEYS[1], ARGV[1])[1])
 if pending < 1 or pending > 16 or redis.call('XLEN', KEYS[1]) ~= pending then return 0 end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if not p[1] or p[1][2] ~= ARGV[2] then return 0 end
 local entries = redis.call('XRANGE', KEYS[1], '-', '+')
 for _, e in ipairs(entries) do
-  if e[2][1] ~= 'm' or e[2][2] ~= 'E' then return 0 end
+  if e[2][1] ~= 'm' or e[2][2] ~= ARGV[4] then return 0 end
 end
-for c = 3, #KEYS do redis.call('XADD', KEYS[c], '*', 'm', 'E') end
+for c = 4, #KEYS do redis.call('XADD', KEYS[c], '*', 'm', ARGV[4]) end
 for _, e in ipairs(entries) do
   redis.call('XACK', KEYS[1], ARGV[1], e[1])
   redis.call('XDEL', KEYS[1], e[1])

@@ -83,6 +83,12 @@ class Wiring:
         """The id of the last end that went through the edge into ``stage``."""
         return f"{self._ns}:end:{stage}"
 
+    def run_key(self, node: Node) -> str:
+        """The token of the latest run of ``node``'s root (an end carries the token of its run)."""
+        while node.parent is not None:
+            node = node.parent
+        return f"{self._ns}:run:{node.name}"
+
     def dead(self, stage: str) -> str:
         """The dead-letter stream of ``stage``."""
         return f"{self._ns}:dead:{stage}"
@@ -161,6 +167,9 @@ class WorkerBasedEngine(ParallelEngine):
                     await group.ensure()
                 for script in (FLUSH, FINISH, EXPLODE, DEAD):
                     await client.script_load(script)
+                for node in self.local:  # a new run of a root: an end its earlier runs left is stale now
+                    if node.role == "root":
+                        await client.set(wiring.run_key(node), self.outs[node.name].token)
                 return {node.name: await client.get(wiring.end_key(node.name)) for node in local_inputs}
 
             baselines = await wiring.call(prepare, None)
@@ -181,6 +190,12 @@ class WorkerBasedEngine(ParallelEngine):
                     for node in self.local:
                         stages.start_soon(self._run_node, node, name=f"pipeline stage {node.name}")
                 if self.halted or self._withheld:
+                    # Flush what the stages finished first (nothing done is given back), and the end of
+                    # a root cut off by a stop (its downstream replicas still end); then give back the rest.
+                    with anyio.move_on_after(HAND_BACK_WITHIN):
+                        for node in self.local:
+                            ends = node.role == "root" and self.stopping and self.failure is None
+                            await self.outs[node.name].close(end=ends)
                     with anyio.move_on_after(HAND_BACK_WITHIN):
                         await self._hand_back(local_inputs)
                 tg.cancel_scope.cancel()
@@ -235,9 +250,7 @@ class WorkerBasedEngine(ParallelEngine):
                     continue
                 lost = await wiring.call(functools.partial(inbox.group.renew, ids), inbox)
                 for entry_id in lost or ():
-                    if inbox.held.pop(entry_id, None) is not None or inbox.end == entry_id:
-                        if inbox.end == entry_id:
-                            inbox.end = None
+                    if inbox.held.pop(entry_id, None) is not None or inbox.ends.pop(entry_id, None) is not None:
                         wiring.log("warning", "pipeline lease lost: another replica took the chunk over",
                                    stage=node.name, entry=entry_id.decode())
 
@@ -274,7 +287,9 @@ class WorkerBasedEngine(ParallelEngine):
         """A plain root's thread emits into an outbox bounded by what its outbound has not flushed."""
         assert self.waker is not None
         out = self.outs[node.name]
-        outbox = Outbox(self.waker, out.bound, lambda: out.waiting)
+        # As for an async root: what the outbound holds and what its fullest child edge holds count
+        # against the bound (the outbox adds no buffer of its own).
+        outbox = Outbox(self.waker, out.bound, out.backlog, out.blocked)
         out.on_room = outbox.room.set
         await self.run_plain_root(node, outbox, functools.partial(outbox.forward, out.many))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -46,6 +47,10 @@ GroupGone: type[Exception] = StreamConsumerGroupError
 LOST: tuple[type[BaseException], ...] = (RedisConnectionError, BusyLoadingError, TimeoutError, OSError)
 
 
+# Redis takes printable ASCII without spaces in a client name (CLIENT SETNAME), nothing else.
+_CLIENT_NAME = re.compile(r"[^!-~]")
+
+
 def make_client(url: str, *, name: str, max_connections: int = 16) -> Any:
     """A coredis client for ``url`` that never retries by itself (enter it with ``async with``)."""
     return coredis.Redis.from_url(
@@ -55,7 +60,7 @@ def make_client(url: str, *, name: str, max_connections: int = 16) -> Any:
         connect_timeout=CONNECT_TIMEOUT,
         stream_timeout=REPLY_TIMEOUT,
         max_connections=max_connections,
-        client_name=name.replace(" ", "_")[:100],
+        client_name=_CLIENT_NAME.sub("_", name)[:100],
     )
 
 
