@@ -48,6 +48,15 @@ def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def held_by(url: str, pid: int) -> int:
+    """Entries of the square edge pending with the consumer of process ``pid`` (its name holds the pid)."""
+    summary = redis(url, "XPENDING", f"{NAMESPACE}:edge:square", "square")
+    for name, count in summary[3] or []:
+        if f":{pid}:" in name.decode():
+            return int(count)
+    return 0
+
+
 @pytest.fixture
 def replicas(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
     """``replicas(stages, url, backend)`` starts a replica running ``stages``; all are killed at teardown."""
@@ -82,6 +91,10 @@ def test_a_replica_killed_mid_run_loses_nothing_and_the_leaf_stores_each_id_once
         assert time.monotonic() < deadline, "no progress\n" + "\n".join(a.dump() for a in (root, store, *squares))
         time.sleep(0.05)
     victim = squares[0]
+    # Kill it while it holds messages (its consumer's pending entries, as Redis sees them).
+    while held_by(redis_url, victim.proc.pid) == 0:
+        assert time.monotonic() < deadline, "the victim never held anything\n" + victim.dump()
+        time.sleep(0.005)
     victim.send(signal.SIGKILL)
     assert victim.wait(10) == -signal.SIGKILL
 

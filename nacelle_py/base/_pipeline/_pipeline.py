@@ -31,9 +31,6 @@ ENGINES: tuple[str, ...] = ("serial", "parallel", "worker-based")
 """The engines by name; every one passes ``tests/base/test_pipeline_engines.py``."""
 
 
-REDIS_WITHIN = 10.0  # seconds a worker-based pipeline waits for Redis to answer before it fails
-
-
 def engine_class_of(name: str) -> type[Engine]:
     """The engine called ``name`` (the worker-based one needs the ``redis`` extra)."""
     if name == "serial":
@@ -263,8 +260,8 @@ class Pipeline(Process):
         app = vars(self).get("app_name")
         self._default_namespace = f"nacelle:{app}:{owner}" if app else f"nacelle:{owner}"
         self._apply(vars(self).get("settings"), vars(self).get("redis_settings"))
-        if self._engine_name == "worker-based":
-            await self._reach_redis()
+        if self._placed is not None:
+            await self._placed.reach()
             if health is not None:
                 self._redis_health = health.register(f"{owner}.redis")
 
@@ -275,28 +272,24 @@ class Pipeline(Process):
         if "settings" not in vars(self):  # standalone: read the same settings from the environment
             config = Config()
             self._apply(config.load(PipelineSettings), config.load(RedisSettings))
-            if self._engine_name == "worker-based":
-                await self._reach_redis()
+            if self._placed is not None:
+                await self._placed.reach()
         self._log = vars(self).get("logger") or structlog.get_logger().bind(component="pipeline")
         if self._ignored:
             self._log.warning("worker-based settings ignored: this pipeline's engine is not worker-based",
                               engine=self._engine_name, settings=self._ignored)
         engine_class = engine_class_of(self._engine_name)
         engine_class.check(self._nodes, "Pipeline")
-        engine = self._engine = engine_class(self._nodes, self._worker_options())
+        log = vars(self).get("logger") or structlog.get_logger().bind(component="pipeline")
+        options = None if self._placed is None else self._placed.options(self._nodes, log, self._redis_health)
+        engine = self._engine = engine_class(self._nodes, options)
         self._running = True
         self._stop_requested = False
         self._stalled.clear()
         self._finished = anyio.Event()
         started = time.perf_counter()
-        placed = self._placed
-        if placed is not None and placed.stages is not None:
-            self._log.info("pipeline starting", engine=engine.name, stages=len(self._nodes), runs=placed.stages,
-                           namespace=placed.namespace)
-        elif placed is not None:
-            self._log.info("pipeline starting", engine=engine.name, stages=len(self._nodes), namespace=placed.namespace)
-        else:
-            self._log.info("pipeline starting", engine=engine.name, stages=len(self._nodes))
+        where = {} if self._placed is None else self._placed.fields()
+        self._log.info("pipeline starting", engine=engine.name, stages=len(self._nodes), **where)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch)
@@ -346,46 +339,10 @@ class Pipeline(Process):
                 self._engine_name = settings.engine
             if settings.shutdown_timeout is not None:
                 self.shutdown_timeout = settings.shutdown_timeout
-        names = [n.name for n in self._nodes]
-        if self._engine_name != "worker-based":
-            self._placed = None
-            given = self._placement.given()
-            if given:
-                raise RegistrationError(
-                    f"Pipeline: {', '.join(given)} apply to the worker-based engine only, and this pipeline runs "
-                    f"on {self._engine_name!r}; set PIPELINE_ENGINE=worker-based (or engine='worker-based'), "
-                    "or drop them"
-                )
-            # The settings serve every pipeline of the app, some of which may be worker-based: ignored
-            # here, and said so (a forgotten PIPELINE_ENGINE would otherwise run every stage here silently).
-            self._ignored = [f"PIPELINE_{name.upper()}" for name in ("stages", "namespace", "lease", "max_deliveries")
-                             if settings is not None and getattr(settings, name) is not None]
-            return
-        engine_class_of("worker-based")  # the extra, before anything else: MissingExtraError names it
         default = getattr(self, "_default_namespace", "nacelle:pipeline")
-        self._placed = self._placement.resolve(names, settings, redis, default)
-
-    async def _reach_redis(self) -> None:
-        """Fail (within 10 s, naming the URL) when the worker-based engine's Redis does not answer."""
-        from .._redis._client import ping
-
-        placed = self._placed
-        assert placed is not None and placed.redis_url is not None
-        await ping(placed.redis_url, within=REDIS_WITHIN, who=f"Pipeline (namespace {placed.namespace!r})")
-
-    def _worker_options(self) -> Any:
-        """The worker-based engine's options for this run (None for the other engines)."""
-        placed = self._placed
-        if placed is None:
-            return None
-        from ._worker_based import WorkerOptions
-
-        assert placed.redis_url is not None and placed.namespace is not None
-        assert placed.lease is not None and placed.max_deliveries is not None
-        stages = frozenset(placed.stages) if placed.stages is not None else frozenset(n.name for n in self._nodes)
-        log = vars(self).get("logger") or structlog.get_logger().bind(component="pipeline")
-        return WorkerOptions(placed.redis_url, placed.namespace, stages, placed.lease, placed.max_deliveries, log,
-                             self._redis_health)
+        self._placed, self._ignored = self._placement.for_engine(
+            self._engine_name, [n.name for n in self._nodes], settings, redis, default
+        )
 
     async def _watch(self) -> None:
         """Health: unhealthy while a stage has work and has started nothing new for ``stall_after``."""

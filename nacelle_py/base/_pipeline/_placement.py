@@ -20,6 +20,7 @@ from .._redis._settings import DEFAULT_REDIS_URL, check_redis_url
 
 __all__ = ["Placement", "parse_stages"]
 
+REDIS_WITHIN = 10.0  # seconds a worker-based pipeline waits for Redis to answer before it fails
 DEFAULT_LEASE = 30.0
 DEFAULT_MAX_DELIVERIES = 5
 
@@ -107,6 +108,49 @@ class Placement:
                 )
             values.stages = mine
         return values
+
+    def for_engine(
+        self, engine: str, names: list[str], settings: Any, redis: Any, default_namespace: str
+    ) -> tuple[Placement | None, list[str]]:
+        """For a run on ``engine``: the options in force (None unless worker-based), and the worker-based
+        settings that are set but ignored (another engine: they serve every pipeline of the app, some of
+        which may be worker-based). The code's worker-based options on another engine are an error."""
+        if engine == "worker-based":
+            from ._pipeline import engine_class_of
+
+            engine_class_of(engine)  # the extra, before anything else: MissingExtraError names it
+            return self.resolve(names, settings, redis, default_namespace), []
+        if self.given():
+            raise RegistrationError(
+                f"Pipeline: {', '.join(self.given())} apply to the worker-based engine only, and this pipeline "
+                f"runs on {engine!r}; set PIPELINE_ENGINE=worker-based (or engine='worker-based'), or drop them"
+            )
+        ignored = [f"PIPELINE_{name.upper()}" for name in ("stages", "namespace", "lease", "max_deliveries")
+                   if settings is not None and getattr(settings, name) is not None]
+        return None, ignored
+
+    async def reach(self) -> None:
+        """Fail (within 10 s, naming the URL, password masked) when Redis does not answer."""
+        from .._redis._client import ping
+
+        assert self.redis_url is not None
+        await ping(self.redis_url, within=REDIS_WITHIN, who=f"Pipeline (namespace {self.namespace!r})")
+
+    def options(self, nodes: list[Any], log: Any, health: Any) -> Any:
+        """The worker-based engine's ``WorkerOptions`` for a run of ``nodes``."""
+        from ._worker_based import WorkerOptions
+
+        assert self.redis_url is not None and self.namespace is not None
+        assert self.lease is not None and self.max_deliveries is not None
+        stages = frozenset(self.stages if self.stages is not None else (n.name for n in nodes))
+        return WorkerOptions(self.redis_url, self.namespace, stages, self.lease, self.max_deliveries, log, health)
+
+    def fields(self) -> dict[str, Any]:
+        """What the start of a run logs: the namespace, and the stages run here when not every one."""
+        fields: dict[str, Any] = {"namespace": self.namespace}
+        if self.stages is not None:
+            fields["runs"] = self.stages
+        return fields
 
     def given(self) -> list[str]:
         """The worker-based options the code gave (for the error when another engine runs)."""
