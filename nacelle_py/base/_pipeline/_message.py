@@ -17,6 +17,7 @@ unwrapped.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -97,7 +98,7 @@ def _single_acking(fn: Callable[..., Any], with_id: bool, inner: bool, ack: Any)
 
         async def call(msg: Any, emit: Any) -> Any:
             try:
-                result = await fn(msg if with_id else msg.body, _emitter(emit, msg.id + "."))
+                result = await fn(msg if with_id else msg.body, _emitter(emit, msg.id + ".", True))
             except _RAISED:
                 msg.failed = True
                 raise
@@ -164,7 +165,7 @@ def _acking(fn: Callable[..., Any], inner: bool, is_async: bool, ack: Any, batch
     return plain
 
 
-def _emitter(emit: Any, prefix: str) -> Any:
+def _emitter(emit: Any, prefix: str, is_async: bool = False) -> Any:
     """An ``emit`` that wraps each item in a ``Message`` whose id is ``prefix`` and the next number."""
     seq = [0]  # the next number: one list cell, read and written without a call
 
@@ -173,15 +174,27 @@ def _emitter(emit: Any, prefix: str) -> Any:
         seq[0] = n + 1
         return emit(Message(f"{prefix}{n}", item))
 
+    def numbered(items: list[Any] | tuple[Any, ...]) -> list[Message[Any]]:
+        n = seq[0]
+        seq[0] = n + len(items)
+        return [Message(f"{prefix}{i}", item) for i, item in enumerate(items, n)]
+
     def many(items: Iterable[Any]) -> Any:
         if type(items) is list or type(items) is tuple:
-            n = seq[0]
-            seq[0] = n + len(items)
-            return emit.many([Message(f"{prefix}{i}", item) for i, item in enumerate(items, n)])
-        return emit.many(_numbered(items, prefix, seq))
+            return emit.many(numbered(items))
+        if is_async:
+            return _many_in_pieces(emit, numbered, items)
+        return emit.many(_numbered(items, prefix, seq))  # a plain stage: read as lazily as before
 
     wrapped.many = many  # type: ignore[attr-defined]
     return wrapped
+
+
+async def _many_in_pieces(emit: Any, numbered: Callable[[list[Any]], list[Any]], items: Iterable[Any]) -> None:
+    """An async ``emit.many`` of any iterable: read 1,024 at a time, each piece made messages at once."""
+    iterator = iter(items)
+    while piece := list(itertools.islice(iterator, 1024)):
+        await emit.many(numbered(piece))
 
 
 def _numbered(items: Iterable[Any], prefix: str, seq: list[int]) -> Iterator[Message[Any]]:
@@ -197,7 +210,7 @@ def _root(fn: Callable[..., Any], name: str, is_async: bool) -> Callable[..., An
     if is_async:
 
         async def root(emit: Any) -> Any:
-            return await fn(_emitter(emit, prefix))
+            return await fn(_emitter(emit, prefix, True))
 
         return root
 
@@ -211,7 +224,7 @@ def _single(fn: Callable[..., Any], with_id: bool, inner: bool, is_async: bool) 
     if inner and is_async:
 
         async def call(msg: Message[Any], emit: Any) -> Any:
-            return await fn(msg if with_id else msg.body, _emitter(emit, msg.id + "."))
+            return await fn(msg if with_id else msg.body, _emitter(emit, msg.id + ".", True))
 
     elif inner:
 
@@ -238,7 +251,7 @@ def _batch(fn: Callable[..., Any], with_id: bool, inner: bool, is_async: bool) -
     if inner and is_async:
 
         async def call(msgs: list[Message[Any]], emit: Any) -> Any:
-            return await fn(unwrap(msgs), _emitter(emit, msgs[0].id + "."))
+            return await fn(unwrap(msgs), _emitter(emit, msgs[0].id + ".", True))
 
     elif inner:
 
