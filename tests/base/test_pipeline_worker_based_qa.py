@@ -18,7 +18,6 @@ import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -26,11 +25,13 @@ import pytest
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from _redis import RedisFactory, command
+from _redis import RedisFactory
 from _support import Boom, counting_root, wait_until
-from nacelle_py import ConfigError, RegistrationError
+from nacelle_py import ConfigError
 from nacelle_py.base import Message, Pipeline, PipelineError, Stage
 from nacelle_py.testing import test_app
+from test_pipeline_worker_based import namespace, redis
+from test_pipeline_worker_based import worker_based as wb
 
 pytestmark = pytest.mark.anyio
 
@@ -38,18 +39,6 @@ LIMIT = 15.0
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def redis(url: str, *args: str | int) -> Any:
-    return command(urlsplit(url).port or 6379, *args)
-
-
-def namespace() -> str:
-    return f"qa:{uuid.uuid4().hex[:10]}"
-
-
-def wb(roots: list[Stage], url: str, ns: str, **options: Any) -> Pipeline:
-    return Pipeline(roots, engine="worker-based", redis_url=url, namespace=ns, **options)
 
 
 async def run_all(*pipelines: Pipeline, limit: float = LIMIT) -> None:
