@@ -172,11 +172,11 @@ async def test_a_stopped_replica_gives_back_what_it_had_not_started_at_once(redi
             tg.start_soon(producer.run)
             tg.start_soon(first.run)
             await wait_until(lambda: first.stats()["square"].messages_in >= 20)
-            began = anyio.current_time()
+            started_before = first.stats()["square"].messages_in
             await first.stop()
-            assert anyio.current_time() - began < 1.0  # in flight only: 4 workers, 10 ms each
             assert not first.running and first.dropped == 0
             done_by_first = first.stats()["square"].messages_in
+            assert done_by_first <= started_before + 4  # it finished what was in flight (4 workers), no more
             assert done_by_first < 200
             tg.start_soon(second.run)  # takes over at once: what the first held went back into the edge
     assert sorted(stored) == sorted((f"numbers:{n}.0", n * n) for n in range(200))  # each once: no crash

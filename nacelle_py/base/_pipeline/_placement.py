@@ -15,6 +15,7 @@ from typing import Any
 
 from ..._config import mask_url
 from ..._errors import RegistrationError
+from ..._extras import require
 from ..._validate import positive
 from .._redis._settings import DEFAULT_REDIS_URL, check_redis_url
 
@@ -116,9 +117,7 @@ class Placement:
         settings that are set but ignored (another engine: they serve every pipeline of the app, some of
         which may be worker-based). The code's worker-based options on another engine are an error."""
         if engine == "worker-based":
-            from ._pipeline import engine_class_of
-
-            engine_class_of(engine)  # the extra, before anything else: MissingExtraError names it
+            require("coredis", "redis", "Pipeline(engine='worker-based')")  # before anything else
             return self.resolve(names, settings, redis, default_namespace), []
         if self.given():
             raise RegistrationError(

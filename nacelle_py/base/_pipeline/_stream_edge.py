@@ -166,9 +166,7 @@ class StreamInbox:
                         self._careful_entry = msg.entry
                         self.items.append(msg)
                         self._wake_consumer()
-                    self._room = anyio.Event()  # set when the flush acknowledges it
-                    with anyio.move_on_after(BLOCK_MS / 1000):
-                        await self._room.wait()
+                    await self._nap()  # until the flush acknowledges it
                     continue
                 if self.reread:
                     self.reread = False
@@ -194,9 +192,7 @@ class StreamInbox:
                 room = node.buffer - self._holding()
                 if room <= 0 or (self.ends and self._busy()):
                     # Full; or the end is here and what came before it is still being done here.
-                    self._room = anyio.Event()
-                    with anyio.move_on_after(BLOCK_MS / 1000):
-                        await self._room.wait()
+                    await self._nap()
                     continue
                 count = max(1, room // wiring.chunk_of(node))
                 entries = await wiring.call(lambda: group.read(count, BLOCK_MS), self)
@@ -254,7 +250,10 @@ class StreamInbox:
                 continue  # deleted while pending, or ours already
             if raw[:1] == END:
                 if raw in self.ends.values() and entry_id not in self.ends:
-                    await self._drop(entry_id)  # the same end twice (a flush sent again): one is enough
+                    # The same end twice (a flush sent again): one is enough; acknowledged and deleted.
+                    await wiring.call(lambda: self._scripts["explode"](
+                        keys=[wiring.edge(node.name), wiring.count(node.name)],
+                        args=[self.group.group, entry_id, 0]), self)
                 else:
                     self.ends[entry_id] = raw  # FINISH tells a current end from an earlier run's
                 continue
@@ -312,10 +311,9 @@ class StreamInbox:
         self.items = []
         return given
 
-    def withhold(self) -> int:
+    def withhold(self) -> None:
         """A stop: the messages read here and not started are not started (``hand_back`` returns them)."""
         node = self.node
-        held = len(self.items) + len(self.careful)
         self.items = []
         self.careful.clear()
         cursor = node.cursor
@@ -324,8 +322,6 @@ class StreamInbox:
             for _ in cursor:  # the stage's loop finds its batch used up
                 pass
             node.taken -= rest
-            held += rest
-        return held
 
     async def _dead(self, entry_id: bytes, raw: bytes, size: int, error: str, deliveries: int) -> None:
         wiring, name = self.wiring, self.node.name
@@ -343,14 +339,11 @@ class StreamInbox:
             wiring.log("error", "pipeline message dead-lettered", stage=name, entry=entry_id.decode(),
                        deliveries=deliveries, error=error, dead_letters=wiring.dead(name))
 
-    async def _drop(self, entry_id: bytes) -> None:
-        client, stream, group = self.group.client, self.wiring.edge(self.node.name), self.group.group
-
-        async def drop() -> None:
-            await client.xack(stream, group, [entry_id])
-            await client.xdel(stream, [entry_id])
-
-        await self.wiring.call(drop, self)
+    async def _nap(self) -> None:
+        """Wait (at most a read's BLOCK) for the stage to take messages or a flush to acknowledge some."""
+        self._room = anyio.Event()
+        with anyio.move_on_after(BLOCK_MS / 1000):
+            await self._room.wait()
 
     def _wake_consumer(self) -> None:
         consumer = self._consumer

@@ -299,7 +299,7 @@ class Outbound:
                 pause = 0.001
                 continue
             position += stopped - len(head) - 1  # the op that found a full edge, and after it
-            if wiring.engine.cut:
+            if wiring.engine.halted:
                 return False  # cut off: nobody will make room; what is not in Redis is given back
             # A child run here says when it made room (``freed``); one elsewhere cannot: look again
             # after a pause that grows while the edge stays full.

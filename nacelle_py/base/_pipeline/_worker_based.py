@@ -120,7 +120,7 @@ class Wiring:
 
         regroup = inbox.group.ensure if inbox is not None else None
         return await until_done(fn, lost=lost, connected=reach.connected, regroup=regroup,
-                                give_up=lambda: self.engine.cut)
+                                give_up=lambda: self.engine.halted)
 
 
 class WorkerBasedEngine(ParallelEngine):
@@ -133,7 +133,6 @@ class WorkerBasedEngine(ParallelEngine):
         assert options is not None, "the worker-based engine needs its options"
         self.options = options
         self.outs: dict[str, Outbound] = {}
-        self.cut = False  # cut off or failed: Redis calls give up instead of waiting for Redis
         self._stages: anyio.CancelScope | None = None
         self._withheld = False  # a stop left messages read and not started: given back at the end
         self.wiring = Wiring(options, self)
@@ -215,8 +214,7 @@ class WorkerBasedEngine(ParallelEngine):
 
     def halt(self) -> None:
         """Cancel the local stages only: the readers, the client and the hand-back outlive them."""
-        self.halted = True
-        self.cut = True
+        self.halted = True  # also: Redis calls give up instead of waiting for Redis
         if self._stages is not None:
             self._stages.cancel()
         else:
