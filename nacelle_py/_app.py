@@ -13,13 +13,13 @@ from typing import Any, Literal, TextIO, TypeVar
 import anyio
 import structlog
 
-from ._components import DEFAULT, Initializer, Options, TimeoutOption
+from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption
 from ._config import Config, mask_values
 from ._describe import describe
 from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, SettingError, UnavailableError
 from ._health import Health
 from ._inject import Injector
-from ._lifecycle import Entry, Runner
+from ._lifecycle import Entry, Runner, Strategy
 from ._logging import make_logger
 from ._machines import MachineService
 from ._ops import Operations, OpsSettings, SystemdSettings, parse_addr
@@ -31,6 +31,7 @@ __all__ = ["App"]
 
 C = TypeVar("C", bound=Initializer)
 Backend = Literal["asyncio", "trio"]
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 
 
 USER_ERRORS = (BindError, ConfigError, InjectionError, RegistrationError, TLSError, UnavailableError)
@@ -64,6 +65,9 @@ class App:
     only when serving on the main thread and ``handle_signals`` is true.
     ``ops_addr`` (``host:port``) turns the ops endpoint on by default; the
     ``OPS_ADDR`` setting overrides it (``OPS_ADDR=off`` turns it off).
+    ``restart_strategy`` says what restarts with a component whose restart
+    policy restarts it: itself (``"one_for_one"``), every component
+    (``"one_for_all"``) or it and those started after it (``"rest_for_one"``).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class App:
         log_stream: TextIO | None = None,
         handle_signals: bool = True,
         ops_addr: str | None = None,
+        restart_strategy: Strategy = "one_for_one",
     ) -> None:
         if not isinstance(name, str) or not re.search(r"[0-9A-Za-z]", name):
             raise RegistrationError(f"App(name): a name with at least one letter or digit is required, got {name!r}")
@@ -87,7 +92,12 @@ class App:
                 parse_addr(ops_addr)
             except (ValueError, AttributeError) as exc:
                 raise RegistrationError(f"App(ops_addr): {exc}, got {ops_addr!r}") from None
+        if restart_strategy not in STRATEGIES:
+            raise RegistrationError(
+                f"App(restart_strategy): one of {', '.join(map(repr, STRATEGIES))}, got {restart_strategy!r}"
+            )
         self._ops_addr = ops_addr
+        self._strategy: Strategy = restart_strategy
         self.name = name
         self.config = Config(
             _env_prefix(name) if env_prefix is None else env_prefix, env_file=env_file, secrets_dir=secrets_dir
@@ -108,6 +118,8 @@ class App:
         self._errors: list[ComponentError] = []
         self._ready_hooks: list[Callable[[], object]] = []
         self._operations: Operations | None = None
+        self._settings = AppSettings.model_construct()  # until serve() loads them
+        self._machine_settings: Any = None
         # Until serve() builds the configured one: a plain structlog logger, so that a
         # service resolved before boot is never None.
         self.logger: Any = logger if logger is not None else structlog.get_logger().bind(app=name)
@@ -132,13 +144,22 @@ class App:
         init_timeout: TimeoutOption = DEFAULT,
         finalize_timeout: TimeoutOption = DEFAULT,
         silent_exit: bool = False,
+        restart: RestartPolicy = "never",
+        max_restarts: int = 3,
+        restart_window: float = 5.0,
+        backoff: tuple[float, float] = (0.1, 10.0),
     ) -> C:
         """Register an ``Initializer`` or ``Process`` instance; returns it.
 
         Lower priorities initialise (and become healthy) first and stop last.
         Timeouts are seconds; ``None`` means no limit, and an omitted one takes
-        the app-wide default from settings. Raises ``RegistrationError`` for a
-        non-component, a duplicate name or instance, or an invalid option.
+        the app-wide default from settings. ``restart`` (``"never"``,
+        ``"on_failure"``, ``"always"``) restarts a failed (or, for ``always``,
+        returned) run after an exponential ``backoff`` (initial, cap) with
+        jitter; more than ``max_restarts`` restarts within ``restart_window``
+        seconds escalate (the app unwinds, status 1). Raises
+        ``RegistrationError`` for a non-component, a duplicate name or
+        instance, or an invalid option.
         """
         if self._state != "new":
             raise RegistrationError(f"{name or type(component).__name__}: cannot register after the app has started")
@@ -160,6 +181,10 @@ class App:
             init_timeout=init_timeout,
             finalize_timeout=finalize_timeout,
             silent_exit=silent_exit,
+            restart=restart,
+            max_restarts=max_restarts,
+            restart_window=restart_window,
+            backoff=backoff,
         )
         if options.name in self._names:
             hint = "" if name is not None else " (the default name is the class name; pass name=...)"
@@ -253,53 +278,75 @@ class App:
         try:
             if not self._load_settings():
                 return 1
-            entries = self._entries()
-            runner = Runner(
-                app_name=self.name,
-                entries=entries,
-                injector=self._injector,
-                health=self.health,
-                logger=self.logger,
-                handle_signals=self._handle_signals and threading.current_thread() is threading.main_thread(),
-                errors=self._errors,
-                on_error=self._log_error,
-                on_ready=tuple(self._ready_hooks),
-                hard_exit=self._hard_exit,
-                release=self.services.release,
-            )
-            ops_settings = self.config.load(OpsSettings)
-            if "addr" not in ops_settings.model_fields_set and self._ops_addr is not None:
-                ops_settings = ops_settings.model_copy(update={"addr": self._ops_addr})
-            operations = Operations(ops_settings, self.config.load(SystemdSettings), self.logger)
-            try:
-                operations.prepare()
-            except Exception as exc:  # a taken OPS_ADDR, a missing extra: before anything starts
-                operations.close()
-                self._errors.append(ComponentError("ops", "start", exc, str(exc)))
-                self._log_error(self._errors[-1])
+            runner = self._build_runner()
+            operations = self._prepare_operations()
+            if operations is None:
                 return 1
             if self._hard_exit and self._settings.gc_freeze:
                 runner.observe(_freeze_when_running)
-            self._runner = runner
-            self._operations = operations
-            self.logger.info("app starting", components=len(entries))
             started = anyio.current_time()
-            await self._machines.open(self._machine_settings, self.logger)
-            try:
-                async with operations.running(runner, self.health, self._machines.stats):
-                    await runner.run(stop_already_requested=self._early_shutdown)
-            finally:
-                self._operations = None  # ops_address: None once serving ended
-                await self._machines.close()  # the root's task group: closed where it was opened
-            status = 1 if self._errors else 0
-            ms = round((anyio.current_time() - started) * 1000, 3)
-            if status:
-                self.logger.error("app stopped with errors", errors=len(self._errors), status=status, ms=ms)
-            else:
-                self.logger.info("app stopped", status=status, ms=ms)
-            return status
+            await self._run(runner, operations)
+            return self._exit_status(started)
         finally:
             self._state = "done"
+
+    # -- the steps of serve() ---------------------------------------------------------
+
+    def _build_runner(self) -> Runner:
+        """The runner over every registered component, with the bounds resolved from settings."""
+        entries = self._entries()
+        return Runner(
+            app_name=self.name,
+            entries=entries,
+            injector=self._injector,
+            health=self.health,
+            logger=self.logger,
+            handle_signals=self._handle_signals and threading.current_thread() is threading.main_thread(),
+            errors=self._errors,
+            on_error=self._log_error,
+            on_ready=tuple(self._ready_hooks),
+            hard_exit=self._hard_exit,
+            release=self.services.release,
+            strategy=self._strategy,
+        )
+
+    def _prepare_operations(self) -> Operations | None:
+        """The ops endpoint, bound before anything starts; None (and the error logged) if it cannot be."""
+        ops_settings = self.config.load(OpsSettings)
+        if "addr" not in ops_settings.model_fields_set and self._ops_addr is not None:
+            ops_settings = ops_settings.model_copy(update={"addr": self._ops_addr})
+        operations = Operations(ops_settings, self.config.load(SystemdSettings), self.logger)
+        try:
+            operations.prepare()
+        except Exception as exc:  # a taken OPS_ADDR, a missing extra
+            operations.close()
+            self._errors.append(ComponentError("ops", "start", exc, str(exc)))
+            self._log_error(self._errors[-1])
+            return None
+        return operations
+
+    async def _run(self, runner: Runner, operations: Operations) -> None:
+        """The lifecycle itself, inside the app's machine tree and the ops endpoint."""
+        self._runner = runner
+        self._operations = operations
+        self.logger.info("app starting", components=len(runner.entries))
+        await self._machines.open(self._machine_settings, self.logger)
+        try:
+            async with operations.running(runner, self.health, self._machines.stats):
+                await runner.run(stop_already_requested=self._early_shutdown)
+        finally:
+            self._operations = None  # ops_address: None once serving ended
+            await self._machines.close()  # the root's task group: closed where it was opened
+
+    def _exit_status(self, started: float) -> int:
+        """0 if nothing failed, else 1; logged with the time served."""
+        status = 1 if self._errors else 0
+        ms = round((anyio.current_time() - started) * 1000, 3)
+        if status:
+            self.logger.error("app stopped with errors", errors=len(self._errors), status=status, ms=ms)
+        else:
+            self.logger.info("app stopped", status=status, ms=ms)
+        return status
 
     # -- internals ------------------------------------------------------------------
 

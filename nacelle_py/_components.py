@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ._errors import RegistrationError
 from ._validate import positive
 
-__all__ = ["DEFAULT", "Initializer", "Options", "Process"]
+__all__ = ["DEFAULT", "RESTART_POLICIES", "Initializer", "Options", "Process", "RestartPolicy"]
 
 
 class _Default(Enum):
@@ -31,6 +31,9 @@ DEFAULT: Final = _Default.DEFAULT
 
 TimeoutOption = float | None | _Default
 LIFECYCLE_METHODS: Final = ("init", "run", "stop", "finalize")
+RestartPolicy = Literal["never", "on_failure", "always"]
+RESTART_POLICIES: Final = ("never", "on_failure", "always")
+"""Erlang/OTP's temporary, transient and permanent children: when a process's run is restarted."""
 
 
 class Initializer:
@@ -84,12 +87,27 @@ def _check_timeout(name: str, option: str, value: object) -> TimeoutOption:
     return value if value is DEFAULT else positive(name, option, value, allow_none=True)
 
 
+def _check_backoff(name: str, value: object) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise RegistrationError(
+            f"{name}: backoff must be a pair (initial, cap) of seconds with 0 < initial <= cap, got {value!r}"
+        )
+    initial = positive(name, "backoff's initial delay", value[0])
+    cap = positive(name, "backoff's cap", value[1])
+    if initial > cap:
+        raise RegistrationError(f"{name}: backoff's initial delay must not exceed its cap, got {value!r}")
+    return initial, cap
+
+
 @dataclass(frozen=True)
 class Options:
-    """How one component is registered: its name, priority, bounds and exit policy.
+    """How one component is registered: its name, priority, bounds, exit and restart policy.
 
     Timeouts left at ``DEFAULT`` take the app-wide default from settings;
-    ``None`` means no limit.
+    ``None`` means no limit. ``restart`` is ``"never"`` (a failure unwinds the
+    app), ``"on_failure"`` or ``"always"``; more than ``max_restarts``
+    restarts within ``restart_window`` seconds escalate; ``backoff`` is the
+    (initial, cap) of the exponential wait before each restart.
     """
 
     name: str
@@ -99,6 +117,10 @@ class Options:
     init_timeout: TimeoutOption = DEFAULT
     finalize_timeout: TimeoutOption = DEFAULT
     silent_exit: bool = False
+    restart: RestartPolicy = "never"
+    max_restarts: int = 3
+    restart_window: float = 5.0
+    backoff: tuple[float, float] = (0.1, 10.0)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -109,3 +131,11 @@ class Options:
             object.__setattr__(self, option, _check_timeout(self.name, option, getattr(self, option)))
         if not isinstance(self.silent_exit, bool):
             raise RegistrationError(f"{self.name}: silent_exit must be a bool, got {self.silent_exit!r}")
+        if self.restart not in RESTART_POLICIES:
+            raise RegistrationError(
+                f"{self.name}: restart must be one of {', '.join(map(repr, RESTART_POLICIES))}, got {self.restart!r}"
+            )
+        if isinstance(self.max_restarts, bool) or not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise RegistrationError(f"{self.name}: max_restarts must be an int >= 0, got {self.max_restarts!r}")
+        object.__setattr__(self, "restart_window", positive(self.name, "restart_window", self.restart_window))
+        object.__setattr__(self, "backoff", _check_backoff(self.name, self.backoff))

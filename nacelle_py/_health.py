@@ -44,13 +44,14 @@ class HealthComponent:
     it degrades. Safe to call from any thread.
     """
 
-    __slots__ = ("_healthy", "_reason", "_registry", "component", "key")
+    __slots__ = ("_healthy", "_held", "_reason", "_registry", "component", "key")
 
     def __init__(self, registry: _Registry, key: str, component: str | None) -> None:
         self._registry = registry
         self.key = key
         self.component = component
         self._healthy = False
+        self._held = False  # its owner is restarting: updates are ignored until it registers the key again
         self._reason: str | None = "not yet reported healthy"
 
     @property
@@ -69,6 +70,8 @@ class HealthComponent:
             raise TypeError(f"health {self.key!r}: update() takes a bool, got {healthy!r}")
         registry = self._registry
         with registry.lock:
+            if self._held:  # a word from the incarnation being restarted: no longer its to say
+                return
             changed = healthy != self._healthy
             self._healthy = healthy
             self._reason = None if healthy else reason
@@ -117,9 +120,14 @@ class Health:
         registry = self._registry
         component = HealthComponent(registry, key, self._owner)
         with registry.lock:
-            if key in registry.components:
-                owner = registry.components[key].component
-                raise ServiceError(f"health key {key!r} is already registered (by {owner or 'the app'})")
+            held = registry.components.get(key)
+            if held is not None and held._held and held.component == self._owner:
+                # The owner's new incarnation takes its key back: unhealthy until it says otherwise.
+                held._held = False
+                held._reason = "not yet reported healthy"
+                return held
+            if held is not None:
+                raise ServiceError(f"health key {key!r} is already registered (by {held.component or 'the app'})")
             registry.components[key] = component
             registry.unhealthy += 1
             listeners = list(registry.listeners)
@@ -148,6 +156,58 @@ class Health:
         """Snapshots of every component, in registration order."""
         with self._registry.lock:
             return [c.status() for c in self._registry.components.values()]
+
+    # -- for the runner's restarts (internal to nacelle_py) ---------------------------
+
+    def hold(self, owner: str, reason: str) -> None:
+        """Internal: mark every key of ``owner`` unhealthy with ``reason`` while it restarts.
+
+        Held keys ignore updates until the owner registers them again (its new
+        incarnation gets the same key back). An owner without keys gets one
+        placeholder key, its own name (``<name>#restart`` if another owner has
+        that key), so that readiness shows the restart all the same.
+        """
+        registry = self._registry
+        changed: list[HealthComponent] = []
+        with registry.lock:
+            mine = [c for c in registry.components.values() if c.component == owner]
+            if not mine:
+                key = owner if owner not in registry.components else f"{owner}#restart"
+                placeholder = HealthComponent(registry, key, owner)
+                registry.components[key] = placeholder
+                registry.unhealthy += 1
+                mine = [placeholder]
+            for component in mine:
+                if component._healthy:
+                    registry.unhealthy += 1
+                    component._healthy = False
+                component._held = True
+                component._reason = reason
+                changed.append(component)
+            listeners = list(registry.listeners)
+        for component in changed:
+            for listener in listeners:
+                listener(component)
+
+    def settle(self, owner: str) -> None:
+        """Internal: the restart of ``owner`` is over: drop the keys its new incarnation did not take back."""
+        registry = self._registry
+        with registry.lock:
+            keys = [k for k, c in registry.components.items() if c.component == owner and c._held]
+            dropped = [registry.components.pop(key) for key in keys]
+            registry.unhealthy -= sum(not c._healthy for c in dropped)
+            listeners = list(registry.listeners)
+        for component in dropped:  # listeners learn that these keys no longer hold anything up
+            for listener in listeners:
+                listener(component)
+
+    def waiting_on(self, owners: set[str]) -> list[HealthStatus]:
+        """Internal: the unhealthy keys of ``owners`` that are not held (what a restart's health wait waits for)."""
+        with self._registry.lock:
+            return [
+                c.status() for c in self._registry.components.values()
+                if c.component in owners and not c._healthy and not c._held
+            ]
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(component)`` on every registration and change; returns an unsubscribe function.

@@ -208,13 +208,12 @@ async def test_start_timeout_names_keys_owners_and_reasons() -> None:
     app.register(Reporter(trace, "never", None), name="never-owner")
     app.register(Mark(trace, "next"), name="next", priority=1)
     assert await serve(app) == 1
-    (err,) = app.errors
-    assert isinstance(err, ComponentTimeoutError) and err.operation == "start"
-    text = str(err)
-    assert "'disk' (registered by disk-owner): disk full" in text
-    assert "'never' (registered by never-owner)" in text
-    assert "fine" not in text.replace("fine-owner", "")  # healthy keys are not named
-    assert "disk-owner" in err.component and "never-owner" in err.component
+    disk, never = app.errors  # one error per owner, each named by the registered name (issue 13)
+    assert all(isinstance(e, ComponentTimeoutError) and e.operation == "start" for e in (disk, never))
+    assert (disk.component, never.component) == ("disk-owner", "never-owner")
+    assert "'disk' (registered by disk-owner): disk full" in str(disk)
+    assert "'never' (registered by never-owner)" in str(never)
+    assert not any("fine" in str(e).replace("fine-owner", "") for e in (disk, never))  # healthy keys unnamed
     assert "next.init" not in trace
 
 

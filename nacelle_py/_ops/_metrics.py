@@ -36,7 +36,7 @@ class _Collector:
                      [({"component": e.name, "state": s}, e.state == s) for e in entries for s in STATES])
         yield _gauge("nacelle_component_priority", "Each component's registered priority.",
                      [({"component": e.name}, e.options.priority) for e in entries])
-        yield _counter("nacelle_component_restarts", "Restarts of each component (the core does not restart: 0).",
+        yield _counter("nacelle_component_restarts", "Restarts of each component (by its restart policy, or with a sibling's).",
                        [({"component": e.name}, e.restarts) for e in entries])
         yield _counter("nacelle_component_errors", "Errors recorded for each component.",
                        [({"component": e.name}, len(e.errors)) for e in entries])

@@ -40,7 +40,7 @@ class Status:
         return ready, body
 
     def components(self) -> list[dict[str, Any]]:
-        """Each component's kind, priority, state, errors, health keys and phase timings."""
+        """Each component's kind, priority, state, restart policy and restarts, errors, health keys and timings."""
         keys: dict[str | None, list[dict[str, Any]]] = {}
         for s in self.health.statuses():
             keys.setdefault(s.component, []).append({"key": s.key, "healthy": s.healthy, "reason": s.reason})
@@ -49,8 +49,10 @@ class Status:
                 "name": e.name,
                 "kind": e.kind,
                 "priority": e.options.priority,
+                "restart": e.options.restart,
                 "state": e.state,
                 "restarts": e.restarts,
+                "last_error": e.last_error,
                 "errors": list(e.errors),
                 "health": keys.get(e.name, []),
                 "timings": dict(e.timings),

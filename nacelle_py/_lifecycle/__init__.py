@@ -1,0 +1,22 @@
+"""The lifecycle: component states, the priority choreography, supervision, restarts and the unwind.
+
+One module per concept, each importing only downward::
+
+    _states    State, Phase and the one transition table
+    _record    Entry (a component's record) and RunHandle (one call of run())
+    _report    Phases (the app's phase, its observers) and Errors (the error record)
+    _shutdown  Shutdown: the stop request, signals, forced shutdown, the scopes they shorten
+    _context   Context: what every phase is handed (errors, stop request, waker, services)
+    _runs      Runs: the task group that hosts the runs, one run's life
+    _boot      Boot: inject, init, start and the health wait of a priority group
+    _unwind    Unwind: stop by descending priority, finalize in reverse init order
+    _restart   Supervisor: what a run's end means, OTP restart policies and strategies
+    _runner    Runner: composes the parts; its run() reads top to bottom
+"""
+
+from ._record import Entry
+from ._restart import Strategy
+from ._runner import Runner
+from ._states import PHASES, STATES, TRANSITIONS, IllegalTransition, Phase, State
+
+__all__ = ["PHASES", "STATES", "TRANSITIONS", "Entry", "IllegalTransition", "Phase", "Runner", "State", "Strategy"]

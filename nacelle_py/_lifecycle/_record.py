@@ -1,0 +1,160 @@
+"""What the runner keeps per component: its record (``Entry``) and the handle of one run (``RunHandle``).
+
+The record lives as long as the app serves: options, bounds, state, errors,
+timings and restarts, which the ops endpoint reads. A ``RunHandle`` lives as
+long as one call of ``run()``: a restarted process gets a new one, so nothing
+of a finished run (its cancel scope, its "stopping" flag) leaks into the next.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from .._components import Initializer, Options, overridden
+from ._states import TRANSITIONS, IllegalTransition, State
+
+__all__ = ["Countdown", "Entry", "RunHandle"]
+
+
+class Entry:
+    """One registered component: its options, resolved bounds and what it has been through."""
+
+    __slots__ = (
+        "_state", "component", "errors", "finalize_timeout", "handle", "init_timeout", "last_error", "name",
+        "options", "restarts", "shutdown_timeout", "start_timeout", "timings",
+    )
+
+    def __init__(
+        self,
+        component: Initializer,
+        options: Options,
+        *,
+        init_timeout: float | None,
+        start_timeout: float | None,
+        shutdown_timeout: float | None,
+        finalize_timeout: float | None,
+    ) -> None:
+        self.component = component
+        self.options = options
+        self.name = options.name
+        self.init_timeout = init_timeout
+        self.start_timeout = start_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.finalize_timeout = finalize_timeout
+        self.handle: RunHandle | None = None  # the current (or last) run
+        self._state = State.REGISTERED
+        # What the ops endpoint reports besides the state: every error (restarted ones
+        # included), the last one, the restarts, and when and how long each phase took.
+        self.errors: list[str] = []
+        self.last_error: str | None = None
+        self.restarts = 0
+        self.timings: dict[str, float] = {}
+
+    @property
+    def state(self) -> State:
+        """The lifecycle state; changed only by ``move``."""
+        return self._state
+
+    def move(self, to: State) -> None:
+        """Move to ``to``, or raise ``IllegalTransition`` if the table has no such move."""
+        if to not in TRANSITIONS[self._state]:
+            raise IllegalTransition(f"{self.name}: {self._state} -> {to} is not a lifecycle transition")
+        self._state = to
+
+    @property
+    def kind(self) -> str:
+        """``"process"`` if the component overrides ``run``, else ``"initializer"``."""
+        return "process" if overridden(self.component, "run") is not None else "initializer"
+
+    def note(self, error: str) -> None:
+        """Remember an error of this component (for ``/debug/components``)."""
+        self.errors.append(error)
+        self.last_error = error
+
+
+class Countdown:
+    """Set ``event`` once ``count`` things happened: one wait for a whole group instead of one each."""
+
+    __slots__ = ("count", "event")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.event = anyio.Event()
+
+    def done_one(self) -> None:
+        """Count one; the last one sets the event."""
+        self.count -= 1
+        if self.count == 0:
+            self.event.set()
+
+
+class RunHandle:
+    """One call of a process's ``run()``: how to cancel it, whether it began, whether it ended.
+
+    ``begin()`` and ``ask_stop()`` decide under one lock which came first, so a
+    stop that arrives before the run began (its task scheduled, or its thread
+    not yet in ``run``) keeps the run from starting instead of calling
+    ``stop()`` on a run that would then set itself up afresh and never see it.
+    """
+
+    __slots__ = (
+        "_lock", "abandoned", "began", "countdown", "done", "entry", "finished", "fn", "host_scope", "is_async", "scope",
+        "starting", "stop_timed_out", "stopping",
+    )
+
+    def __init__(self, entry: Entry, fn: Callable[[], Any], is_async: bool, *, own_scope: bool) -> None:
+        self.entry = entry
+        self.fn = fn
+        self.is_async = is_async
+        self.scope: anyio.CancelScope | None = anyio.CancelScope() if own_scope else None  # processes with stop()
+        self.host_scope: anyio.CancelScope | None = None  # shared by a group's processes without stop()
+        self.starting: Countdown | None = None  # counts this run's start for the health wait
+        self.done: anyio.Event | None = None  # created only when someone waits for this run to end
+        self.countdown: Countdown | None = None  # counts this run's end for a group's stop
+        self.began = False
+        self.stopping = False
+        self.finished = False
+        self.stop_timed_out = False
+        self.abandoned = False  # its component was finalized while it still ran: its end changes no state
+        self._lock = threading.Lock()
+
+    def begin(self) -> bool:
+        """Called as the run begins (on its thread, for a plain ``def``): False if a stop came first."""
+        with self._lock:
+            if self.stopping:
+                return False
+            self.began = True
+            return True
+
+    def ask_stop(self) -> bool:
+        """Mark the run stopping; whether it had begun (only then is ``stop()`` called)."""
+        with self._lock:
+            self.stopping = True
+            return self.began
+
+    def cancel(self) -> None:
+        """Cancel this run (for a process without ``stop()``: its whole group's, which stop together)."""
+        scope = self.scope or self.host_scope
+        if scope is not None:
+            scope.cancel()
+
+    async def wait(self, deadline: float) -> bool:
+        """Wait until the run has ended or ``deadline`` passed; whether it ended."""
+        if not self.finished:
+            if self.done is None:
+                self.done = anyio.Event()
+            with anyio.CancelScope(deadline=deadline):
+                await self.done.wait()
+        return self.finished
+
+    def ended(self) -> None:
+        """Mark the run ended and tell whoever waits."""
+        self.finished = True
+        if self.done is not None:
+            self.done.set()
+        if self.countdown is not None:
+            self.countdown.done_one()

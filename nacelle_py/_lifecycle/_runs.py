@@ -1,0 +1,171 @@
+"""The runs: the task group that hosts every ``run()``, starting a group's runs, and one run's life.
+
+The runs live in a task group of their own, hosted by a task of the runner's
+root group, so that a run which ignores cancellation cannot keep finalize
+from running. How a run ended (returned, failed, cancelled, or never begun
+because a stop came first) is handed to ``on_exit``: what follows (a restart,
+the unwind, nothing) is the supervisor's decision, not this module's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .._calls import is_async
+from .._components import overridden
+from ._context import CANCEL_GRACE, Context, ms
+from ._record import Countdown, Entry, RunHandle
+from ._states import State
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup, TaskStatus
+
+__all__ = ["Outcome", "Runs"]
+
+Outcome = str
+"""How a run ended: ``"returned"``, ``"failed"``, ``"cancelled"`` or ``"held"`` (a stop came before it began)."""
+OnExit = Callable[[RunHandle, Outcome, "BaseException | None"], None]
+
+
+class Runs:
+    """Hosts the runs of one app and starts them, a priority group (or a restarted part of one) at a time."""
+
+    def __init__(self, ctx: Context, on_exit: OnExit) -> None:
+        self._ctx = ctx
+        self._on_exit = on_exit
+        self._tg: TaskGroup | None = None
+        self._closed = anyio.Event()
+
+    async def host(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The task that hosts the runs' task group until ``cancel_all()``."""
+        async with anyio.create_task_group() as runs:
+            self._tg = runs
+            self._ctx.shutdown.cancel_on_force(runs.cancel_scope)
+            task_status.started()
+            await anyio.sleep_forever()
+        self._closed.set()
+
+    def cancel_all(self) -> None:
+        """Cancel whatever still runs (after the unwind, only what ignored its stop)."""
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def closed(self) -> bool:
+        """Wait (up to ``CANCEL_GRACE``) until the last run has ended; whether it did."""
+        with anyio.move_on_after(CANCEL_GRACE):
+            await self._closed.wait()
+        return self._closed.is_set()
+
+    def start(self, group: list[Entry]) -> Countdown | None:
+        """Start the runs of ``group``'s processes; a countdown of those not yet begun (None: no process)."""
+        handles = []
+        cancellable = []
+        for entry in group:
+            run = overridden(entry.component, "run")
+            if run is None:
+                continue
+            own_scope = overridden(entry.component, "stop") is not None
+            handle = entry.handle = RunHandle(entry, run, is_async(run), own_scope=own_scope)
+            handles.append(handle)
+            if not own_scope:
+                cancellable.append(handle)
+        if not handles:
+            return None
+        assert self._tg is not None
+        starting = Countdown(len(handles))
+        self._ctx.running += len(handles)
+        for handle in handles:
+            handle.starting = starting
+            if handle.scope is not None:
+                self._tg.start_soon(self._run_one, handle, name=f"nacelle run {handle.entry.name}")
+        if cancellable:
+            # Processes without stop() are stopped by cancellation, all of a group at
+            # once: one shared scope makes that one cancel() instead of one per process.
+            host_scope = anyio.CancelScope()
+            for handle in cancellable:
+                handle.host_scope = host_scope
+            self._tg.start_soon(self._host, host_scope, cancellable, name="nacelle runs")
+        return starting
+
+    async def _host(self, scope: anyio.CancelScope, handles: list[RunHandle]) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                for handle in handles:
+                    tg.start_soon(self._run_one, handle, name=f"nacelle run {handle.entry.name}")
+
+    async def _run_one(self, handle: RunHandle) -> None:
+        ctx = self._ctx
+        entry = handle.entry
+        started = time.perf_counter()
+        outcome: Outcome = "cancelled"
+        error: BaseException | None = None
+        try:
+            if handle.is_async and not handle.begin():
+                outcome = "held"  # a stop came before this run's first step: it never starts
+            elif await self._call(handle):
+                outcome = "returned"
+        except Exception as exc:
+            outcome = "failed"
+            error = exc
+        finally:
+            self._begun(handle)  # a run that never began counts as started: nothing to wait for
+            # What the process started ends with it: before its run counts as ended.
+            await ctx.release(entry)
+            if handle.abandoned:
+                pass  # its component was finalized meanwhile: that is its state now
+            elif outcome == "held" or entry.state is State.INITIALIZED:
+                entry.move(State.STOPPED)  # stopped before it began: a clean stop
+            else:
+                entry.move(State.FAILED if outcome == "failed" else State.STOPPED)
+            entry.timings["run_ms"] = ms(started)
+            ctx.running -= 1
+            handle.ended()
+            self._log_end(handle, outcome, started)
+            self._on_exit(handle, outcome, error)
+
+    async def _call(self, handle: RunHandle) -> bool:
+        """Call ``run()``; whether it returned (False: its own scope was cancelled, which is a stop)."""
+        entry = handle.entry
+        self._ctx.logger.info("run starting", component=entry.name)
+        entry.move(State.RUNNING)
+        entry.timings["started_at"] = time.time()
+        run = handle.fn
+        fn = run
+        if not handle.is_async:
+            def gated() -> object:  # on the run's thread: a stop that came first keeps it from starting
+                return run() if handle.begin() else None
+            fn = gated
+        self._begun(handle)
+        if handle.scope is None:  # cancelled with its group: the cancellation ends this task
+            await (fn() if handle.is_async else self._ctx.call(fn, entry, "run"))
+            return True
+        with handle.scope:
+            await self._ctx.call(fn, entry, "run")
+            return True
+        return False
+
+    def _begun(self, handle: RunHandle) -> None:
+        starting, handle.starting = handle.starting, None
+        if starting is not None:
+            starting.done_one()
+            if starting.count == 0:
+                self._ctx.waker.notify()
+
+    def _log_end(self, handle: RunHandle, outcome: Outcome, started: float) -> None:
+        entry = handle.entry
+        log = self._ctx.logger
+        if outcome == "held":
+            log.info("run not started: stopped before it began", component=entry.name)
+        elif outcome == "cancelled":
+            if not handle.is_async:
+                # A thread cannot be cancelled: the runner stops waiting, the function goes on.
+                log.warning(
+                    "run abandoned: a plain def run() cannot be cancelled; give the process a stop()",
+                    component=entry.name, ms=ms(started),
+                )
+            else:  # expected when stopping a process without stop(): debug; otherwise news
+                (log.debug if handle.stopping else log.info)("run cancelled", component=entry.name, ms=ms(started))
