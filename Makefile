@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# The peers the benchmarks compare with (streaq, arq) get a venv of their own: what they pull
+# The peers the benchmarks compare with (streaq, arq, aiomisc) get a venv of their own: what they pull
 # in (rich, which structlog then uses for tracebacks) must not change the test suite's venv.
 BENCH  := .venv-bench/bin
 
@@ -54,6 +54,7 @@ bench: $(BENCH)/python redis-server
 	$(BENCH)/python bench/machine.py
 	$(BENCH)/python bench/http_server.py
 	$(BENCH)/python bench/redis_dispatcher.py
+	$(BENCH)/python bench/restart.py
 
 docs: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[docs]'
