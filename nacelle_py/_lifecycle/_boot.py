@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import anyio
 
+from .._calls import is_async
 from .._components import overridden
 from .._errors import ComponentError, ComponentTimeoutError, InjectionError
 from ._context import Context, bounded, ms
@@ -82,6 +83,7 @@ class Boot:
             else:
                 with_init.append(entry)
         failed: list[Entry] = []
+        guards: list[anyio.CancelScope] = []  # the plain-def inits' grace scopes
 
         def failure(entry: Entry, error: ComponentError) -> None:
             failed.append(entry)
@@ -89,24 +91,42 @@ class Boot:
             # A failed init abandons the group: sibling inits still in flight get
             # ABANDON_GRACE to finish. Those that finish are finalized; those that do not
             # are cancelled (and not finalized), so a hanging sibling cannot hang it.
-            scope.deadline = min(scope.deadline, anyio.current_time() + ABANDON_GRACE)
+            end = anyio.current_time() + ABANDON_GRACE
+            for shortened in (scope, *guards):
+                shortened.deadline = min(shortened.deadline, end)
 
         if len(with_init) == 1:
-            await self._init_one(with_init[0], failure)
+            await self._init_one(with_init[0], failure, guards)
         elif with_init:
             async with anyio.create_task_group() as tg:
                 for entry in with_init:
-                    tg.start_soon(self._init_one, entry, failure)
+                    tg.start_soon(self._init_one, entry, failure, guards)
         return not failed
 
-    async def _init_one(self, entry: Entry, fail: Fail) -> None:
+    async def _init_one(self, entry: Entry, fail: Fail, guards: list[anyio.CancelScope]) -> None:
         ctx = self._ctx
         ctx.logger.info("init starting", component=entry.name)
         started = time.perf_counter()
         entry.move(State.INITIALIZING)
+        init = entry.component.init
         try:
-            with bounded(entry.init_timeout) as scope:
-                await ctx.call(entry.component.init, entry, "init")
+            if is_async(init):
+                with bounded(entry.init_timeout) as scope:
+                    await ctx.call(init, entry, "init")
+            else:
+                # A thread cannot be cancelled: a stop (or a sibling's failure) gives it
+                # ABANDON_GRACE to finish, so that what it acquired is finalized, not leaked.
+                with ctx.shutdown.graced_on_stop(ABANDON_GRACE) as guard:
+                    guards.append(guard)
+                    with bounded(entry.init_timeout) as scope:
+                        await ctx.call(init, entry, "init")
+                if guard.cancelled_caught:
+                    entry.move(State.REGISTERED)
+                    ctx.logger.warning(
+                        "init abandoned: a plain def init() did not finish within its grace; not finalized",
+                        component=entry.name, grace=ABANDON_GRACE,
+                    )
+                    return
         except anyio.get_cancelled_exc_class():
             entry.move(State.REGISTERED)
             ctx.logger.info("init cancelled; not finalized", component=entry.name, ms=ms(started))

@@ -3,9 +3,11 @@
 The parts of the lifecycle hand their cancel scopes to this one object
 instead of it reaching into theirs: a scope entered through
 ``cancelled_on_stop()`` is cancelled by a graceful stop request (a group's
-inits, a restart's backoff), one given to ``cancel_on_force()`` only by a
-forced shutdown (the graceful unwind, the runs), and ``finalizing()`` gives a
-finalizer a scope whose deadline a forced shutdown brings forward.
+inits, a restart's backoff), one through ``graced_on_stop()`` ends a grace
+period after it (a plain ``def`` init on its thread), one given to
+``cancel_on_force()`` only by a forced shutdown (the graceful unwind, the
+runs), and ``finalizing()`` gives a finalizer a scope whose deadline a
+forced shutdown brings forward.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Shutdown:
         self._on_stop: set[anyio.CancelScope] = set()
         self._on_force: set[anyio.CancelScope] = set()
         self._finalizing: set[anyio.CancelScope] = set()
+        self._graced: dict[anyio.CancelScope, float] = {}
         self._watchdog: threading.Timer | None = None
         self.waker = Waker(self._on_wake, self._on_signal)
         self._signals = SignalCatcher(self.waker.writer_fileno())
@@ -83,6 +86,9 @@ class Shutdown:
         self._tell("stopping", reason)
         for scope in self._on_stop:
             scope.cancel()
+        now = anyio.current_time()
+        for scope, grace in self._graced.items():
+            scope.deadline = min(scope.deadline, now + grace)
         self.waker.notify()
 
     def boot_failed(self) -> None:
@@ -99,7 +105,7 @@ class Shutdown:
         self.requested = True
         self.forced_deadline = anyio.current_time() + FORCED_FINALIZE_BUDGET
         self._record(ComponentError(self._app_name, "shutdown", None, f"forced by {reason}"))
-        for scope in (*self._on_stop, *self._on_force):
+        for scope in (*self._on_stop, *self._on_force, *self._graced):
             scope.cancel()
         self.arm_watchdog(FORCED_EXIT_AFTER, "second signal")
         for scope in self._finalizing:
@@ -119,6 +125,25 @@ class Shutdown:
                 yield scope
         finally:
             self._on_stop.discard(scope)
+
+    @contextmanager
+    def graced_on_stop(self, grace: float) -> Iterator[anyio.CancelScope]:
+        """A shielded scope that a stop request ends ``grace`` seconds later (a forced shutdown at once).
+
+        For work that cannot be cancelled (a plain ``def`` on a thread): the
+        stop gives it time to finish, so that what it did is unwound too.
+        """
+        scope = anyio.CancelScope(shield=True)
+        if self.forced:
+            scope.cancel()
+        elif self.requested:
+            scope.deadline = anyio.current_time() + grace
+        self._graced[scope] = grace
+        try:
+            with scope:
+                yield scope
+        finally:
+            del self._graced[scope]
 
     def cancel_on_force(self, scope: anyio.CancelScope) -> None:
         """Cancel ``scope`` when the shutdown is forced (at once if it already was)."""
