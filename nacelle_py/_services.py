@@ -56,6 +56,7 @@ class ServiceContainer:
         self._container = containers.DynamicContainer()
         self._providers: dict[str, providers.Provider[Any]] = {}
         self._lock = threading.Lock()
+        self._made: set[str] = set()  # components a per-component service with a release made something for
 
     def _check_key(self, key: object) -> str:
         if not isinstance(key, str) or not key:
@@ -115,8 +116,13 @@ class ServiceContainer:
             )
         value = provider()
         if isinstance(value, PerComponent):
-            return value.make(component)
+            return self._make(value, component)
         return value
+
+    def _make(self, service: PerComponent[Any], component: str | None) -> Any:
+        if component is not None and service.release is not None:
+            self._made.add(component)
+        return service.make(component)
 
     def find_by_type(self, kind: type[T], component: str | None = None) -> list[tuple[str, T]]:
         """Every already-built service that is an instance of ``kind``, as ``(key, value)`` pairs.
@@ -128,7 +134,7 @@ class ServiceContainer:
             if isinstance(provider, providers.Object):
                 value = provider()
                 if isinstance(value, PerComponent):
-                    value = value.make(component)
+                    value = self._make(value, component)
                 if isinstance(value, kind):
                     found.append((key, value))
         return found
@@ -137,8 +143,11 @@ class ServiceContainer:
         """End what per-component services made for ``component``: an awaitable, or None if nothing was made.
 
         The runner calls it as the component ends; the common case (nothing to
-        end) costs no await.
+        end) costs no await, and a component nothing was made for not even a look at the services.
         """
+        if component not in self._made:
+            return None
+        self._made.discard(component)
         pending: list[Awaitable[None]] = []
         for provider in list(self._providers.values()):
             if isinstance(provider, providers.Object):

@@ -91,19 +91,26 @@ class Context:
         await call(method, self.waker, f"{entry.name}.{operation}", self.logger)
 
     async def release(self, entry: Entry) -> None:
-        """End what per-component services made for the component (its routines), within a bound.
+        """End what per-component services made for the component (its routines), within a bound."""
+        ending = self.releasing(entry)
+        if ending is not None:
+            await self.released(entry, ending)
+
+    def releasing(self, entry: Entry) -> Awaitable[None] | None:
+        """Begin ``release``: what to await (``released``), or None when nothing was made for it."""
+        if self._release is None:
+            return None
+        try:
+            return self._release(entry.name)
+        except Exception as exc:
+            self.record(ComponentError(entry.name, "release", exc))
+            return None
+
+    async def released(self, entry: Entry, ending: Awaitable[None]) -> None:
+        """Await what ``releasing`` began, within a bound.
 
         Shielded: it runs as a cancelled run unwinds, and must still happen.
         """
-        if self._release is None:
-            return
-        try:
-            ending = self._release(entry.name)
-        except Exception as exc:
-            self.record(ComponentError(entry.name, "release", exc))
-            return
-        if ending is None:  # nothing was made for it: no await, no scope
-            return
         with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE) as scope:
             try:
                 await ending

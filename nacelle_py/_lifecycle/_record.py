@@ -102,15 +102,17 @@ class RunHandle:
     """
 
     __slots__ = (
-        "_lock", "abandoned", "began", "countdown", "done", "entry", "finished", "fn", "host_scope", "is_async", "scope",
-        "starting", "stop_timed_out", "stopping",
+        "_lock", "abandoned", "began", "countdown", "done", "entry", "finished", "fn", "host_scope", "is_async", "quiet",
+        "scope", "starting", "stop", "stop_timed_out", "stopping",
     )
 
-    def __init__(self, entry: Entry, fn: Callable[[], Any], is_async: bool, *, own_scope: bool) -> None:
+    def __init__(self, entry: Entry, fn: Callable[[], Any], is_async: bool, stop: Callable[[], Any] | None) -> None:
         self.entry = entry
         self.fn = fn
         self.is_async = is_async
-        self.scope: anyio.CancelScope | None = anyio.CancelScope() if own_scope else None  # processes with stop()
+        self.stop = stop  # the component's stop(), if it has one
+        self.quiet = False  # one of a large group: its own lifecycle lines go to debug
+        self.scope: anyio.CancelScope | None = None if stop is None else anyio.CancelScope()  # processes with stop()
         self.host_scope: anyio.CancelScope | None = None  # shared by a group's processes without stop()
         self.starting: Countdown | None = None  # counts this run's start for the health wait
         self.done: anyio.Event | None = None  # created only when someone waits for this run to end
@@ -120,10 +122,16 @@ class RunHandle:
         self.finished = False
         self.stop_timed_out = False
         self.abandoned = False  # its component was finalized while it still ran: its end changes no state
-        self._lock = threading.Lock()
+        # Only a plain def's run begins on another thread than its stop is asked on.
+        self._lock = None if is_async else threading.Lock()
 
     def begin(self) -> bool:
         """Called as the run begins (on its thread, for a plain ``def``): False if a stop came first."""
+        if self._lock is None:
+            if self.stopping:
+                return False
+            self.began = True
+            return True
         with self._lock:
             if self.stopping:
                 return False
@@ -132,6 +140,9 @@ class RunHandle:
 
     def ask_stop(self) -> bool:
         """Mark the run stopping; whether it had begun (only then is ``stop()`` called)."""
+        if self._lock is None:
+            self.stopping = True
+            return self.began
         with self._lock:
             self.stopping = True
             return self.began

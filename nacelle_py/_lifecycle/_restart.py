@@ -93,15 +93,16 @@ class Supervisor:
         elif outcome == "returned":
             log = ctx.logger
             if handle.stopping or ctx.stopping:
-                log.info("run finished", component=entry.name, ms=entry.timings.get("run_ms"))
+                quiet = log.debug if handle.quiet else log.info
+                quiet("run finished", component=entry.name, ms=entry.timings["run_ms"])
             elif entry.options.restart == "always":
                 log.info("run returned; restarting it (restart='always')", component=entry.name)
                 self._schedule(entry, None)
             elif entry.options.silent_exit:
-                log.info("run finished; silent exit", component=entry.name, ms=entry.timings.get("run_ms"))
+                log.info("run finished; silent exit", component=entry.name, ms=entry.timings["run_ms"])
                 self.check_running("every process has exited")
             else:
-                log.info("run returned; shutting down", component=entry.name, ms=entry.timings.get("run_ms"))
+                log.info("run returned; shutting down", component=entry.name, ms=entry.timings["run_ms"])
                 ctx.request_stop(f"{entry.name}: run returned")
 
     def failed(self, entry: Entry, error: ComponentError) -> None:

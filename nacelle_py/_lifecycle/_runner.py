@@ -66,9 +66,10 @@ class Runner:
             errors=record, phases=self._phases, shutdown=self._shutdown, release=release,
         )
         self._unwind = Unwind(self._ctx)
-        self._runs = Runs(self._ctx, self._on_exit)
+        self._runs = Runs(self._ctx)
         self._boot = Boot(self._ctx, self._runs)
         self._supervisor = Supervisor(self._ctx, self._boot, self._unwind, strategy)
+        self._runs.on_exit = self._supervisor.on_exit
         self._groups = by_priority(entries)
         self._graceful = anyio.CancelScope()
 
@@ -91,9 +92,6 @@ class Runner:
     def request_stop(self, reason: str) -> None:
         """Begin a graceful unwind (idempotent); safe from any thread."""
         self._shutdown.request(reason)
-
-    def _on_exit(self, *args: Any) -> None:
-        self._supervisor.on_exit(*args)
 
     # -- the whole run ------------------------------------------------------------------
 

@@ -24,7 +24,11 @@ from ._states import State
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
-__all__ = ["Outcome", "Runs"]
+__all__ = ["BATCH_ABOVE", "Outcome", "Runs"]
+
+BATCH_ABOVE = 16
+"""A group with more processes than this logs their start and stop at info once for the group
+(each process's own lines go to debug): a thousand "run starting" lines say less than one."""
 
 Outcome = str
 """How a run ended: ``"returned"``, ``"failed"``, ``"cancelled"`` or ``"held"`` (a stop came before it began)."""
@@ -34,9 +38,9 @@ OnExit = Callable[[RunHandle, Outcome, "BaseException | None"], None]
 class Runs:
     """Hosts the runs of one app and starts them, a priority group (or a restarted part of one) at a time."""
 
-    def __init__(self, ctx: Context, on_exit: OnExit) -> None:
+    def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._on_exit = on_exit
+        self.on_exit: OnExit = lambda handle, outcome, error: None  # set by the runner to its supervisor's
         self._tg: TaskGroup | None = None
         self._closed = anyio.Event()
 
@@ -68,8 +72,9 @@ class Runs:
             run = overridden(entry.component, "run")
             if run is None:
                 continue
-            own_scope = overridden(entry.component, "stop") is not None
-            handle = entry.handle = RunHandle(entry, run, is_async(run), own_scope=own_scope)
+            stop = overridden(entry.component, "stop")
+            handle = entry.handle = RunHandle(entry, run, is_async(run), stop)
+            own_scope = stop is not None
             handles.append(handle)
             if not own_scope:
                 cancellable.append(handle)
@@ -77,9 +82,14 @@ class Runs:
             return None
         assert self._tg is not None
         starting = Countdown(len(handles))
-        self._ctx.running += len(handles)
+        ctx = self._ctx
+        ctx.running += len(handles)
+        quiet = len(handles) > BATCH_ABOVE
+        if quiet:
+            ctx.logger.info("runs starting", priority=group[0].options.priority, processes=len(handles))
         for handle in handles:
             handle.starting = starting
+            handle.quiet = quiet
             if handle.scope is not None:
                 self._tg.start_soon(self._run_one, handle, name=f"nacelle run {handle.entry.name}")
         if cancellable:
@@ -106,15 +116,28 @@ class Runs:
         try:
             if handle.is_async and not handle.begin():
                 outcome = "held"  # a stop came before this run's first step: it never starts
-            elif await self._call(handle):
-                outcome = "returned"
+            else:
+                (ctx.logger.debug if handle.quiet else ctx.logger.info)("run starting", component=entry.name)
+                entry.move(State.RUNNING)
+                entry.timings["started_at"] = time.time()
+                self._begun(handle)
+                if handle.scope is None:  # cancelled with its group: the cancellation ends this task
+                    await (handle.fn() if handle.is_async else ctx.call(self._gated(handle), entry, "run"))
+                    outcome = "returned"
+                else:
+                    with handle.scope:  # cancelled alone, when its stop() fails or times out
+                        await ctx.call(handle.fn if handle.is_async else self._gated(handle), entry, "run")
+                        outcome = "returned"
         except Exception as exc:
             outcome = "failed"
             error = exc
         finally:
             self._begun(handle)  # a run that never began counts as started: nothing to wait for
-            # What the process started ends with it: before its run counts as ended.
-            await ctx.release(entry)
+            # What the process started ends with it: before its run counts as ended
+            # (the common case, nothing made for it, costs no await).
+            ending = ctx.releasing(entry)
+            if ending is not None:
+                await ctx.released(entry, ending)
             if handle.abandoned:
                 pass  # its component was finalized meanwhile: that is its state now
             elif outcome == "held" or entry.state is State.INITIALIZED:
@@ -124,29 +147,19 @@ class Runs:
             entry.timings["run_ms"] = ms(started)
             ctx.running -= 1
             handle.ended()
-            self._log_end(handle, outcome, started)
-            self._on_exit(handle, outcome, error)
+            if outcome == "held" or outcome == "cancelled":  # the supervisor speaks for the others
+                self._log_end(handle, outcome, started)
+            self.on_exit(handle, outcome, error)
 
-    async def _call(self, handle: RunHandle) -> bool:
-        """Call ``run()``; whether it returned (False: its own scope was cancelled, which is a stop)."""
-        entry = handle.entry
-        self._ctx.logger.info("run starting", component=entry.name)
-        entry.move(State.RUNNING)
-        entry.timings["started_at"] = time.time()
+    @staticmethod
+    def _gated(handle: RunHandle) -> Callable[[], object]:
+        """A plain ``def`` run, as its thread calls it: a stop that came first keeps it from starting."""
         run = handle.fn
-        fn = run
-        if not handle.is_async:
-            def gated() -> object:  # on the run's thread: a stop that came first keeps it from starting
-                return run() if handle.begin() else None
-            fn = gated
-        self._begun(handle)
-        if handle.scope is None:  # cancelled with its group: the cancellation ends this task
-            await (fn() if handle.is_async else self._ctx.call(fn, entry, "run"))
-            return True
-        with handle.scope:
-            await self._ctx.call(fn, entry, "run")
-            return True
-        return False
+
+        def gated() -> object:
+            return run() if handle.begin() else None
+
+        return gated
 
     def _begun(self, handle: RunHandle) -> None:
         starting, handle.starting = handle.starting, None
@@ -156,6 +169,7 @@ class Runs:
                 self._ctx.waker.notify()
 
     def _log_end(self, handle: RunHandle, outcome: Outcome, started: float) -> None:
+        """The log line of a run that neither returned nor failed."""
         entry = handle.entry
         log = self._ctx.logger
         if outcome == "held":

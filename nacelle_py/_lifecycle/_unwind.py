@@ -66,13 +66,13 @@ class Unwind:
             if entry.state is State.RUNNING:
                 entry.move(State.STOPPING)
             handle.countdown = countdown
-            stop = overridden(entry.component, "stop")
+            stop = handle.stop
             if stop is None:
                 # Stopping is cancelling: "stop finished" (info, with ms) says all there is.
                 log.debug("stop starting", component=entry.name)
                 handle.cancel()
             elif began:  # only a run that began is stopped; one that did not will not begin
-                log.info("stop starting", component=entry.name)
+                (log.debug if handle.quiet else log.info)("stop starting", component=entry.name)
                 stoppers.append((handle, stop))
         if len(stoppers) == 1:
             await self._call_stop(*stoppers[0], started, record)
@@ -85,12 +85,15 @@ class Unwind:
         earliest = min(deadline(started, h.entry.shutdown_timeout) for h in running)
         with anyio.CancelScope(deadline=earliest):
             await countdown.event.wait()
+        quiet = running[0].quiet  # a large group: one line for it, each process's at debug
         for handle in running:
             if not handle.finished:
                 await self._await_stopped(handle, started, record)
             entry = handle.entry
-            entry.timings["stop_ms"] = ms(stopped_at)
-            log.info("stop finished", component=entry.name, ms=entry.timings["stop_ms"])
+            entry.timings["stop_ms"] = took = ms(stopped_at)
+            (log.debug if quiet else log.info)("stop finished", component=entry.name, ms=took)
+        if quiet:
+            log.info("processes stopped", priority=group[0].options.priority, processes=len(running), ms=ms(stopped_at))
 
     async def _call_stop(self, handle: RunHandle, stop: Callable[[], Any], started: float, record: Record) -> None:
         entry = handle.entry
