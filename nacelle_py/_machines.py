@@ -46,31 +46,31 @@ class MachineService:
         root = self.root()
         if name is None:
             return root
-        return root._children.get(name) or root.sub(name)
+        return root.children.get(name) or root.sub(name)
 
     def stats(self) -> Any:
         """The machine tree's ``MachineStats`` (None before anything used a machine)."""
         return None if self._root is None else self._root.stats()
 
     def release(self, name: str) -> Awaitable[None] | None:
-        """Cancel a component's sub-machine; what to await until its routines ended (None: it had none)."""
+        """Cancel a component's sub-machine; what to await until its routines ended (None: it had none).
+
+        The sub-machine leaves the tree at once: a later ``for_component(name)``
+        (the component started again) gets a new one, as at its first start.
+        """
         root = self._root
-        sub = root._children.pop(name, None) if root is not None else None
-        return None if sub is None else sub._end_quietly()
+        sub = root.detach(name) if root is not None else None
+        return None if sub is None else sub.end_quietly()
 
     async def open(self, settings: Any, logger: Any) -> None:
         """Open the root machine with the app's settings, before anything is injected."""
         self._logger = logger
         root = self.root()
-        root._log = logger.bind(component="machine")
-        root.max_routines = settings.max_routines
-        root.buffer = settings.buffer
-        await root.__aenter__()
+        root.configure(max_routines=settings.max_routines, buffer=settings.buffer,
+                       logger=logger.bind(component="machine"))
+        await root.open()
 
     async def close(self) -> None:
         """Cancel whatever still runs in the tree and close it (errors were logged already)."""
-        root = self._root
-        if root is None or root._tg is None:
-            return
-        await root._end_quietly()  # errors a routine raises while it is cancelled are dropped too
-        await root.__aexit__(None, None, None)
+        if self._root is not None:
+            await self._root.close()  # errors a routine raises while it is cancelled are dropped too

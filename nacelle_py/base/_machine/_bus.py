@@ -12,24 +12,29 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
 
 from ..._calls import is_async
-from ._patterns import is_exact, matches
+from ._patterns import check_channel, is_exact, matches
+from ._shared import Handler, Overflow
 
-if TYPE_CHECKING:
-    from ._machine import Machine
-    from ._routine import Routine
+__all__ = ["Bus", "MachineOverflowError", "Owned", "Owner", "Subscription", "Supervisor"]
 
-__all__ = ["OVERFLOWS", "Bus", "Handler", "MachineOverflowError", "Overflow", "Subscription"]
 
-Overflow = Literal["block", "drop_oldest", "error"]
-OVERFLOWS = ("block", "drop_oldest", "error")
-Handler = Callable[[Any], "Awaitable[Any] | Any"]
+class Supervisor(Protocol):
+    """What a subscription asks of the machine it belongs to (a ``Machine``): to report its handler's failure."""
+
+    def subscription_failed(self, sub: Subscription, exc: Exception) -> None: ...
+
+
+class Owner(Protocol):
+    """The routine a subscription belongs to, as far as the subscription knows it: its id."""
+
+    @property
+    def id(self) -> str: ...
 
 
 class MachineOverflowError(Exception):
@@ -56,8 +61,8 @@ class Subscription:
     __slots__ = ("_closing", "_room", "_scope", "_task", "_wake", "active", "bus", "cap", "delivered", "dropped",
                  "handler", "is_async", "items", "limit", "machine", "overflow", "owner", "pattern")
 
-    def __init__(self, bus: Bus, machine: Machine, pattern: str, handler: Handler, cap: int, overflow: Overflow,
-                 owner: Routine | None) -> None:
+    def __init__(self, bus: Bus, machine: Supervisor, pattern: str, handler: Handler, cap: int, overflow: Overflow,
+                 owner: Owner | None) -> None:
         self.bus = bus
         self.machine = machine
         self.pattern = pattern
@@ -123,6 +128,15 @@ class Subscription:
                 self._room = anyio.Event()
             await self._room.wait()
 
+    async def put(self, msg: Any) -> bool:
+        """Append ``msg`` once the buffer has room (a full ``block`` subscription); False if it ended meanwhile."""
+        await self.wait_room()
+        if self.limit < 0:
+            return False
+        self.items.append(msg)
+        self._notify()
+        return True
+
     async def consume(self) -> None:
         """The subscription's task: call the handler for each message until it ends."""
         self._task = anyio.get_current_task().id
@@ -153,11 +167,11 @@ class Subscription:
                     if count == 1024:  # a handler that never waits must not starve the loop
                         await anyio.lowlevel.checkpoint()
         except Exception as exc:
-            self.machine._failed_subscription(self, exc)
+            self.machine.subscription_failed(self, exc)
         except (SystemExit, KeyboardInterrupt) as exc:  # a handler does not end the process
             error = RuntimeError(f"subscription {self.pattern!r}: the handler raised {type(exc).__name__}")
             error.__cause__ = exc
-            self.machine._failed_subscription(self, error)
+            self.machine.subscription_failed(self, error)
         finally:
             if self.active:
                 self._end()
@@ -172,6 +186,41 @@ class Subscription:
                 close()
             raise TypeError(f"subscription {self.pattern!r}: the handler returned an awaitable; declare it 'async def'")
         return False
+
+
+class Owned:
+    """The subscriptions that end with their owner: a routine's, or a machine's own (made outside a routine).
+
+    A subscription is in it from its start until its task ends.
+    """
+
+    __slots__ = ("subs",)
+
+    def __init__(self) -> None:
+        self.subs: list[Subscription] = []
+
+    def add(self, sub: Subscription) -> None:
+        """Hold ``sub`` (just subscribed)."""
+        self.subs.append(sub)
+
+    def discard(self, sub: Subscription) -> None:
+        """Let go of ``sub`` (its task ended)."""
+        if sub in self.subs:
+            self.subs.remove(sub)
+
+    def cancel(self) -> None:
+        """Cancel each subscription held (the owner was cancelled or ended)."""
+        for sub in list(self.subs):
+            sub.cancel()
+
+    def close(self) -> None:
+        """Close each subscription held: it ends once its buffer is drained (the owner ended gracefully)."""
+        for sub in list(self.subs):
+            sub.close()
+
+    def active(self) -> int:
+        """How many of the subscriptions held are active."""
+        return sum(1 for sub in self.subs if sub.active)
 
 
 class Bus:
@@ -202,9 +251,14 @@ class Bus:
             self._cache.clear()
 
     def match(self, channel: str) -> tuple[Subscription, ...]:
-        """Every subscription whose pattern matches ``channel``, in subscription order per kind."""
+        """Every subscription whose pattern matches ``channel``, in subscription order per kind.
+
+        A channel not in the cache is checked first: a bad one is a ``ValueError``
+        before anything is delivered; a known one costs no check.
+        """
         found = self._cache.get(channel)
         if found is None:
+            check_channel(channel)
             found = tuple(self.exact.get(channel, ())) + tuple(s for s in self.wild if matches(s.pattern, channel))
             if len(self._cache) > 4096:  # many distinct channels: keep the cache bounded
                 self._cache.clear()

@@ -32,7 +32,7 @@ def recover() -> Middleware:
             try:
                 return await fn(routine)
             except Exception as exc:
-                routine.machine._recovered(routine, exc)
+                routine.machine.recovered(routine, exc)
                 return None
 
         return recovered
@@ -98,7 +98,7 @@ def retry(attempts: int, backoff: float = 0.1) -> Middleware:
                 except Exception:
                     if attempt == tries - 1:
                         raise
-                    routine.machine._log.warning(
+                    routine.machine.log.warning(
                         "routine failed; retrying", routine=routine.id, attempt=attempt + 1, attempts=tries
                     )
                     await anyio.sleep(backoff * 2**attempt)
