@@ -41,17 +41,28 @@ class Boot:
         self.lock = anyio.Lock()
 
     async def group(
-        self, group: list[Entry], *, fail: Fail, on_timeout: StartTimeout, restart: bool = False
+        self,
+        group: list[Entry],
+        *,
+        fail: Fail,
+        on_timeout: StartTimeout,
+        restart: bool = False,
+        only: Callable[[Entry], bool] | None = None,
     ) -> bool:
         """Inject, init, start and wait for ``group``; whether it came up (False: failed or stopping).
 
         At boot the wait is for the whole app's health (an initializer's key
         may hold a later group up); in a restart (``restart``) for the keys of
-        the restarted components only.
+        the restarted components only. ``only`` picks, once the lock is held,
+        which members still need it.
         """
         ctx = self._ctx
         with ctx.shutdown.cancelled_on_stop() as scope:
             async with self.lock:
+                if only is not None:
+                    group = [e for e in group if only(e)]
+                    if not group:
+                        return True
                 if ctx.stopping or not self._inject(group, fail):
                     return False
                 if not await self._init(group, fail, scope):

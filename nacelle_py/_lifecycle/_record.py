@@ -9,6 +9,7 @@ of a finished run (its cancel scope, its "stopping" flag) leaks into the next.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -17,14 +18,19 @@ import anyio
 from .._components import Initializer, Options, overridden
 from ._states import TRANSITIONS, IllegalTransition, State
 
-__all__ = ["Countdown", "Entry", "RunHandle"]
+__all__ = ["ERRORS_KEPT", "Countdown", "Entry", "RunHandle"]
+
+ERRORS_KEPT = 20
+"""How many of its latest errors a component's record keeps (all of them are counted): a component
+restarted for weeks must not grow without bound."""
 
 
 class Entry:
     """One registered component: its options, resolved bounds and what it has been through."""
 
     __slots__ = (
-        "_state", "component", "errors", "finalize_timeout", "handle", "init_timeout", "last_error", "name",
+        "_state", "component", "error_count", "errors", "finalize_timeout", "handle", "init_timeout", "last_error",
+        "name",
         "options", "restarts", "shutdown_timeout", "start_timeout", "timings",
     )
 
@@ -49,7 +55,8 @@ class Entry:
         self._state = State.REGISTERED
         # What the ops endpoint reports besides the state: every error (restarted ones
         # included), the last one, the restarts, and when and how long each phase took.
-        self.errors: list[str] = []
+        self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
+        self.error_count = 0
         self.last_error: str | None = None
         self.restarts = 0
         self.timings: dict[str, float] = {}
@@ -73,6 +80,7 @@ class Entry:
     def note(self, error: str) -> None:
         """Remember an error of this component (for ``/debug/components``)."""
         self.errors.append(error)
+        self.error_count += 1
         self.last_error = error
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 
@@ -33,6 +33,9 @@ from ._runs import Outcome
 from ._states import State
 from ._unwind import Unwind, by_priority
 
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup, TaskStatus
+
 __all__ = ["RESTARTING", "Strategy", "Supervisor"]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
@@ -41,19 +44,25 @@ RESTARTING = "restarting"
 
 
 class _Restart:
-    """One restart waiting to be done: who failed, why (None: a clean return), and what restarts with it."""
+    """One restart under way: who failed, why (None: a clean return), and what restarts with it."""
 
-    __slots__ = ("affected", "attempt", "cause", "entry")
+    __slots__ = ("affected", "attempt", "booting", "cause", "entry")
 
     def __init__(self, entry: Entry, cause: ComponentError | None, attempt: int, affected: list[Entry]) -> None:
         self.entry = entry
         self.cause = cause
         self.attempt = attempt
         self.affected = affected
+        self.booting = False  # past its unwind and backoff: a new failure needs a restart of its own
 
 
 class Supervisor:
-    """Decides what a run's end means and carries out restarts, one at a time, on a task of its own."""
+    """Decides what a run's end means and carries out restarts, each on a task of its own.
+
+    Restarts wait out their backoffs side by side; their unwinds and boots take
+    turns through ``Boot.lock``, so one component's long backoff never holds up
+    another's restart.
+    """
 
     def __init__(self, ctx: Context, boot: Boot, unwind: Unwind, strategy: Strategy) -> None:
         self._ctx = ctx
@@ -61,20 +70,19 @@ class Supervisor:
         self._unwind = unwind
         self._strategy = strategy
         self._order = sorted(ctx.entries, key=lambda e: e.options.priority)  # boot order (a stable sort)
-        self._queue: deque[_Restart] = deque()
+        self._active: list[_Restart] = []
         self._history: dict[str, deque[float]] = {}
-        self._current: set[str] = set()  # the components of the restart in progress
-        self._wake = anyio.Event()
+        self._tg: TaskGroup | None = None
         self._random = random.Random()
 
     @property
     def idle(self) -> bool:
-        """Whether no restart is waiting or in progress."""
-        return not self._queue and not self._current
+        """Whether no restart is under way."""
+        return not self._active
 
     def restarting(self, entry: Entry) -> bool:
-        """Whether ``entry`` waits for a restart or is being restarted."""
-        return entry.name in self._current or any(entry in r.affected for r in self._queue)
+        """Whether ``entry`` is part of a restart under way."""
+        return any(entry in r.affected for r in self._active)
 
     # -- what a run's end means ------------------------------------------------------
 
@@ -84,7 +92,7 @@ class Supervisor:
         entry = handle.entry
         if outcome == "failed":
             failure = ComponentError(entry.name, "run", error)
-            if handle.stopping and entry.name in self._current:
+            if handle.stopping and self.restarting(entry):
                 self._note(entry, failure)  # it failed as its restart stopped it: the restart goes on
             elif handle.stopping or ctx.stopping:
                 ctx.record(failure)
@@ -157,8 +165,8 @@ class Supervisor:
 
     def _schedule(self, entry: Entry, cause: ComponentError | None) -> None:
         ctx = self._ctx
-        if any(r.entry is entry for r in self._queue):
-            return  # already waiting for its restart
+        if any(entry in r.affected and not r.booting for r in self._active):
+            return  # a restart under way will bring it up anyway
         options = entry.options
         now = anyio.current_time()
         history = self._history.setdefault(entry.name, deque())
@@ -179,8 +187,10 @@ class Supervisor:
         affected = self._affected(entry)
         for member in affected:
             ctx.health.hold(member.name, RESTARTING)
-        self._queue.append(_Restart(entry, cause, len(history), affected))
-        self._wake.set()
+        restart = _Restart(entry, cause, len(history), affected)
+        self._active.append(restart)
+        assert self._tg is not None, "restarts are scheduled only while the supervisor works"
+        self._tg.start_soon(self._carry_out, restart, name=f"nacelle restart {entry.name}")
 
     def _affected(self, entry: Entry) -> list[Entry]:
         """What restarts with ``entry``, in boot order."""
@@ -205,27 +215,25 @@ class Supervisor:
 
     # -- carrying restarts out -------------------------------------------------------
 
-    async def work(self) -> None:
-        """The supervisor's task: carry out the restarts, one at a time, until the app stops."""
-        ctx = self._ctx
-        while not ctx.stopping:
-            if not self._queue:
-                self._wake = anyio.Event()
-                await self._wake.wait()
-                continue
-            restart = self._queue.popleft()
-            self._current = {e.name for e in restart.affected}
-            try:
-                await self._restart(restart)
-            finally:
-                self._current = set()
-                ctx.waker.notify()  # for wind_down()
-            self.check_running("no process is running")
+    async def work(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The supervisor's task: hosts the restarts' tasks until the app's root group ends."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await anyio.sleep_forever()
 
     async def wind_down(self) -> None:
-        """Once stopping: wait for the restart in progress (its backoff and boot end at once, its stop is bounded)."""
-        while self._current:
+        """Once stopping: wait for the restarts under way (backoffs and boots end at once, unwinds are bounded)."""
+        while self._active:
             await self._ctx.waker.changed()
+
+    async def _carry_out(self, restart: _Restart) -> None:
+        try:
+            await self._restart(restart)
+        finally:
+            self._active.remove(restart)
+            self._ctx.waker.notify()  # for wind_down()
+        self.check_running("no process is running")
 
     async def _restart(self, restart: _Restart) -> None:
         ctx = self._ctx
@@ -250,23 +258,32 @@ class Supervisor:
                 member.move(State.RESTARTING)
         with ctx.shutdown.cancelled_on_stop():
             await anyio.sleep(delay)
+        restart.booting = True
         for group in by_priority(again):
             if ctx.stopping:
                 break
-            for member in group:
-                member.restarts += 1
             if not await self._boot.group(
-                group, fail=self.failed, on_timeout=self._on_restart_timeout, restart=True
+                group, fail=self.failed, on_timeout=self._on_restart_timeout, restart=True, only=self._waiting
             ):
                 break
             for member in group:
-                if not any(member in r.affected for r in self._queue):  # not failed again already
-                    ctx.health.settle(member.name)
+                if member.state is State.RESTARTING:
+                    continue  # another restart's, or not reached
+                if not any(member in r.affected for r in self._active if r is not restart):
+                    ctx.health.settle(member.name)  # not failed again already
                 ctx.logger.info("restarted", component=member.name, restarts=member.restarts)
         if ctx.stopping:
             for member in again:
                 if member.state is State.RESTARTING:
                     member.move(State.STOPPED)
+
+    @staticmethod
+    def _waiting(member: Entry) -> bool:
+        """Picked under the boot lock: a member still waiting to come back (another restart may have booted it)."""
+        if member.state is not State.RESTARTING:
+            return False
+        member.restarts += 1
+        return True
 
     def _noted(self, error: ComponentError) -> None:
         entry = next((e for e in self._ctx.entries if e.name == error.component), None)

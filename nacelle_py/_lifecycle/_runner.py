@@ -103,7 +103,7 @@ class Runner:
             async with anyio.create_task_group() as root:
                 root.start_soon(ctx.waker.pump)
                 await root.start(self._runs.host)
-                root.start_soon(self._supervisor.work)
+                await root.start(self._supervisor.work)
                 if self._handle_signals:
                     self._shutdown.install_signals()
                 if stop_already_requested:

@@ -39,7 +39,7 @@ class _Collector:
         yield _counter("nacelle_component_restarts", "Restarts of each component (by its restart policy, or with a sibling's).",
                        [({"component": e.name}, e.restarts) for e in entries])
         yield _counter("nacelle_component_errors", "Errors recorded for each component.",
-                       [({"component": e.name}, len(e.errors)) for e in entries])
+                       [({"component": e.name}, e.error_count) for e in entries])
         yield _gauge("nacelle_component_phase_seconds", "How long init, run, stop and finalize took.",
                      [({"component": e.name, "phase": k.removesuffix("_ms")}, v / 1000)
                       for e in entries for k, v in e.timings.items() if k.endswith("_ms")])

@@ -54,6 +54,7 @@ class Status:
                 "restarts": e.restarts,
                 "last_error": e.last_error,
                 "errors": list(e.errors),
+                "error_count": e.error_count,
                 "health": keys.get(e.name, []),
                 "timings": dict(e.timings),
             }
