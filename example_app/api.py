@@ -10,7 +10,9 @@ Routes (JSON in, JSON out):
 - ``GET /heartbeats/latest`` the newest heartbeat row;
 - ``POST /jobs/summarise`` with ``{"beats": N, "count": K}`` enqueues K ``summarise`` tasks
   (202 with their ids); ``GET /jobs/{id}`` answers 200 with a task's result, 202 while it is
-  queued or running, 500 with the error if it failed for good.
+  queued or running, 500 with the error if it failed for good;
+- ``POST /flaky/crash`` makes the flaky process's run raise (202), to watch it be
+  restarted; 409 while it is not running (it is being restarted, say).
 
 It is plain ASGI, no framework, so the example installs nothing more; a
 FastAPI or Starlette app is served by ``HTTPServer`` the same way.
@@ -30,6 +32,7 @@ from pydantic import ValidationError
 from nacelle_py import Inject
 from nacelle_py.base import Dispatcher, HTTPServer, TaskFailed
 
+from .flaky import Flaky
 from .tasks import Window
 
 __all__ = ["ApiServer", "RowsApp"]
@@ -44,7 +47,7 @@ create table if not exists api_rows (
 MAX_BODY = 64 * 1024
 ROUTES = [
     "GET /", "GET /rows?limit=N", "POST /rows", "GET /rows/{id}", "DELETE /rows/{id}", "GET /heartbeats/latest",
-    "POST /jobs/summarise", "GET /jobs/{id}",
+    "POST /jobs/summarise", "GET /jobs/{id}", "POST /flaky/crash",
 ]
 MAX_JOBS = 1000  # tasks one POST /jobs/summarise may enqueue
 
@@ -71,6 +74,7 @@ class RowsApp:
     def __init__(self) -> None:
         self.db: sqlite3.Connection | None = None
         self.jobs: Dispatcher | None = None
+        self.flaky: Flaky | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,6 +118,9 @@ class RowsApp:
         if len(parts) == 2 and parts[0] == "jobs":
             self._allow(method, "GET")
             return await self._outcome(parts[1])
+        if parts == ["flaky", "crash"]:
+            self._allow(method, "POST")
+            return self._crash()
         raise HTTPProblem(404, f"no route for {path}; see GET /")
 
     async def _enqueue(self, body: Any) -> list[str]:
@@ -138,6 +145,12 @@ class RowsApp:
         except TaskFailed as failed:
             return 500, {"id": task_id, "state": "failed", "error": f"{failed.error_type}: {failed.message}"}
         return 200, {"id": task_id, "state": "done", "result": summary.model_dump()}
+
+    def _crash(self) -> tuple[int, Any]:
+        assert self.flaky is not None
+        if not self.flaky.crash("crash requested through POST /flaky/crash"):
+            raise HTTPProblem(409, "flaky is not running (it is being restarted, or already crashing); try again")
+        return 202, {"component": "flaky", "run": self.flaky.runs, "crashing": True}
 
     @staticmethod
     def _allow(method: str, *allowed: str) -> None:
@@ -218,6 +231,7 @@ class ApiServer(HTTPServer):
 
     db: sqlite3.Connection = Inject("db")
     jobs: Dispatcher = Inject("jobs")
+    flaky: Flaky = Inject("flaky")
 
     def __init__(self) -> None:
         self.rows = RowsApp()
@@ -228,4 +242,5 @@ class ApiServer(HTTPServer):
             self.db.executescript(SCHEMA)
         self.rows.db = self.db
         self.rows.jobs = self.jobs
+        self.rows.flaky = self.flaky
         await super().init()  # binds the socket: a taken port fails boot here

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from nacelle_py import App
+from nacelle_py import App, ConfigError
 from nacelle_py.base import Dispatcher
 
 from .api import ApiServer
 from .db import Database
+from .flaky import Flaky, FlakySettings
 from .heartbeat import Heartbeat
 from .load import LoadPipeline
 from .report import Report
@@ -33,6 +34,19 @@ def build_app() -> App:
     # sample -> smooth -> store: on SIGTERM it stops sampling and drains into the database.
     app.register(LoadPipeline(), name="load", priority=2, shutdown_timeout=5)
     app.register(Report(), name="report", priority=2)  # a Worker: ticks until stopped
+    # A process that crashes on demand (POST /flaky/crash, EXAMPLE_FLAKY_CRASH_EVERY), to show
+    # restart policies: a failed run is restarted after a backoff (0.2s doubling up to 5s,
+    # with jitter), the rest of the app running on; too many restarts stop the app, status 1.
+    # Restart options are registration options, so their settings are read here, before boot.
+    try:
+        limits = app.config.load(FlakySettings)
+    except ConfigError:
+        limits = FlakySettings.model_construct()  # boot reports the bad value, naming it, before starting anything
+    flaky = app.register(
+        Flaky(), name="flaky", priority=2, restart="on_failure",
+        max_restarts=limits.max_restarts, restart_window=limits.restart_window, backoff=(0.2, 5.0),
+    )
+    app.services.set("flaky", flaky)  # for the API's POST /flaky/crash
     # The HTTP API starts last (once everything it reads is up) and so stops first:
     # readiness goes false, the listener closes, requests in flight finish.
     app.register(ApiServer(), name="api", priority=3)
