@@ -515,7 +515,8 @@ async def test_a_chain_of_50_stages_and_a_fan_out_of_50_children(engine: str) ->
     children = [Stage(f"w{i}", recorder(wide[i]), buffer=1 + i % 4) for i in range(50)]
     p = make_pipeline([Stage("chain_root", counting_root(40), [chain]),
                   Stage("wide_root", counting_root(40), children)], engine)
-    await run(p)
+    # 49 hops through Redis streams take about 6 s here: the bound leaves room for a busy machine.
+    await run(p, limit=30 if engine == "worker-based" else LIMIT)
     assert end == [i + 48 for i in range(40)]
     assert all(w == list(range(40)) for w in wide)
 
