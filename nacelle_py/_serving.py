@@ -146,9 +146,18 @@ class ASGIServing:
         from hypercorn.config import Config as HypercornConfig
 
         config = HypercornConfig()
-        fd = self._sock.detach()  # Hypercorn owns the descriptor from here on, and closes it
+        fd = self._sock.detach()  # Hypercorn owns the descriptor once it makes its socket of it, and closes it
         self._sock = None
         config.bind = [f"fd://{fd}"]
+        adopted = False
+        create_sockets = config.create_sockets
+
+        def adopt() -> Any:
+            nonlocal adopted
+            adopted = True
+            return create_sockets()
+
+        config.create_sockets = adopt  # type: ignore[method-assign]
         config.graceful_timeout = self.graceful_timeout
         config.certfile, config.keyfile = self._tls
         config.logger_class = _logger_class(self._log, self._access_log)  # type: ignore[assignment]
@@ -181,10 +190,11 @@ class ASGIServing:
                 except BaseExceptionGroup as group:  # trio's nursery wraps a failed lifespan startup
                     raise _only(group) from None
                 except Exception:
-                    if self._shutdown.is_set() and anyio.current_effective_deadline() == -math.inf:
-                        # Cancelled mid-drain, Hypercorn's asyncio server trips over its own
-                        # unfinished gather (InvalidStateError): the cancellation is what
-                        # happened, so that is what this raises.
+                    if anyio.current_effective_deadline() == -math.inf:
+                        # Cancelled once it has had a connection (mid-drain, or while serving:
+                        # a failure beside it, a forced stop), Hypercorn's asyncio server trips
+                        # over its own unfinished gather (InvalidStateError): the cancellation
+                        # is what happened, so that is what this raises.
                         raise anyio.get_cancelled_exc_class()() from None
                     raise
             overran = scope.cancelled_caught
@@ -195,6 +205,13 @@ class ASGIServing:
             if not (scope.cancel_called and anyio.current_effective_deadline() != -math.inf):
                 raise
             overran = True
+        finally:
+            if not adopted:
+                # Hypercorn ended before it took the descriptor (its asyncio server runs the
+                # lifespan startup first: a failed startup, or a cancellation meanwhile). The
+                # socket is still ours: closed, or the port would stay taken (a restart could
+                # not bind it again).
+                os.close(fd)
         if overran:
             self._log.warning("server stop overran its bound; connections or the lifespan shutdown abandoned",
                               seconds=self.graceful_timeout)

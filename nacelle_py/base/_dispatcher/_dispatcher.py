@@ -202,7 +202,13 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
     # -- as a Process -------------------------------------------------------------------
 
     async def init(self) -> None:
-        """Under an App: register the health key, apply the settings and open the backend (Redis: connect)."""
+        """Under an App: register the health key, apply the settings and open the backend (Redis: connect).
+
+        The init of a restart opens a dispatcher that a stop or a failed run closed: a run
+        follows, so tasks are accepted again and wait for it, as at boot.
+        """
+        if self._state.was_quit:
+            self._move(phase=Phase.NEW)
         health = vars(self).get("health")
         owner = "dispatcher"
         if health is not None:
@@ -260,8 +266,9 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
     async def stop(self) -> None:
         """Drain: everything accepted runs before ``run`` returns; then accept nothing more.
 
-        Under an App no run follows a stop, so a task dispatched afterwards would
-        never run: ``dispatch`` returns False instead (until ``run()`` is called again).
+        Under an App no run follows a stop (unless a restart initialises the dispatcher
+        again), so a task dispatched afterwards would never run: ``dispatch`` returns False
+        instead (until ``init()`` of a restart, or ``run()``, opens it again).
         """
         await self.quit(drain=True)
         self._move(phase=Phase.CLOSED)

@@ -63,7 +63,7 @@ class Phase(enum.Enum):
     """Where a dispatcher is between runs."""
 
     NEW = "new"
-    """Never run: tasks queue and wait for the first ``run()``."""
+    """Never run, or initialised again for a restart: tasks queue and wait for the next ``run()``."""
     RUNNING = "running"
     """``run()`` is active and nobody has finished quitting it."""
     QUITTING = "quitting"
@@ -71,7 +71,7 @@ class Phase(enum.Enum):
     ENDED = "ended"
     """A run ended through ``quit()``; another ``run()`` may follow."""
     CLOSED = "closed"
-    """Stopped for good (``stop()`` or an unwind): nothing is accepted until ``run()`` again."""
+    """Stopped for good (``stop()`` or an unwind): nothing is accepted until ``run()``, or a restart's ``init()``."""
 
 
 _STATUS_MOVES: dict[DispatcherStatus, frozenset[DispatcherStatus]] = {
@@ -86,8 +86,9 @@ _PHASE_MOVES: dict[Phase, frozenset[Phase]] = {
     Phase.NEW: frozenset({Phase.RUNNING, Phase.ENDED, Phase.CLOSED}),
     Phase.RUNNING: frozenset({Phase.QUITTING, Phase.CLOSED}),
     Phase.QUITTING: frozenset({Phase.QUITTING, Phase.ENDED}),
-    Phase.ENDED: frozenset({Phase.RUNNING, Phase.ENDED, Phase.CLOSED}),
-    Phase.CLOSED: frozenset({Phase.RUNNING, Phase.CLOSED}),
+    # NEW: under an App, the init() of a restart (a run follows it, as at boot).
+    Phase.ENDED: frozenset({Phase.NEW, Phase.RUNNING, Phase.ENDED, Phase.CLOSED}),
+    Phase.CLOSED: frozenset({Phase.NEW, Phase.RUNNING, Phase.CLOSED}),
 }
 
 
