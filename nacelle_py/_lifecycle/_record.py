@@ -55,7 +55,7 @@ class Entry:
         self._state = State.REGISTERED
         # What the ops endpoint reports besides the state: every error (restarted ones
         # included), the last one, the restarts, and when and how long each phase took.
-        self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
+        self.errors: deque[str] | tuple[()] = ()  # a ring made at the first error: most components have none
         self.error_count = 0
         self.last_error: str | None = None
         self.restarts = 0
@@ -79,6 +79,8 @@ class Entry:
 
     def note(self, error: str) -> None:
         """Remember an error of this component (for ``/debug/components``)."""
+        if not self.errors:
+            self.errors = deque(maxlen=ERRORS_KEPT)
         self.errors.append(error)
         self.error_count += 1
         self.last_error = error
