@@ -19,7 +19,7 @@ from ._describe import describe
 from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, SettingError, UnavailableError
 from ._health import Health
 from ._inject import Injector
-from ._lifecycle import Entry, Runner, Strategy
+from ._lifecycle import STRATEGIES, Entry, Runner, Strategy
 from ._logging import make_logger
 from ._machines import MachineService
 from ._ops import Operations, OpsSettings, SystemdSettings, parse_addr
@@ -31,7 +31,6 @@ __all__ = ["App"]
 
 C = TypeVar("C", bound=Initializer)
 Backend = Literal["asyncio", "trio"]
-STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 
 
 USER_ERRORS = (BindError, ConfigError, InjectionError, RegistrationError, TLSError, UnavailableError)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from ._errors import RegistrationError
 from ._validate import positive
@@ -32,7 +32,7 @@ DEFAULT: Final = _Default.DEFAULT
 TimeoutOption = float | None | _Default
 LIFECYCLE_METHODS: Final = ("init", "run", "stop", "finalize")
 RestartPolicy = Literal["never", "on_failure", "always"]
-RESTART_POLICIES: Final = ("never", "on_failure", "always")
+RESTART_POLICIES: Final[tuple[RestartPolicy, ...]] = get_args(RestartPolicy)
 """Erlang/OTP's temporary, transient and permanent children: when a process's run is restarted."""
 
 

@@ -157,6 +157,7 @@ def test_help_lists_every_setting_and_starts_nothing(tmp_path: Path) -> None:
     for env in (
         "EXAMPLE_TICK", "EXAMPLE_DB_PATH", "EXAMPLE_API_TOKEN", "LOG_LEVEL", "LOG_ENCODING",
         "EXAMPLE_SHUTDOWN_TIMEOUT", "EXAMPLE_START_TIMEOUT",
+        "EXAMPLE_FLAKY_CRASH_EVERY", "EXAMPLE_FLAKY_MAX_RESTARTS", "EXAMPLE_FLAKY_RESTART_WINDOW",
     ):
         assert env in result.stdout, f"{env} missing from --help:\n{result.stdout}"
     assert "Seconds between two heartbeat rows." in result.stdout

@@ -15,8 +15,8 @@ One module per concept, each importing only downward::
 """
 
 from ._record import Entry
-from ._restart import Strategy
+from ._restart import STRATEGIES, Strategy
 from ._runner import Runner
 from ._states import PHASES, STATES, TRANSITIONS, IllegalTransition, Phase, State
 
-__all__ = ["PHASES", "STATES", "TRANSITIONS", "Entry", "IllegalTransition", "Phase", "Runner", "State", "Strategy"]
+__all__ = ["PHASES", "STATES", "STRATEGIES", "TRANSITIONS", "Entry", "IllegalTransition", "Phase", "Runner", "State", "Strategy"]

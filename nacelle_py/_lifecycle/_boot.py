@@ -192,7 +192,6 @@ class Boot:
         ``owners`` limits it to the keys of those components (a restart's wait).
         """
         ctx = self._ctx
-        by_name = {e.name: e for e in ctx.entries}
         unhealthy = ctx.health.unhealthy() if owners is None else ctx.health.waiting_on(owners)
         priority = group[0].options.priority
         # In registration order (keys are registered by concurrent inits, in no fixed order); the app's last.
@@ -214,6 +213,6 @@ class Boot:
                 for s in unhealthy if s.component == owner
             )
             detail = f"priority {priority} not healthy after {limit:g}s: {keys}"
-            entry = by_name.get(owner) if owner else None
+            entry = ctx.by_name.get(owner) if owner else None
             errors.append((entry, ComponentTimeoutError(owner or ctx.app_name, "start", limit, detail)))
         return errors

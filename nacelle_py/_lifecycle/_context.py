@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -51,6 +51,7 @@ class Context:
         *,
         app_name: str,
         entries: Sequence[Entry],
+        by_name: Mapping[str, Entry],
         injector: Injector,
         health: Health,
         logger: Any,
@@ -61,6 +62,7 @@ class Context:
     ) -> None:
         self.app_name = app_name
         self.entries = entries
+        self.by_name = by_name  # the same entries by registered name
         self.injector = injector
         self.health = health
         self.logger = logger

@@ -132,16 +132,10 @@ class RunHandle:
         self.finished = False
         self.stop_timed_out = False
         self.abandoned = False  # its component was finalized while it still ran: its end changes no state
-        # Only a plain def's run begins on another thread than its stop is asked on.
-        self._lock = None if is_async else threading.Lock()
+        self._lock = threading.Lock()  # a plain def's run begins on another thread than its stop is asked on
 
     def begin(self) -> bool:
         """Called as the run begins (on its thread, for a plain ``def``): False if a stop came first."""
-        if self._lock is None:
-            if self.stopping:
-                return False
-            self.began = True
-            return True
         with self._lock:
             if self.stopping:
                 return False
@@ -150,9 +144,6 @@ class RunHandle:
 
     def ask_stop(self) -> bool:
         """Mark the run stopping; whether it had begun (only then is ``stop()`` called)."""
-        if self._lock is None:
-            self.stopping = True
-            return self.began
         with self._lock:
             self.stopping = True
             return self.began

@@ -62,6 +62,3 @@ class Errors:
             entry.note(str(error))
         if self._on_error is not None:
             self._on_error(error)
-
-    def __len__(self) -> int:
-        return len(self.errors)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import anyio
 
@@ -36,9 +36,11 @@ from ._unwind import Unwind, by_priority
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
-__all__ = ["RESTARTING", "Strategy", "Supervisor"]
+__all__ = ["RESTARTING", "STRATEGIES", "Strategy", "Supervisor"]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+"""What restarts with a component: itself, every started component, or it and those started after it."""
 RESTARTING = "restarting"
 """The reason a restarting component's health keys give."""
 
@@ -286,7 +288,7 @@ class Supervisor:
         return True
 
     def _noted(self, error: ComponentError) -> None:
-        entry = next((e for e in self._ctx.entries if e.name == error.component), None)
+        entry = self._ctx.by_name.get(error.component)
         if entry is None:
             self._ctx.record(error)
         else:

@@ -57,12 +57,13 @@ class Runner:
         self._handle_signals = handle_signals
         self._on_ready = on_ready
         self._phases = Phases(logger)
-        record = Errors(errors, {e.name: e for e in entries}, on_error)
+        by_name = {e.name: e for e in entries}
+        record = Errors(errors, by_name, on_error)
         self._shutdown = Shutdown(
             app_name=app_name, logger=logger, record=record.record, tell=self._phases.tell, hard_exit=hard_exit
         )
         self._ctx = Context(
-            app_name=app_name, entries=entries, injector=injector, health=health, logger=logger,
+            app_name=app_name, entries=entries, by_name=by_name, injector=injector, health=health, logger=logger,
             errors=record, phases=self._phases, shutdown=self._shutdown, release=release,
         )
         self._unwind = Unwind(self._ctx)
