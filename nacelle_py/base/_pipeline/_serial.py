@@ -184,6 +184,13 @@ class SerialEngine(Engine):
     async def _root(self, node: Node) -> None:
         inner = self._emit_for(node)
 
+        async def push(item: Any) -> None:
+            self._in_emit = True
+            try:
+                await inner(item)
+            finally:
+                self._in_emit = False
+
         async def emit(item: Any) -> None:
             if self.stopping:
                 raise Stopped
@@ -194,11 +201,7 @@ class SerialEngine(Engine):
                 await anyio.lowlevel.checkpoint()
                 if self.stopping:
                     raise Stopped
-            self._in_emit = True
-            try:
-                await inner(item)
-            finally:
-                self._in_emit = False
+            await push(item)
 
         async def many(items: Iterable[Any]) -> None:
             await anyio.lowlevel.checkpoint()
@@ -220,7 +223,7 @@ class SerialEngine(Engine):
                     node.scope = scope
                     await node.fn(emit)
             else:
-                await self._plain_root(node, emit)
+                await self._plain_root(node, push)
         except (Stopped, _Abort):
             pass
         except FAILURES as exc:
@@ -230,19 +233,22 @@ class SerialEngine(Engine):
             node.busy += _perf() - started
             self._current = None
 
-    async def _plain_root(self, node: Node, emit: Any) -> None:
+    async def _plain_root(self, node: Node, push: Any) -> None:
         """The root's function on its thread; each ``emit`` waits until the loop has run the subtree.
 
         The thread hands one message at a time to an outbox of size 1 and waits
         there until the message has gone through the subtree: depth-first, as
         for an async root, with every delivery inside the run's cancel scope.
+        What is in the outbox was accepted (the thread's ``emit`` returns once it
+        is taken), so it goes through even when a stop came after it: ``push``
+        does not look at the stop, the outbox does, at the thread's next ``emit``.
         """
         assert self.waker is not None
         outbox = Outbox(self.waker, 1)
 
         async def deliver(chunk: list[Any]) -> None:
             for item in chunk:
-                await emit(item)
+                await push(item)
 
         async def forward() -> None:
             try:
