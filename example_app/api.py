@@ -58,9 +58,10 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 class HTTPProblem(Exception):
     """An error answer: status and message."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
 
 
 class RowsApp:
@@ -79,12 +80,14 @@ class RowsApp:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no lifespan work: the database is opened by its own initializer
+        extra: dict[str, str] = {}
         try:
             status, body = await self._route(scope["method"], scope["path"], scope.get("query_string", b""), receive)
         except HTTPProblem as problem:
-            status, body = problem.status, {"error": str(problem)}
+            status, body, extra = problem.status, {"error": str(problem)}, problem.headers
         payload = b"" if body is None else json.dumps(body).encode()
         headers = [(b"content-length", str(len(payload)).encode())]
+        headers += [(name.lower().encode(), value.encode()) for name, value in extra.items()]
         if body is not None:
             headers.append((b"content-type", b"application/json"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -155,7 +158,9 @@ class RowsApp:
     @staticmethod
     def _allow(method: str, *allowed: str) -> None:
         if method not in allowed:
-            raise HTTPProblem(405, f"{method} not allowed here; use {' or '.join(allowed)}")
+            raise HTTPProblem(
+                405, f"{method} not allowed here; use {' or '.join(allowed)}", {"Allow": ", ".join(allowed)}
+            )
 
     def _conn(self) -> sqlite3.Connection:
         if self.db is None:

@@ -133,6 +133,11 @@ def _candidates(annotation: Any) -> tuple[type, ...] | None:
     return None
 
 
+def _article(noun: str) -> str:
+    """``noun`` with "a" or "an" before it, by its first letter: "an int", "a str"."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def _type_name(annotation: Any) -> str:
     return annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
 
@@ -222,6 +227,6 @@ class Injector:
             return
         if not ok:
             raise InjectionError(
-                name, plan.attr, f"service {plan.key!r} is a {type(value).__name__}, "
+                name, plan.attr, f"service {plan.key!r} is {_article(type(value).__name__)}, "
                 f"but the attribute is annotated {_type_name(plan.annotation)}"
             )

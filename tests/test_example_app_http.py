@@ -203,7 +203,9 @@ def test_rows_are_read_and_written(tmp_path: Path) -> None:
             assert http.get("/heartbeats/latest").json()["beat"] >= 1
             assert http.post("/rows", content=b"{not json").status_code == 400
             assert http.get("/rows?limit=0").status_code == 400
-            assert http.put("/rows").status_code == 405
+            refused = http.put("/rows")
+            assert refused.status_code == 405
+            assert refused.headers["allow"] == "GET, POST"  # RFC 9110: a 405 names what is allowed
             assert http.get("/rows/999999").status_code == 404
             assert http.delete(f"/rows/{row['id']}").status_code == 204
             assert http.get(f"/rows/{row['id']}").status_code == 404

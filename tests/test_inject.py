@@ -223,6 +223,7 @@ async def test_wrong_type_names_component_attribute_and_types() -> None:
     assert (cause.component, cause.attribute) == ("wrong", "db")
     text = str(app.errors[0])
     assert "Db" in text and "int" in text
+    assert "is a Db, but the attribute is annotated int" in text, text
     logged = [e for e in logs if e.get("log_level") == "error" and e.get("component") == "wrong"]
     assert len(logged) == 1 and logged[0]["operation"] == "inject"
     assert trace.events == ["make.init", "make.finalize"]
@@ -439,3 +440,20 @@ async def test_a_protocol_annotation_is_not_isinstance_checked() -> None:
     with anyio.fail_after(10):
         assert await app.serve() == 0, app.errors
     assert len(seen) == 1
+
+
+async def test_wrong_type_message_reads_as_english() -> None:
+    class Put(Initializer):
+        services: ServiceContainer = Inject("services")
+
+        def init(self) -> None:
+            self.services.set("count", 3)
+
+    class Wants(Initializer):
+        count: str = Inject("count")
+
+    app = test_app("t")
+    app.register(Put(), name="put")
+    app.register(Wants(), name="wants", priority=1)
+    assert await serve(app) == 1
+    assert "service 'count' is an int, but the attribute is annotated str" in str(app.errors[0])  # not "a int"
