@@ -67,6 +67,10 @@ class App:
     ``restart_strategy`` says what restarts with a component whose restart
     policy restarts it: itself (``"one_for_one"``), every component
     (``"one_for_all"``) or it and those started after it (``"rest_for_one"``).
+    ``env_fallback=False`` reads only the prefixed names (``EXAMPLE_LOG_LEVEL``,
+    never ``LOG_LEVEL``), so a shell's generic variables cannot leak in.
+    ``parse_args=False`` leaves the command line to the app: ``boot()`` then
+    reads nothing from it (no ``--help``, no ``--backend``, no usage errors).
     """
 
     def __init__(
@@ -81,6 +85,8 @@ class App:
         handle_signals: bool = True,
         ops_addr: str | None = None,
         restart_strategy: Strategy = "one_for_one",
+        env_fallback: bool = True,
+        parse_args: bool = True,
     ) -> None:
         if not isinstance(name, str) or not re.search(r"[0-9A-Za-z]", name):
             raise RegistrationError(f"App(name): a name with at least one letter or digit is required, got {name!r}")
@@ -91,6 +97,9 @@ class App:
                 parse_addr(ops_addr)
             except (ValueError, AttributeError) as exc:
                 raise RegistrationError(f"App(ops_addr): {exc}, got {ops_addr!r}") from None
+        for option, value in (("env_fallback", env_fallback), ("parse_args", parse_args)):
+            if not isinstance(value, bool):
+                raise RegistrationError(f"App({option}): True or False, got {value!r}")
         if restart_strategy not in STRATEGIES:
             raise RegistrationError(
                 f"App(restart_strategy): one of {', '.join(map(repr, STRATEGIES))}, got {restart_strategy!r}"
@@ -99,8 +108,10 @@ class App:
         self._strategy: Strategy = restart_strategy
         self.name = name
         self.config = Config(
-            _env_prefix(name) if env_prefix is None else env_prefix, env_file=env_file, secrets_dir=secrets_dir
+            _env_prefix(name) if env_prefix is None else env_prefix, env_file=env_file, secrets_dir=secrets_dir,
+            fallback=env_fallback,
         )
+        self._parse_args = parse_args
         self.services = ServiceContainer()
         self.health = Health()
         self._given_logger = logger

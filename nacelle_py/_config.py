@@ -10,6 +10,7 @@ turned into the names of the env variables a user must set.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,23 @@ __all__ = ["Config", "MASK", "is_secret", "mask_url"]
 S = TypeVar("S", bound=BaseSettings)
 MASK = "**********"
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)(?P<password>[^/\s]*)@")
+_OWN_SOURCES = ("env_file", "secrets_dir", "json_file", "yaml_file", "toml_file", "cli_parse_args")
+"""Model settings that give a model sources of its own besides the environment."""
+
+
+@functools.cache
+def _env_only(model: type[BaseSettings]) -> bool:
+    """Whether ``model``'s own sources are just the environment, which ``Config`` reads itself."""
+    customised = getattr(model.settings_customise_sources, "__func__", None)
+    default = getattr(BaseSettings.settings_customise_sources, "__func__", None)
+    return customised is default and not any(model.model_config.get(key) for key in _OWN_SOURCES)
+
+
+def _validated(model: type[S], values: dict[str, Any]) -> S:
+    """``model`` validated from ``values`` alone: its own sources are not read (``ValidationError``)."""
+    instance = model.__new__(model)
+    BaseModel.__init__(instance, **values)  # BaseSettings.__init__ would read the sources again
+    return instance
 
 
 def mask_url(text: str) -> str:
@@ -88,10 +106,12 @@ class Config:
         *,
         env_file: str | Path | None = None,
         secrets_dir: str | Path | None = None,
+        fallback: bool = True,
     ) -> None:
         self.prefix = prefix
         self.env_file = env_file
         self.secrets_dir = secrets_dir
+        self.fallback = fallback or not prefix  # without a prefix the plain name is the only name
         self._cache: dict[type[BaseSettings], BaseSettings] = {}
         self._lock = threading.Lock()
 
@@ -104,7 +124,9 @@ class Config:
             return (field.alias.upper(),)
         own = str(model.model_config.get("env_prefix") or "")
         plain = f"{own}{field_name}".upper()
-        return (f"{self.prefix}{plain}".upper(), plain) if self.prefix else (plain,)
+        if not self.prefix:
+            return (plain,)
+        return (f"{self.prefix}{plain}".upper(), plain) if self.fallback else (f"{self.prefix}{plain}".upper(),)
 
     def loaded(self) -> Mapping[type[BaseSettings], BaseSettings]:
         """The models loaded so far."""
@@ -135,7 +157,14 @@ class Config:
     def build(self, model: type[S]) -> S:
         """Load and validate ``model`` without caching it; ``ConfigError`` lists every problem."""
         try:
-            return model(**self._values(model))
+            values = self._values(model)
+            if _env_only(model):
+                return _validated(model, values)  # the environment was just read: not a second time
+            if self.fallback:
+                return model(**values)
+            # The model's own sources read under the app's prefix too: no plain name gets in.
+            own = str(model.model_config.get("env_prefix") or "")
+            return model(_env_prefix=f"{self.prefix}{own}", **values)
         except ValidationError as exc:
             raise ConfigError(self._explain(model, exc)) from None
         except ValueError as exc:  # a source could not decode a value (bad JSON, say)
@@ -152,7 +181,7 @@ class Config:
             values = {}
         for _ in range(len(values) + 1):
             try:
-                return model.model_validate(values)  # no sources: only these values
+                return _validated(model, values)  # no sources: only these values
             except ValidationError as exc:
                 bad = {str(e["loc"][0]) for e in exc.errors() if e.get("loc")}
                 values = {k: v for k, v in values.items() if k not in bad}
@@ -168,7 +197,7 @@ class Config:
         model's own sources (its env_file, say) still apply below these.
         """
         own = str(model.model_config.get("env_prefix") or "")
-        prefixes = [f"{self.prefix}{own}", own] if self.prefix else [own]
+        prefixes = [f"{self.prefix}{own}", own] if self.prefix and self.fallback else [f"{self.prefix}{own}"]
         sources: list[Any] = [EnvSettingsSource(model, env_prefix=p) for p in prefixes]
         if self.env_file is not None:
             sources += [DotEnvSettingsSource(model, env_file=self.env_file, env_prefix=p) for p in prefixes]

@@ -39,8 +39,10 @@ def describe(app_name: str, config: Config, models: Mapping[type[BaseSettings], 
     ``models`` maps each model to the names of the components that read it.
     """
     lines = [f"{app_name}: settings are read from the environment"]
-    if config.prefix:
+    if config.prefix and config.fallback:
         lines.append(f"(each variable under the prefix {config.prefix}; the unprefixed name is read as a fallback)")
+    elif config.prefix:
+        lines.append(f"(each variable under the prefix {config.prefix} only: no unprefixed fallback)")
     if config.env_file is not None:
         lines.append(f"(and from the env file {config.env_file})")
     if config.secrets_dir is not None:

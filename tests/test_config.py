@@ -24,8 +24,10 @@ from nacelle_py import (
     Inject,
     Initializer,
     Process,
+    RegistrationError,
     SettingError,
 )
+from nacelle_py._settings import AppSettings as AppSettingsModel
 from nacelle_py.testing import Trace, test_app
 
 pytestmark = pytest.mark.anyio
@@ -747,3 +749,69 @@ def test_boot_with_missing_env_returns_one(backend: str) -> None:
     assert trace.events == []
     assert envs(config_error(app)) == {"T_TICK"}
 
+
+
+# -- env_fallback=False -----------------------------------------------------------------------
+
+
+async def test_without_fallback_the_plain_name_is_never_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICK", "3")  # a shell's generic variable
+    monkeypatch.setenv("DB_URL", "sqlite://plain")
+    monkeypatch.setenv("T_DB_URL", "sqlite://prefixed")
+    monkeypatch.setenv("DB_POOL", "7")  # only the plain name: not read, the default stays
+    ticks: list[Any] = []
+    dbs: list[Any] = []
+    app = test_app("t", env_fallback=False)
+    app.register(TickUser(ticks), name="ticker")
+    app.register(DbUser(dbs), name="db")
+    assert await serve(app) == 1  # T_TICK is required and unset: TICK does not count
+    assert envs(config_error(app)) == {"T_TICK"}
+    assert "also read from" not in str(config_error(app))
+    monkeypatch.setenv("T_TICK", "4")
+    app = test_app("t", env_fallback=False)
+    app.register(TickUser(ticks), name="ticker")
+    app.register(DbUser(dbs), name="db")
+    assert await serve(app) == 0, app.errors
+    assert [s.tick for s in ticks] == [4.0]
+    assert [(s.url, s.pool) for s in dbs] == [("sqlite://prefixed", DbSettings.model_fields["pool"].default)]
+
+
+async def test_without_fallback_the_framework_settings_ignore_plain_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "bogus")  # would be a config error if it were read
+    monkeypatch.setenv("SHUTDOWN_TIMEOUT", "0.5")
+    app = test_app("t", env_fallback=False)
+    app.register(Recorder(Trace(), "r"), name="r")
+    assert await serve(app) == 0, app.errors
+    assert app.config.load(AppSettingsModel).shutdown_timeout == 10.0
+
+
+async def test_without_fallback_env_file_and_secrets_use_the_prefixed_names(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("TICK=3.5\n")
+    seen: list[Any] = []
+    app = test_app("t", env_file=env, env_fallback=False)
+    app.register(TickUser(seen), name="ticker")
+    assert await serve(app) == 1
+    assert envs(config_error(app)) == {"T_TICK"}
+    env.write_text("TICK=3.5\nT_TICK=4.5\n")
+    app = test_app("t", env_file=env, env_fallback=False)
+    app.register(TickUser(seen), name="ticker")
+    assert await serve(app) == 0, app.errors
+    assert [s.tick for s in seen] == [4.5]
+
+
+def test_without_fallback_help_lists_only_prefixed_names() -> None:
+    app = test_app("t", env_fallback=False)
+    app.register(TickUser([]), name="ticker")
+    text = app.describe()
+    assert "T_TICK" in text and "| TICK" not in text
+    assert "no unprefixed fallback" in text
+    default = test_app("t")
+    default.register(TickUser([]), name="ticker")
+    assert "T_TICK | TICK" in default.describe()
+
+
+@pytest.mark.parametrize("option", ["env_fallback", "parse_args"])
+def test_app_boolean_options_are_checked(option: str) -> None:
+    with pytest.raises(RegistrationError, match=rf"App\({option}\): True or False, got 'no'"):
+        App("t", **{option: "no"})  # type: ignore[arg-type]
