@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
 
 import anyio
+import sniffio
 import structlog
 
+from ._argv import BACKENDS, USAGE_STATUS, Backend, BootArgs, UsageError, parse_boot_args, usage
 from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption
 from ._config import Config, mask_values
 from ._describe import describe
@@ -30,7 +32,6 @@ from ._settings import AppSettings, LogSettings
 __all__ = ["App"]
 
 C = TypeVar("C", bound=Initializer)
-Backend = Literal["asyncio", "trio"]
 
 
 USER_ERRORS = (BindError, ConfigError, InjectionError, RegistrationError, TLSError, UnavailableError)
@@ -249,25 +250,45 @@ class App:
                 users.setdefault(model, []).append(options.name)
         return describe(self.name, self.config, users)
 
-    def boot(self, argv: Sequence[str] | None = None, *, backend: Backend = "asyncio") -> int:
+    def boot(self, argv: Sequence[str] | None = None, *, backend: Backend | None = None) -> int:
         """Run the app to completion (blocking) and return the exit status: 0 clean, 1 on any failure.
 
-        ``--help`` / ``-h`` in ``argv`` (default ``sys.argv[1:]``) prints every
-        setting and returns 0 without starting anything.
+        ``argv`` (default ``sys.argv[1:]``) may hold ``--help`` / ``-h`` (print
+        every setting and return 0 without starting anything) and ``--backend
+        asyncio|trio``; anything else is a usage error, written to stderr with
+        status 2 and nothing started (unless ``App(parse_args=False)``: then
+        ``argv`` is not read at all). The event loop is ``backend`` if given,
+        else ``--backend``, else the ``BACKEND`` setting (``<PREFIX>BACKEND``),
+        else asyncio.
         """
-        args = sys.argv[1:] if argv is None else list(argv)
-        if "--help" in args or "-h" in args:
-            sys.stdout.write(self.describe())
-            sys.stdout.flush()
-            return 0
-        if backend not in ("asyncio", "trio"):
+        if backend is not None and backend not in BACKENDS:
             raise RegistrationError(f"boot(backend=...): 'asyncio' or 'trio', got {backend!r}")
+        asked = BootArgs()
+        if self._parse_args:
+            try:
+                asked = parse_boot_args(sys.argv[1:] if argv is None else list(argv))
+            except UsageError as exc:
+                sys.stderr.write(f"{self.name}: {exc}\n{usage(self.name)}\n")
+                sys.stderr.flush()
+                return USAGE_STATUS
+            if asked.help:
+                sys.stdout.write(self.describe())
+                sys.stdout.flush()
+                return 0
+        chosen = backend or asked.backend or self._backend_setting()
         self._hard_exit = True  # the process is ours: a forced shutdown may end it
         try:
-            return anyio.run(self.serve, backend=backend)
+            return anyio.run(self.serve, backend=chosen)
         except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
             sys.stderr.write(f"{self.name}: interrupted during start-up\n")
             return 1
+
+    def _backend_setting(self) -> Backend:
+        """The ``BACKEND`` setting; asyncio when the app's settings are invalid (``serve()`` then reports them)."""
+        try:
+            return self.config.build(AppSettings).backend
+        except ConfigError:
+            return "asyncio"
 
     def shutdown(self) -> None:
         """Request a graceful unwind; safe from any task or thread, and before or after serving."""
@@ -339,7 +360,7 @@ class App:
         """The lifecycle itself, inside the app's machine tree and the ops endpoint."""
         self._runner = runner
         self._operations = operations
-        self.logger.info("app starting", components=len(runner.entries))
+        self.logger.info("app starting", components=len(runner.entries), backend=sniffio.current_async_library())
         await self._machines.open(self._machine_settings, self.logger)
         try:
             async with operations.running(runner, self.health, self._machines.stats):

@@ -26,7 +26,8 @@ class LogSettings(BaseSettings):
     log_fields: dict[str, str] = Field(
         default_factory=dict, description='Fields added to every log line, as JSON: {"env": "prod"}.'
     )
-    @field_validator("log_level", "log_encoding", mode="before")
+    # "backend" is AppSettings' (check_fields=False): one case-folding for every word setting.
+    @field_validator("log_level", "log_encoding", "backend", mode="before", check_fields=False)
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
@@ -39,6 +40,10 @@ class AppSettings(LogSettings):
     shutdown_timeout: Timeout = Field(10.0, description="Seconds run() may take to return after stop(); none: no limit.")
     init_timeout: Timeout = Field(None, description="Seconds init() may take; none: no limit.")
     finalize_timeout: Timeout = Field(None, description="Seconds finalize() may take; none: no limit.")
+    backend: Literal["asyncio", "trio"] = Field(
+        "asyncio", description="The event loop boot() runs the app on, when boot() is given none "
+        "(boot(backend=...) or --backend win).",
+    )
     gc_freeze: bool = Field(
         True, description="Under boot(): once ready, collect and freeze what start-up built (gc.freeze), so "
         "the garbage collector stops rescanning it.",
