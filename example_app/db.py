@@ -30,6 +30,9 @@ create table if not exists load (
 class Database(Initializer):
     """Opens the heartbeat database before any process runs; closes it after they have all stopped."""
 
+    provides = ("db",)  # what init() sets: `nacelle-py check` resolves Inject("db") against it
+    health_keys = ()  # it registers none
+
     services: ServiceContainer = Inject("services")
     settings: DbSettings = Inject()  # EXAMPLE_DB_PATH
     logger: FilteringBoundLogger = Inject("logger")

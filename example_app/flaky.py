@@ -50,6 +50,8 @@ class FlakyCrash(RuntimeError):
 class Flaky(Process):
     """Ticks until stopped, and crashes when told to (``crash()``) or every ``crash_every`` seconds."""
 
+    health_keys = ()  # none: healthy once its run has begun
+
     settings: FlakySettings = Inject()
     logger: FilteringBoundLogger = Inject("logger")
 

@@ -19,6 +19,8 @@ __all__ = ["Heartbeat"]
 class Heartbeat(Process):
     """Writes a heartbeat row every ``EXAMPLE_TICK`` seconds until stopped."""
 
+    health_keys = ("heartbeat",)  # for `nacelle-py check`'s table
+
     db: sqlite3.Connection = Inject("db")
     health: Health = Inject("health")
     logger: FilteringBoundLogger = Inject("logger")  # bound with this component's name

@@ -13,9 +13,10 @@ from typing import Any, Literal, TextIO, TypeVar
 import anyio
 import sniffio
 import structlog
+from pydantic_settings import BaseSettings
 
 from ._argv import BACKENDS, USAGE_STATUS, Backend, BootArgs, UsageError, parse_boot_args, usage
-from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption
+from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption, declared_keys
 from ._config import Config, mask_values
 from ._describe import describe
 from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, SettingError, UnavailableError
@@ -197,6 +198,8 @@ class App:
             restart_window=restart_window,
             backoff=backoff,
         )
+        for attribute in ("provides", "health_keys"):
+            declared_keys(component, options.name, attribute)  # a bad declaration fails here, not in check
         if options.name in self._names:
             hint = "" if name is not None else " (the default name is the class name; pass name=...)"
             raise RegistrationError(f"duplicate component name {options.name!r}{hint}")
@@ -239,16 +242,20 @@ class App:
         """Every error of the last ``serve()``, in the order they happened."""
         return tuple(self._errors)
 
-    def describe(self) -> str:
-        """The ``--help`` text: every setting the registered components read."""
-        users: dict[Any, list[str]] = {
+    def settings_models(self) -> dict[type[BaseSettings], list[str]]:
+        """Every settings model the app reads, the framework's first, each with the names of its readers."""
+        users: dict[type[BaseSettings], list[str]] = {
             AppSettings: ["nacelle_py"], OpsSettings: ["nacelle_py"], SystemdSettings: ["nacelle_py"],
             MachineService.settings_model(): ["machine"],
         }
         for component, options in self._registered:
             for model in self._injector.settings_models(component):
                 users.setdefault(model, []).append(options.name)
-        return describe(self.name, self.config, users)
+        return users
+
+    def describe(self) -> str:
+        """The ``--help`` text: every setting the registered components read."""
+        return describe(self.name, self.config, self.settings_models())
 
     def boot(self, argv: Sequence[str] | None = None, *, backend: Backend | None = None) -> int:
         """Run the app to completion (blocking) and return the exit status: 0 clean, 1 on any failure.
@@ -309,6 +316,7 @@ class App:
         try:
             if not self._load_settings():
                 return 1
+            self.services.watch_undeclared(self._declared_services(), self._undeclared_service)
             runner = self._build_runner()
             operations = self._prepare_operations()
             if operations is None:
@@ -319,9 +327,23 @@ class App:
             await self._run(runner, operations)
             return self._exit_status(started)
         finally:
+            self.services.watch_undeclared(None)
             self._state = "done"
 
     # -- the steps of serve() ---------------------------------------------------------
+
+    def _declared_services(self) -> set[str]:
+        """The keys set before serving and those the components declare in ``provides``."""
+        declared = set(self.services.keys())
+        for component, options in self._registered:
+            declared.update(declared_keys(component, options.name, "provides"))
+        return declared
+
+    def _undeclared_service(self, key: str) -> None:
+        self.logger.warning(
+            "service set that no component declares; nacelle-py check cannot see it", key=key,
+            hint=f"add {key!r} to the provides of the component that sets it: provides = ({key!r},)",
+        )
 
     def _build_runner(self) -> Runner:
         """The runner over every registered component, with the bounds resolved from settings."""

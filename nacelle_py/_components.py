@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final, Literal, get_args
+from typing import Any, ClassVar, Final, Literal, get_args
 
 from ._errors import RegistrationError
 from ._validate import positive
 
-__all__ = ["DEFAULT", "RESTART_POLICIES", "Initializer", "Options", "Process", "RestartPolicy"]
+__all__ = ["DEFAULT", "RESTART_POLICIES", "Initializer", "Options", "Process", "RestartPolicy", "declared_keys"]
 
 
 class _Default(Enum):
@@ -43,9 +43,18 @@ class Initializer:
     ``def``; a plain ``def`` runs in a worker thread so it may block.
     ``init`` usually creates a service and puts it into the container;
     ``finalize`` releases it, in reverse order of successful ``init``.
+
+    ``provides`` names the service keys the component sets (``provides =
+    ("db",)``), so that ``nacelle-py check`` can resolve every ``Inject`` key
+    without running anything. ``health_keys`` names the health keys it
+    registers, where known (``"{name}"`` stands for its registered name);
+    ``None`` means unknown. Both are read, never required.
     """
 
     __slots__ = ()
+
+    provides: ClassVar[tuple[str, ...]] = ()
+    health_keys: ClassVar[tuple[str, ...] | None] = None
 
     def init(self) -> Awaitable[None] | None:
         """Prepare the component; services are injected before this runs."""
@@ -139,3 +148,18 @@ class Options:
             raise RegistrationError(f"{self.name}: max_restarts must be an int >= 0, got {self.max_restarts!r}")
         object.__setattr__(self, "restart_window", positive(self.name, "restart_window", self.restart_window))
         object.__setattr__(self, "backoff", _check_backoff(self.name, self.backoff))
+
+
+def declared_keys(component: Initializer, name: str, attribute: str) -> tuple[str, ...]:
+    """A component's ``provides`` (or ``health_keys``) as a tuple of non-empty strings; ``RegistrationError`` if not."""
+    value = getattr(component, attribute, ())
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, (tuple, list, frozenset, set)):
+        raise RegistrationError(
+            f"{name}: {attribute} must be a tuple of strings, e.g. {attribute} = ({str(value)!r},), got {value!r}"
+        )
+    for key in value:
+        if not isinstance(key, str) or not key:
+            raise RegistrationError(f"{name}: {attribute} holds {key!r}; every key is a non-empty string")
+    return tuple(key.replace("{name}", name) for key in value)

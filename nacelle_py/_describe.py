@@ -10,16 +10,18 @@ from pydantic_settings import BaseSettings
 
 from ._config import MASK, Config, is_secret
 
-__all__ = ["describe"]
+__all__ = ["default_text", "describe", "type_name"]
 
 
-def _type_name(annotation: Any) -> str:
+def type_name(annotation: Any) -> str:
+    """A field's type as a reader would write it."""
     if isinstance(annotation, type):
         return annotation.__name__
     return str(annotation).replace("typing.", "")
 
 
-def _default(field: Any) -> str:
+def default_text(field: Any) -> str:
+    """``required``, or the default as shown to a reader (a secret's masked)."""
     if field.is_required():
         return "required"
     if field.default_factory is not None:
@@ -58,7 +60,7 @@ def describe(app_name: str, config: Config, models: Mapping[type[BaseSettings], 
             env = " | ".join(config.env_names(model, name))
             secret = ", secret" if is_secret(field) else ""
             lines.append(f"  {env}")
-            lines.append(f"      {_type_name(field.annotation)}, {_default(field)}{secret}")
+            lines.append(f"      {type_name(field.annotation)}, {default_text(field)}{secret}")
             if field.description:
                 lines.append(f"      {field.description}")
     lines.append("")

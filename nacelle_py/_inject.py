@@ -20,7 +20,7 @@ from ._config import Config
 from ._errors import InjectionError, ServiceError
 from ._services import ServiceContainer
 
-__all__ = ["Inject", "Injection", "Injector"]
+__all__ = ["Inject", "Injection", "Injector", "PlannedInjection", "planned_injections"]
 
 _UNRESOLVED: Any = object()
 
@@ -133,6 +133,16 @@ def _candidates(annotation: Any) -> tuple[type, ...] | None:
     return None
 
 
+NEEDS_ANNOTATION = (
+    "Inject() without a key needs an annotation that can be evaluated at run time "
+    "(give a key, Inject('name'), or import the annotated type outside TYPE_CHECKING)"
+)
+
+
+def _not_a_lookup(annotation: Any) -> str:
+    return f"cannot look up a service by the type {_type_name(annotation)}; give a key"
+
+
 def _article(noun: str) -> str:
     """``noun`` with "a" or "an" before it, by its first letter: "an int", "a str"."""
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
@@ -187,18 +197,13 @@ class Injector:
             self._check(plan, name, value)
             return value
         if plan.annotation is _UNRESOLVED:
-            raise InjectionError(
-                name, plan.attr, "Inject() without a key needs an annotation that can be evaluated at run time "
-                "(give a key, Inject('name'), or import the annotated type outside TYPE_CHECKING)"
-            )
+            raise InjectionError(name, plan.attr, NEEDS_ANNOTATION)
         model = _settings_type(plan.annotation)
         if model is not None:
             return self._config.load(model)
         kinds = _candidates(plan.annotation)
         if not kinds:
-            raise InjectionError(
-                name, plan.attr, f"cannot look up a service by the type {_type_name(plan.annotation)}; give a key"
-            )
+            raise InjectionError(name, plan.attr, _not_a_lookup(plan.annotation))
         found: list[tuple[str, Any]] = []
         for kind in kinds:
             found.extend(self._services.find_by_type(kind, name))
@@ -230,3 +235,35 @@ class Injector:
                 name, plan.attr, f"service {plan.key!r} is {_article(type(value).__name__)}, "
                 f"but the attribute is annotated {_type_name(plan.annotation)}"
             )
+
+
+class PlannedInjection(NamedTuple):
+    """One ``Inject`` attribute as ``nacelle-py check`` sees it, without resolving anything."""
+
+    attribute: str
+    key: str | None
+    """The service key; ``None`` for a settings model or a lookup by type."""
+    optional: bool
+    shown: str
+    """How the component table shows it: the key, ``settings:Model`` or ``Type (by type)``."""
+    problem: str | None
+    """What is wrong with the marker itself, whatever the services."""
+
+
+def planned_injections(component: object) -> list[PlannedInjection]:
+    """Every ``Inject`` attribute of ``component``'s class, for a static check."""
+    planned = []
+    for plan in _plan(type(component)):
+        if plan.key is not None:
+            planned.append(PlannedInjection(plan.attr, plan.key, plan.optional, plan.key, None))
+        elif plan.annotation is _UNRESOLVED:
+            planned.append(PlannedInjection(plan.attr, None, plan.optional, "?", NEEDS_ANNOTATION))
+        elif (model := _settings_type(plan.annotation)) is not None:
+            planned.append(PlannedInjection(plan.attr, None, plan.optional, f"settings:{model.__name__}", None))
+        elif not _candidates(plan.annotation):
+            planned.append(PlannedInjection(plan.attr, None, plan.optional, "?", _not_a_lookup(plan.annotation)))
+        else:  # found among the services at boot: a type is not a key check can follow
+            planned.append(PlannedInjection(
+                plan.attr, None, plan.optional, f"{_type_name(plan.annotation)} (by type)", None
+            ))
+    return planned

@@ -12,7 +12,7 @@ Services that differ per component (the ``logger`` bound with its name, the
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar, overload
 
@@ -57,6 +57,8 @@ class ServiceContainer:
         self._providers: dict[str, providers.Provider[Any]] = {}
         self._lock = threading.Lock()
         self._made: set[str] = set()  # components a per-component service with a release made something for
+        self._declared: frozenset[str] | None = None  # while serving: the keys check could see
+        self._on_undeclared: Callable[[str], None] | None = None
 
     def _check_key(self, key: object) -> str:
         if not isinstance(key, str) or not key:
@@ -73,6 +75,19 @@ class ServiceContainer:
                 )
             self._providers[key] = provider
             self._container.set_provider(key, provider)
+            undeclared = self._on_undeclared if self._declared is not None and key not in self._declared else None
+        if undeclared is not None:
+            undeclared(key)
+
+    def watch_undeclared(self, declared: Iterable[str] | None, on_undeclared: Callable[[str], None] | None = None) -> None:
+        """Call ``on_undeclared(key)`` when a key outside ``declared`` is set (``None``: stop watching).
+
+        The app watches while it serves: a key no component declares in
+        ``provides`` is one that ``nacelle-py check`` could not see.
+        """
+        with self._lock:
+            self._declared = None if declared is None else frozenset(declared)
+            self._on_undeclared = on_undeclared
 
     def set(self, key: str, value: object) -> None:
         """Register ``value`` under ``key``; a key can be set once (``ServiceError`` otherwise)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typing
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import anyio
 import structlog
@@ -88,6 +88,8 @@ class HTTPServer(Process):
     in one app, subclass ``HTTPSettings`` with another ``env_prefix`` and
     annotate ``settings`` of a subclass with it.
     """
+
+    health_keys: ClassVar[tuple[str, ...] | None] = ("{name}",)
 
     health: Health | None = Inject("health", optional=True)
     logger: Any = Inject("logger", optional=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import anyio
 import structlog
@@ -65,6 +65,8 @@ class Worker(Process):
     succeeds. ``WORKER_TICK_INTERVAL`` and ``WORKER_STRICT_CLOCK`` override
     the code's choices without a code change.
     """
+
+    health_keys: ClassVar[tuple[str, ...] | None] = ("{name}",)
 
     health: Health | None = Inject("health", optional=True)
     logger: Any = Inject("logger", optional=True)

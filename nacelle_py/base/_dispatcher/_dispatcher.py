@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -64,6 +64,8 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
     other keywords override their ``DISPATCHER_*``/``REDIS_URL`` settings
     (standalone, only the keywords apply). See docs/dispatcher.md.
     """
+
+    health_keys: ClassVar[tuple[str, ...] | None] = ("{name}",)  # and "{name}.redis" on Redis (the engine is a setting)
 
     health: Health | None = Inject("health", optional=True)
     logger: Any = Inject("logger", optional=True)

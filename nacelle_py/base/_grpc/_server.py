@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, ClassVar, TYPE_CHECKING, Union
 
 import anyio
 import sniffio
@@ -52,6 +52,8 @@ class GRPCServer(Process):
     below the app's ``SHUTDOWN_TIMEOUT``. On the trio backend
     ``init`` and ``run`` refuse with a ``RegistrationError``.
     """
+
+    health_keys: ClassVar[tuple[str, ...] | None] = ("{name}",)
 
     health: Health | None = Inject("health", optional=True)
     logger: Any = Inject("logger", optional=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import anyio
 import structlog
@@ -156,6 +156,8 @@ class Pipeline(Process):
     The health key (the component's name) is healthy while it runs and no stage
     has been stalled (work waiting, none finished) for ``stall_after`` seconds.
     """
+
+    health_keys: ClassVar[tuple[str, ...] | None] = ("{name}",)  # and "{name}.redis" on Redis (the engine is a setting)
 
     health: Health | None = Inject("health", optional=True)
     logger: Any = Inject("logger", optional=True)
