@@ -103,8 +103,10 @@ class ASGIServing:
         cert_file: str | None = None,
         key_file: str | None = None,
         access_log: bool = False,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
+        self.state = dict(state or {})  # put into the ASGI lifespan state: each request's scope["state"] has it
         self.address: tuple[str, int] = sock.getsockname()[:2]
         self.graceful_timeout = graceful_timeout
         self.active = 0
@@ -255,6 +257,10 @@ class ASGIServing:
             self.served += 1
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.state and isinstance(scope.get("state"), dict):
+            # The server copies the lifespan state into every request's scope: Starlette's
+            # request.state.services, whether or not the app takes part in the lifespan.
+            scope["state"].update(self.state)
         received: list[str] = []
         sent: list[str] = []
 

@@ -44,6 +44,8 @@ __all__ = [
     "every",
     "recover",
     "retry",
+    "service",
+    "services_of",
     "timeout",
 ]
 
@@ -53,6 +55,8 @@ _WHERE = {
     "HTTPServer": "._http",
     "HTTPSettings": "._http",
     "HTTPStats": "._http",
+    "service": "._asgi_services",
+    "services_of": "._asgi_services",
     "Worker": "._worker",
     "WorkerSettings": "._worker",
     "WorkerStats": "._worker",
@@ -96,6 +100,7 @@ if TYPE_CHECKING:
         TaskFailed,
     )
     from ._grpc import GRPCServer, GRPCSettings
+    from ._asgi_services import service, services_of
     from ._http import HTTPServer, HTTPSettings, HTTPStats
     from ._machine import (
         Machine,

@@ -18,6 +18,7 @@ from .._extras import require
 from .._health import Health, HealthComponent
 from .._inject import Inject
 from .._serving import ASGIApp, ASGIServing, check_tls, format_address, listen
+from .._services import ServiceContainer
 from .._validate import positive_setting
 
 __all__ = ["HTTPServer", "HTTPSettings", "HTTPStats"]
@@ -84,7 +85,11 @@ class HTTPServer(Process):
     open connections still send (with ``Connection: close``), gives the
     requests in flight ``HTTP_SHUTDOWN_TIMEOUT`` seconds in all, and logs
     how many it cut off.
-    Keep that sum below the app's ``SHUTDOWN_TIMEOUT``. For a second server
+    Keep that sum below the app's ``SHUTDOWN_TIMEOUT``. Under an app, the
+    service container is in the ASGI lifespan state under ``"services"``, so
+    each request's ``scope["state"]["services"]`` (Starlette and FastAPI:
+    ``request.state.services``) reaches the app's services; ``service(key)``
+    is a FastAPI dependency for one of them. For a second server
     in one app, subclass ``HTTPSettings`` with another ``env_prefix`` and
     annotate ``settings`` of a subclass with it.
     """
@@ -93,6 +98,7 @@ class HTTPServer(Process):
 
     health: Health | None = Inject("health", optional=True)
     logger: Any = Inject("logger", optional=True)
+    services: ServiceContainer | None = Inject("services", optional=True)
     settings: HTTPSettings = Inject()
 
     def __init__(self, asgi_app: ASGIApp) -> None:
@@ -143,6 +149,7 @@ class HTTPServer(Process):
         self._serving = ASGIServing(
             self.asgi_app, sock, graceful_timeout=settings.shutdown_timeout, logger=self._log(),
             cert_file=settings.cert_file, key_file=settings.key_file, access_log=settings.access_log,
+            state={"services": services} if (services := vars(self).get("services")) is not None else None,
         )
         self._log().info("http server listening", address=format_address(*self._serving.address), url=self._serving.url)
 
