@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
 
 import anyio
+import anyio.to_thread
 import sniffio
 import structlog
 from pydantic_settings import BaseSettings
 
 from ._argv import BACKENDS, USAGE_STATUS, Backend, BootArgs, UsageError, parse_boot_args, usage
-from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption, declared_keys
+from ._calls import is_async
+from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption, declared_keys, overridden
 from ._config import Config, mask_values
 from ._describe import describe
-from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, SettingError, UnavailableError
+from ._errors import ComponentError, ComponentTimeoutError, ConfigError, InjectionError, RegistrationError, SettingError, UnavailableError
 from ._health import Health
 from ._inject import Injector
 from ._lifecycle import STRATEGIES, Entry, Runner, Strategy
@@ -50,6 +52,14 @@ def _freeze_when_running(event: str, _detail: str) -> None:
     if event == "running":
         gc.collect()
         gc.freeze()
+
+
+async def _called(method: Callable[[], object]) -> None:
+    """Call a component's method as the runner would: ``async def`` on the loop, plain ``def`` on a thread."""
+    if is_async(method):
+        await method()  # type: ignore[misc]
+    else:
+        await anyio.to_thread.run_sync(method, abandon_on_cancel=True)
 
 
 def _env_prefix(name: str) -> str:
@@ -296,6 +306,43 @@ class App:
             return self.config.build(AppSettings).backend
         except ConfigError:
             return "asyncio"
+
+    async def preflight(self) -> list[ComponentError]:
+        """Run every component's ``preflight`` and release what it took (its ``finalize``); the problems found.
+
+        What ``nacelle-py check`` does to find a taken port or an unreachable
+        server without initialising anything. Each preflight is bounded by the
+        component's ``start_timeout``, each finalize by its ``finalize_timeout``.
+        ``ConfigError`` if the settings are invalid (a preflight reads them).
+        """
+        if self._state != "new":
+            raise RuntimeError(f"{self.name}: preflight() is for an app that has not served")
+        settings = self.config.load(AppSettings)
+        problems: list[ComponentError] = []
+        taken: list[tuple[Initializer, Options]] = []
+        for component, options in self._registered:
+            if overridden(component, "preflight") is None:
+                continue
+            self._injector.inject_early(component, options.name)
+            taken.append((component, options))
+            timeout = settings.start_timeout if options.start_timeout is DEFAULT else options.start_timeout
+            try:
+                with anyio.fail_after(timeout):
+                    await _called(component.preflight)
+            except TimeoutError:
+                problems.append(ComponentTimeoutError(options.name, "preflight", timeout or 0))
+            except Exception as exc:
+                problems.append(ComponentError(options.name, "preflight", exc))
+        for component, options in reversed(taken):
+            timeout = settings.finalize_timeout if options.finalize_timeout is DEFAULT else options.finalize_timeout
+            try:
+                with anyio.fail_after(timeout):
+                    await _called(component.finalize)
+            except TimeoutError:
+                problems.append(ComponentTimeoutError(options.name, "finalize", timeout or 0))
+            except Exception as exc:
+                problems.append(ComponentError(options.name, "finalize", exc))
+        return problems
 
     def shutdown(self) -> None:
         """Request a graceful unwind; safe from any task or thread, and before or after serving."""

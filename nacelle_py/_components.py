@@ -30,7 +30,7 @@ DEFAULT: Final = _Default.DEFAULT
 """Marks a registration option left to the app-wide default (from settings)."""
 
 TimeoutOption = float | None | _Default
-LIFECYCLE_METHODS: Final = ("init", "run", "stop", "finalize")
+LIFECYCLE_METHODS: Final = ("preflight", "init", "run", "stop", "finalize")
 RestartPolicy = Literal["never", "on_failure", "always"]
 RESTART_POLICIES: Final[tuple[RestartPolicy, ...]] = get_args(RestartPolicy)
 """Erlang/OTP's temporary, transient and permanent children: when a process's run is restarted."""
@@ -61,7 +61,23 @@ class Initializer:
         return None
 
     def finalize(self) -> Awaitable[None] | None:
-        """Release what ``init`` acquired; runs during unwind, only if ``init`` succeeded."""
+        """Release what ``init`` acquired; runs during unwind, only if ``init`` succeeded.
+
+        A component that defines ``preflight`` is also finalized when the app
+        ends before its ``init`` succeeded: ``finalize`` then releases what
+        ``preflight`` took (it must cope with ``init`` not having run).
+        """
+        return None
+
+    def preflight(self) -> Awaitable[None] | None:
+        """Before any component of the app initialises: take or check what ``init`` will need.
+
+        Bind a port, reach a server: a misconfigured deployment then fails
+        before anything changed. Settings models and the services set before
+        serving are injected by then (nothing a component sets at ``init``).
+        Raising fails the boot; ``nacelle-py check`` runs it too, then
+        ``finalize``. Bounded by the component's ``start_timeout``.
+        """
         return None
 
 

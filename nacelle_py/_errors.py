@@ -89,7 +89,7 @@ class InjectionError(NacelleError):
 class ComponentError(NacelleError):
     """A lifecycle operation of a component failed.
 
-    ``component`` is the registered name and ``operation`` one of ``inject``,
+    ``component`` is the registered name and ``operation`` one of ``preflight``, ``inject``,
     ``init``, ``start``, ``run``, ``stop``, ``finalize`` or ``config``; the
     original exception is ``__cause__`` (and ``cause``).
     """

@@ -186,6 +186,24 @@ class Injector:
                     name, plan.attr, f"{type(component).__name__} has no __dict__ (drop __slots__ to use Inject)"
                 ) from None
 
+    def inject_early(self, component: object, name: str) -> None:
+        """Inject what is there before any ``init``: settings models and the services set as values.
+
+        For ``preflight``. The rest (what components set, factories, lookups by
+        type) waits for the component's group; nothing here raises.
+        """
+        for plan in self.plans(component):
+            if plan.key is not None:
+                found, value = self._services.ready(plan.key, name)
+            else:
+                model = _settings_type(plan.annotation)
+                found, value = (model is not None, None if model is None else self._config.load(model))
+            if found:
+                try:
+                    vars(component)[plan.attr] = value
+                except TypeError:  # no __dict__: the group's injection says so
+                    return
+
     def _resolve(self, plan: _Plan, name: str) -> Any:
         if plan.key is not None:
             try:

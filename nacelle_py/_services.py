@@ -139,6 +139,17 @@ class ServiceContainer:
             self._made.add(component)
         return service.make(component)
 
+    def ready(self, key: str, component: str | None) -> tuple[bool, Any]:
+        """``(True, value)`` for a service set as a value (per-component ones made for ``component``), else ``(False, None)``.
+
+        Factories are not called: what they build may need what is not there yet.
+        """
+        provider = self._providers.get(key)
+        if not isinstance(provider, providers.Object):
+            return False, None
+        value = provider()
+        return True, (self._make(value, component) if isinstance(value, PerComponent) else value)
+
     def find_by_type(self, kind: type[T], component: str | None = None) -> list[tuple[str, T]]:
         """Every already-built service that is an instance of ``kind``, as ``(key, value)`` pairs.
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import anyio
+
 from .._app import App
 from .._components import DEFAULT, Initializer, Options, TimeoutOption, declared_keys, overridden
 from .._errors import ConfigError
@@ -29,7 +31,7 @@ class Problem:
     component: str
     """The component at fault, or ``"settings"``."""
     kind: str
-    """``config``, ``inject`` or ``preflight``."""
+    """``config``, ``preflight`` (or ``finalize``, releasing what a preflight took) or ``inject``."""
     message: str
     env: str | None = None
     """For a setting: the env variable to set."""
@@ -169,10 +171,23 @@ def _injections(app: App, report: CheckReport) -> dict[str, tuple[str, ...]]:
     return injected
 
 
+def _preflight(app: App, settings: AppSettings, report: CheckReport) -> None:
+    """The components' preflight (bind, reach), on the app's event loop; what they took is released."""
+    if report.problems:  # a preflight reads the settings: with bad ones it would only fail again
+        return
+    for error in anyio.run(app.preflight, backend=settings.backend):
+        report.problems.append(Problem(error.component, error.operation, error.detail or str(error.cause)))
+
+
 def check_app(app: App) -> CheckReport:
-    """Check ``app`` as a boot would before its first ``init``, without initialising anything."""
+    """Check ``app`` as a boot would before its first ``init``, without initialising anything.
+
+    Settings, then the preflight (servers bind their port and let it go,
+    Redis backends are reached), then every injection, resolved statically.
+    """
     report = CheckReport(app=app.name)
     settings = _settings(app, report)
+    _preflight(app, settings, report)
     injected = _injections(app, report)
     report.components = [
         _row(component, options, settings, injected[options.name]) for component, options in app.registrations

@@ -23,6 +23,7 @@ from .._inject import Injector
 from ._boot import Boot
 from ._context import Context
 from ._record import Entry
+from ._preflight import Preflight
 from ._report import Errors, Phases
 from ._restart import Strategy, Supervisor
 from ._runs import Runs
@@ -67,6 +68,7 @@ class Runner:
             errors=record, phases=self._phases, shutdown=self._shutdown, release=release,
         )
         self._unwind = Unwind(self._ctx)
+        self._preflight = Preflight(self._ctx)
         self._runs = Runs(self._ctx)
         self._boot = Boot(self._ctx, self._runs)
         self._supervisor = Supervisor(self._ctx, self._boot, self._unwind, strategy)
@@ -111,14 +113,16 @@ class Runner:
                     self.request_stop("shutdown() called before boot")
                 self._shutdown.cancel_on_force(self._graceful)
                 with self._graceful:
-                    if await self._boot_groups():
+                    if await self._preflight.take(ctx.entries) and await self._boot_groups():
                         await self._supervise()
                     else:
                         self._shutdown.boot_failed()
                     await self._supervisor.wind_down()  # a restart in progress finishes its stop first
                     await self._unwind.stop(ctx.entries)
                 self._runs.cancel_all()  # anything left runs only after a forced shutdown
+                unclaimed = self._preflight.pending()  # what a preflight took that no init took over
                 await self._unwind.finalize()
+                await self._preflight.release(unclaimed)
                 await self._await_runs_closed()
                 root.cancel_scope.cancel()
         finally:

@@ -131,8 +131,12 @@ class HTTPServer(Process):
         s = self._serving or self._last
         return HTTPStats(0, 0, 0) if s is None else HTTPStats(s.active, s.served, s.cut_off)
 
+    async def preflight(self) -> None:
+        """Bind the socket before any component of the app initialises: a taken port changes nothing."""
+        self._bind(vars(self).get("settings"))
+
     async def init(self) -> None:
-        """Bind the socket and register the health key (unhealthy until serving)."""
+        """Bind the socket (if the preflight has not) and register the health key (unhealthy until serving)."""
         health = vars(self).get("health")
         if health is not None:
             self._health = health.register(health.owner or "http")

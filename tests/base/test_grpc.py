@@ -421,7 +421,7 @@ async def test_a_taken_port_fails_boot_naming_the_address_and_the_setting(monkey
         with structlog.testing.capture_logs() as logs, anyio.fail_after(10):
             status = await app.serve()
     assert status == 1
-    assert [(e.component, e.operation) for e in app.errors] == [("grpc", "init")]
+    assert [(e.component, e.operation) for e in app.errors] == [("grpc", "preflight")]
     message = str(app.errors[0])
     assert f"127.0.0.1:{port}" in message and "GRPC_PORT" in message and "taken" in message
     assert isinstance(app.errors[0].cause, OSError)
@@ -604,9 +604,9 @@ async def test_on_trio_an_app_refuses_to_boot_naming_grpcserver(any_port: None) 
     with structlog.testing.capture_logs() as logs, anyio.fail_after(10):
         status = await app.serve()
     assert status == 1
-    assert [(e.component, e.operation) for e in app.errors] == [("grpc", "init")]
+    assert [(e.component, e.operation) for e in app.errors] == [("grpc", "preflight")]
     assert isinstance(app.errors[0].cause, RegistrationError)
-    errors = [e["event"] for e in logs if e["log_level"] == "error" and e.get("operation") == "init"]
+    errors = [e["event"] for e in logs if e["log_level"] == "error" and e.get("operation") == "preflight"]
     assert len(errors) == 1 and "GRPCServer" in errors[0] and "backend='asyncio'" in errors[0]
 
 

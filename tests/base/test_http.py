@@ -595,7 +595,7 @@ async def test_a_drain_longer_than_the_apps_shutdown_timeout_is_a_stop_error(
 # -- bind errors ----------------------------------------------------------------------------------
 
 
-async def test_a_taken_port_fails_init_naming_the_address(monkeypatch: pytest.MonkeyPatch, taken_port: int) -> None:
+async def test_a_taken_port_fails_the_preflight_naming_the_address(monkeypatch: pytest.MonkeyPatch, taken_port: int) -> None:
     monkeypatch.setenv("HTTP_PORT", str(taken_port))
     trace = Trace()
     app = test_app("t")
@@ -605,13 +605,13 @@ async def test_a_taken_port_fails_init_naming_the_address(monkeypatch: pytest.Mo
         status = await app.serve()
     assert status == 1
     error = app.errors[0]
-    assert (error.component, error.operation) == ("web", "init")
+    assert (error.component, error.operation) == ("web", "preflight")
     assert f"127.0.0.1:{taken_port}" in str(error) and "HTTP_PORT" in str(error)
     assert "web:healthy" not in trace
     assert server.address is None
 
 
-async def test_a_host_that_does_not_resolve_fails_init(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_host_that_does_not_resolve_fails_the_preflight(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_HOST", "no.such.host.invalid")
     monkeypatch.setenv("HTTP_PORT", "0")
     app = test_app("t")
@@ -620,7 +620,7 @@ async def test_a_host_that_does_not_resolve_fails_init(monkeypatch: pytest.Monke
         status = await app.serve()
     assert status == 1
     error = app.errors[0]
-    assert (error.component, error.operation) == ("web", "init")
+    assert (error.component, error.operation) == ("web", "preflight")
     assert "does not resolve" in str(error) and "HTTP_HOST" in str(error)
 
 
@@ -725,7 +725,7 @@ async def test_https_with_a_self_signed_pair(monkeypatch: pytest.MonkeyPatch, tm
 
 
 @pytest.mark.parametrize("case", ["mismatched", "missing cert", "missing key", "not pem"])
-async def test_a_bad_tls_pair_fails_init_naming_the_settings(
+async def test_a_bad_tls_pair_fails_the_preflight_naming_the_settings(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, port0: None, case: str
 ) -> None:
     cert, key = self_signed(tmp_path, "one")
@@ -746,7 +746,7 @@ async def test_a_bad_tls_pair_fails_init_naming_the_settings(
         status = await app.serve()
     assert status == 1
     error = app.errors[0]
-    assert (error.component, error.operation) == ("web", "init")
+    assert (error.component, error.operation) == ("web", "preflight")
     assert "HTTP_CERT_FILE" in str(error) and "HTTP_KEY_FILE" in str(error)
     assert server.address is None  # nothing was bound
 
@@ -912,7 +912,7 @@ async def test_a_second_server_names_its_own_variables_when_its_port_is_taken(
     with anyio.fail_after(10):
         assert await app.serve() == 1
     error = app.errors[0]
-    assert (error.component, error.operation) == ("admin", "init")
+    assert (error.component, error.operation) == ("admin", "preflight")
     assert "ADMIN_HTTP_PORT" in str(error), str(error)
 
 

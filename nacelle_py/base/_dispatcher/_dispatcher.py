@@ -225,6 +225,15 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
         if health is not None and backend.kind == "redis":
             backend.health = health.register(f"{owner}.redis")
 
+    async def preflight(self) -> None:
+        """On Redis: reach the server before any component of the app initialises (a wrong URL changes nothing)."""
+        options = resolve(self._given, vars(self).get("settings"), vars(self).get("redis_settings"), "preflight")
+        if options.backend == "redis":
+            from .._redis._client import ping
+            from ._redis import CONNECT_WITHIN
+
+            await ping(options.redis_url, within=CONNECT_WITHIN, who="Dispatcher (preflight)")
+
     async def finalize(self) -> None:
         """Let go of the backend (a Redis client closes with the run that owns it)."""
         self._drop_backend()

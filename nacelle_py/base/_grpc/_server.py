@@ -99,6 +99,7 @@ class GRPCServer(Process):
         self._health: HealthComponent | None = None
         self._done: anyio.Event | None = None  # set once the server is stopped (run may return)
         self._running = False
+        self._preflight_bound = False  # the preflight bound the server: init takes it over
         self._started = False
         self._stop_requested = False
         self._stopping = False
@@ -147,15 +148,24 @@ class GRPCServer(Process):
 
     # -- lifecycle ----------------------------------------------------------------
 
-    async def init(self) -> None:
-        """Refuse trio, register the health key (unhealthy until serving), build the server and bind."""
+    async def preflight(self) -> None:
+        """Refuse trio and bind the port before any component of the app initialises (a taken port changes nothing)."""
         self._refuse_trio()
-        if self._server is not None:
+        if self._server is None:
+            await self._bind()
+            self._preflight_bound = True
+
+    async def init(self) -> None:
+        """Refuse trio, register the health key (unhealthy until serving), build the server and bind (unless the preflight did)."""
+        self._refuse_trio()
+        bound, self._preflight_bound = self._preflight_bound, False
+        if self._server is not None and not bound:
             raise RuntimeError("GRPCServer.init: the server is already bound")
         health = vars(self).get("health")
         if health is not None and self._health is None:
             self._health = health.register(health.owner or "grpc")
-        await self._bind()
+        if self._server is None:
+            await self._bind()
 
     async def _bind(self) -> None:
         settings = vars(self).get("settings")

@@ -252,6 +252,12 @@ class Pipeline(Process):
 
     # -- as a Process -----------------------------------------------------------------------
 
+    async def preflight(self) -> None:
+        """Worker-based: reach Redis before any component of the app initialises (a wrong URL changes nothing)."""
+        self._apply(vars(self).get("settings"), vars(self).get("redis_settings"))
+        if self._placed is not None:
+            await self._placed.reach()
+
     async def init(self) -> None:
         """Under an App: register the health key and apply the settings (worker-based: reach Redis)."""
         health = vars(self).get("health")
