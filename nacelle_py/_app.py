@@ -229,6 +229,10 @@ class App:
 
     def describe(self) -> str:
         """The ``--help`` text: every setting the registered components read."""
+        return describe(self.name, self.config, self._settings_users())
+
+    def _settings_users(self) -> dict[Any, list[str]]:
+        """Every settings model the app reads (its own, and those the components inject), with who reads it."""
         users: dict[Any, list[str]] = {
             AppSettings: ["nacelle_py"], OpsSettings: ["nacelle_py"], SystemdSettings: ["nacelle_py"],
             MachineService.settings_model(): ["machine"],
@@ -236,7 +240,7 @@ class App:
         for component, options in self._registered:
             for model in self._injector.settings_models(component):
                 users.setdefault(model, []).append(options.name)
-        return describe(self.name, self.config, users)
+        return users
 
     def boot(self, argv: Sequence[str] | None = None, *, backend: Backend = "asyncio") -> int:
         """Run the app to completion (blocking) and return the exit status: 0 clean, 1 on any failure.
