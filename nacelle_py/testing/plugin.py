@@ -16,6 +16,7 @@ the plugin's. Disable the plugin with ``-p no:nacelle_py``.
 from __future__ import annotations
 
 import importlib.util
+import types
 from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -64,7 +65,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     backends = _chosen_backends(config)
     if backends:
-        config.pluginmanager.register(_Backends(backends), "nacelle_py-backends")
+        config.pluginmanager.register(_backends_plugin(backends), "nacelle_py-backends")
 
 
 def _chosen_backends(config: pytest.Config) -> tuple[str, ...]:
@@ -88,25 +89,25 @@ def _chosen_backends(config: pytest.Config) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-class _Backends:
-    """Registered only with the opt-in: an ``anyio_backend`` fixture over the chosen backends.
+def _backends_plugin(backends: tuple[str, ...]) -> types.ModuleType:
+    """Registered only with the opt-in: a plugin whose ``anyio_backend`` fixture runs over ``backends``.
 
-    Registered after anyio's plugin, so it replaces anyio's fixture; a
-    conftest's or a module's fixture of the same name is closer to the test
-    and replaces this one.
+    Registered after anyio's plugin, so its fixture replaces anyio's; a
+    conftest's or a test module's fixture of the same name is closer to the
+    test and replaces this one. (A module, because pytest reads the fixtures
+    of a plugin object from its class, and this one is made per run.)
     """
+    plugin = types.ModuleType("nacelle_py.testing.plugin.backends", _backends_plugin.__doc__)
 
-    def __init__(self, backends: tuple[str, ...]) -> None:
-        self.backends = backends
+    # Module scope, as anyio's own fixture: a module's tests run on one backend, then the next,
+    # and module-scoped async fixtures keep working.
+    @pytest.fixture(scope="module", params=backends)
+    def anyio_backend(request: pytest.FixtureRequest) -> str:
+        """The anyio backend of this test (``--nacelle-backends``, or the ini option ``nacelle_backends``)."""
+        return str(request.param)
 
-        # Module scope, as anyio's own fixture: a module's tests run on one backend, then the next,
-        # and module-scoped async fixtures keep working.
-        @pytest.fixture(scope="module", params=backends)
-        def anyio_backend(request: pytest.FixtureRequest) -> str:
-            """The anyio backend of this test (``--nacelle-backends``)."""
-            return str(request.param)
-
-        self.anyio_backend = anyio_backend
+    plugin.anyio_backend = anyio_backend  # type: ignore[attr-defined]
+    return plugin
 
 
 @pytest.hookimpl(wrapper=True)
