@@ -99,7 +99,7 @@ class Worker(Process):
         self.fail_in = fail_in
         self.healthy = healthy
         self.hang_in_stop = hang_in_stop
-        self.crash = None  # an anyio.Event once running: set it to make the run fail
+        self.crash: anyio.Event | None = None  # made at init: set it to make the run fail
 
     async def init(self) -> None:
         self.trace.add("worker.init")
@@ -251,7 +251,7 @@ async def test_a_body_error_after_a_clean_unwind_carries_no_note() -> None:
     with anyio.fail_after(LIMIT):
         with pytest.raises(AssertionError) as raised:
             async with running(app) as handle:
-                assert 1 == 2, "from the body"
+                assert handle.status == 1, "from the body"
     assert handle.status == 0 and "store.finalize" in trace
     assert not getattr(raised.value, "__notes__", None)
 
@@ -296,6 +296,17 @@ async def test_a_failed_boot_raises_boot_error_with_the_errors_and_unwinds() -> 
     assert isinstance(error.__cause__, ComponentError) and isinstance(error.__cause__.cause, Boom)
     assert "app 'kit' did not boot (status 1): 1 error(s):\n  - worker: init failed: Boom: worker init" in str(error)
     assert trace.events == ["store.init", "worker.init", "store.finalize"]
+
+
+async def test_a_bad_setting_in_the_environment_is_a_boot_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIT_WORKER_TICK", "soon")
+    trace = Trace()
+    app, _, _ = build(trace)
+    with anyio.fail_after(LIMIT):
+        with pytest.raises(BootError, match=r"(?s)kit: config failed: .*\n      - KIT_WORKER_TICK: .*\(got 'soon'\)") as raised:
+            async with running(app):
+                pass
+    assert raised.value.errors[0].operation == "config" and trace.events == []  # nothing initialised
 
 
 async def test_a_failed_on_ready_hook_is_a_boot_failure() -> None:

@@ -13,7 +13,8 @@ def listing(errors: Sequence[ComponentError]) -> str:
     """``errors`` one per indented line, or a word saying there were none."""
     if not errors:
         return "no error was recorded"
-    return f"{len(errors)} error(s):\n" + "\n".join(f"  - {error}" for error in errors)
+    lines = (str(error).replace("\n", "\n    ") for error in errors)  # an error's own lines indented under it
+    return f"{len(errors)} error(s):\n" + "\n".join(f"  - {line}" for line in lines)
 
 
 class _Outcome(NacelleError):
