@@ -218,8 +218,8 @@ class Config:
 
         Overrides beat the real environment, which beats the env file, which
         beats the secrets directory; within each, the prefixed name beats the
-        plain one. The
-        model's own sources (its env_file, say) still apply below these.
+        plain one. The model's own sources (its env_file, say) still apply
+        below these.
         """
         own = str(model.model_config.get("env_prefix") or "")
         prefixes = [f"{self.prefix}{own}", own] if self.prefix else [own]
