@@ -5,7 +5,9 @@ A field ``url`` of a model is read from ``<APP>_URL`` first and then from
 between (``<APP>_DB_URL``, then ``DB_URL``). Fields with an explicit alias
 are read from the alias alone, as pydantic-settings does. ``.env`` files and
 a secrets directory given to the ``App`` apply too. Validation errors are
-turned into the names of the env variables a user must set.
+turned into the names of the env variables a user must set. ``override``
+(for tests) sets env variables for one ``Config`` alone, ahead of every
+source, without touching ``os.environ``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,6 +117,7 @@ class Config:
         self.fallback = fallback or not prefix  # without a prefix the plain name is the only name
         self._cache: dict[type[BaseSettings], BaseSettings] = {}
         self._lock = threading.Lock()
+        self._overrides: list[dict[str, Any]] = []  # env name -> value, one dict per override(), latest last
 
     def env_names(self, model: type[BaseSettings], field_name: str) -> tuple[str, ...]:
         """The env variables that set a field, in the order they are looked up."""
@@ -131,6 +135,57 @@ class Config:
     def loaded(self) -> Mapping[type[BaseSettings], BaseSettings]:
         """The models loaded so far."""
         return dict(self._cache)
+
+    @contextmanager
+    def override(self, values: Mapping[str, Any]) -> Iterator[None]:
+        """Inside the block, read ``values`` (env variable name -> value) ahead of every other source.
+
+        For tests (``nacelle_py.testing.override_settings``): a name is any
+        name a field is read from (``EXAMPLE_TICK`` or ``TICK``, in any case),
+        and it is seen by this ``Config`` alone. A string is read exactly as
+        the environment's value would be (JSON for complex fields, the model's
+        none-string); any other value is handed to the model as it is. Models
+        already loaded that read one of the names are loaded again on their
+        next ``load``, inside the block and after it.
+        """
+        layer = {name.upper(): value for name, value in values.items()}
+        with self._lock:
+            self._overrides.append(layer)
+            self._forget(layer)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._overrides = [kept for kept in self._overrides if kept is not layer]
+                self._forget(layer)
+
+    def _forget(self, names: Mapping[str, Any]) -> None:
+        """Drop the cached models that read one of ``names`` (the lock is held)."""
+        for model in list(self._cache):
+            if any(name in names for field in model.model_fields for name in self.env_names(model, field)):
+                del self._cache[model]
+
+    def _overridden(self, model: type[BaseSettings]) -> tuple[dict[str, str], dict[str, Any]]:
+        """The overrides that apply to ``model``: strings by the env name its own source reads, others by input key."""
+        text: dict[str, str] = {}
+        given: dict[str, Any] = {}
+        layers = self._overrides[::-1]  # the latest first
+        case_sensitive = bool(model.model_config.get("case_sensitive"))
+        for field_name, field in model.model_fields.items():
+            names = self.env_names(model, field_name)
+            found = next(((layer[n],) for layer in layers for n in names if n in layer), None)
+            if found is None:
+                continue
+            (value,) = found
+            if isinstance(value, str):
+                # The unprefixed name is the one an EnvSettingsSource with the model's own prefix reads
+                # (whether or not this app reads it from the environment: env_fallback).
+                plain = Config().env_names(model, field_name)[0]
+                text[plain if case_sensitive else plain.lower()] = value
+            else:
+                key = field.validation_alias if isinstance(field.validation_alias, str) else field.alias or field_name
+                given[key] = value
+        return text, given
 
     def load(self, model: type[S]) -> S:
         """Load, validate and cache ``model`` from the environment; ``ConfigError`` lists every problem."""
@@ -192,13 +247,20 @@ class Config:
     def _values(self, model: type[BaseSettings]) -> dict[str, Any]:
         """What the environment, the env file and the secrets directory say, best first.
 
-        The real environment beats the env file, which beats the secrets
-        directory; within each, the prefixed name beats the plain one. The
-        model's own sources (its env_file, say) still apply below these.
+        Overrides beat the real environment, which beats the env file, which
+        beats the secrets directory; within each, the prefixed name beats the
+        plain one. The model's own sources (its env_file, say) still apply
+        below these.
         """
         own = str(model.model_config.get("env_prefix") or "")
         prefixes = [f"{self.prefix}{own}", own] if self.prefix and self.fallback else [f"{self.prefix}{own}"]
-        sources: list[Any] = [EnvSettingsSource(model, env_prefix=p) for p in prefixes]
+        text, given = self._overridden(model) if self._overrides else ({}, {})
+        sources: list[Any] = []
+        if text:
+            overridden = EnvSettingsSource(model, env_prefix=own)
+            overridden.env_vars = text  # the source reads these instead of os.environ
+            sources.append(overridden)
+        sources += [EnvSettingsSource(model, env_prefix=p) for p in prefixes]
         if self.env_file is not None:
             sources += [DotEnvSettingsSource(model, env_file=self.env_file, env_prefix=p) for p in prefixes]
         if self.secrets_dir is not None:
@@ -206,7 +268,7 @@ class Config:
         known: set[str] = set()
         for name, field in model.model_fields.items():
             known.update(k for k in (name, field.alias, field.validation_alias) if isinstance(k, str))
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = dict(given)
         for source in sources:
             for key, value in source().items():
                 if key in known:  # a shared env file holds other models' lines too

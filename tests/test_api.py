@@ -65,6 +65,7 @@ EXTRA_ONLY = {
     "nacelle_py/base/_redis/_client.py": {"coredis"},
     "nacelle_py/base/_redis/_streams.py": {"coredis"},
     "nacelle_py/base/_dispatcher/_redis.py": {"coredis"},
+    "nacelle_py/testing/plugin.py": {"pytest"},  # the pytest plugin: only pytest imports it
 }
 
 

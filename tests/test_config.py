@@ -815,3 +815,36 @@ def test_without_fallback_help_lists_only_prefixed_names() -> None:
 def test_app_boolean_options_are_checked(option: str) -> None:
     with pytest.raises(RegistrationError, match=rf"App\({option}\): True or False, got 'no'"):
         App("t", **{option: "no"})  # type: ignore[arg-type]
+# -- overrides (for tests: nacelle_py.testing.override_settings) -------------------------------
+
+
+def test_an_override_beats_every_source_for_this_config_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("T_DB_URL", "from-env")
+    (tmp_path / ".env").write_text("T_DB_POOL=7\n")
+    config, other = Config("T_", env_file=tmp_path / ".env"), Config("T_")
+    assert config.load(DbSettings).url == "from-env"
+    with config.override({"db_url": "overridden", "T_DB_POOL": 9}):  # any case; prefixed or not
+        assert (config.load(DbSettings).url, config.load(DbSettings).pool) == ("overridden", 9)
+        assert other.load(DbSettings).url == "from-env"  # another app's config reads the environment
+        assert os.environ["T_DB_URL"] == "from-env"  # which is left as it was
+    assert (config.load(DbSettings).url, config.load(DbSettings).pool) == ("from-env", 7)
+
+
+def test_an_override_string_is_decoded_as_the_environment_would_be() -> None:
+    config = Config("T_")
+    with config.override({"LIMIT": '{"a": 1}'}):
+        assert config.load(JsonSettings).limit == {"a": 1}
+    with config.override({"LIMIT": "not json"}), pytest.raises(ConfigError, match="T_LIMIT: cannot be decoded"):
+        config.load(JsonSettings)
+    with config.override({"T_LIMIT": {"b": "2"}}):  # not a string: validated as a value
+        assert config.load(JsonSettings).limit == {"b": 2}
+
+
+def test_overrides_nest_and_the_inner_one_wins() -> None:
+    config = Config("T_")
+    with config.override({"TICK": "1"}):
+        with config.override({"T_TICK": "2"}):
+            assert config.load(TickSettings).tick == 2
+        assert config.load(TickSettings).tick == 1
+    with pytest.raises(ConfigError, match="T_TICK: required but not set"):
+        config.load(TickSettings)

@@ -137,6 +137,31 @@ def test_override_of_a_missing_key_is_an_error() -> None:
         pass
 
 
+def test_an_override_allowed_to_miss_applies_when_the_key_is_set() -> None:
+    services = ServiceContainer()
+    with services.override("db", "fake", allow_missing=True):
+        assert "db" not in services
+        services.set("db", "real")
+        assert services.get("db") == "fake"
+    assert services.get("db") == "real"
+
+
+def test_an_override_allowed_to_miss_applies_to_a_factory_too() -> None:
+    services = ServiceContainer()
+    with services.override("db", "fake", allow_missing=True):
+        services.set_factory("db", lambda: "built")
+        assert services.get("db") == "fake"
+    assert services.get("db") == "built"
+
+
+def test_an_override_that_ended_before_the_set_leaves_nothing_behind() -> None:
+    services = ServiceContainer()
+    with services.override("db", "fake", allow_missing=True):
+        pass
+    services.set("db", "real")
+    assert services.get("db") == "real"
+
+
 def test_two_containers_do_not_share_services() -> None:
     one, two = ServiceContainer(), ServiceContainer()
     one.set("x", 1)

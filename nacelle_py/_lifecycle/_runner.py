@@ -96,6 +96,10 @@ class Runner:
         """Begin a graceful unwind (idempotent); safe from any thread."""
         self._shutdown.request(reason)
 
+    def force_stop(self, reason: str) -> None:
+        """Force the shutdown, as a second signal does (recorded as an error); on the loop thread only."""
+        self._shutdown.force(reason)
+
     # -- the whole run ------------------------------------------------------------------
 
     async def run(self, *, stop_already_requested: bool = False) -> None:

@@ -1,23 +1,11 @@
-"""Helpers for testing apps built on nacelle_py.
-
-``Trace`` records lifecycle events in order (from any thread) so tests
-assert order on a list, not on sleeps; ``test_app`` builds an ``App`` that
-leaves signals alone and logs through ``structlog.get_logger()``, so
-``structlog.testing.capture_logs()`` sees every line.
-"""
+"""``Trace``: lifecycle events in order, recorded from any thread, so tests assert order on a list, not on sleeps."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import structlog
-
-from ._app import App
-
-__all__ = ["Trace", "test_app"]
+__all__ = ["Trace"]
 
 
 class Trace:
@@ -56,19 +44,3 @@ class Trace:
 
     def __repr__(self) -> str:
         return f"Trace({self.events!r})"
-
-
-def test_app(
-    name: str = "test",
-    *,
-    env_file: str | Path | None = None,
-    secrets_dir: str | Path | None = None,
-    **kwargs: Any,
-) -> App:
-    """An ``App`` for tests: no signal handling, logs through ``structlog.get_logger()``."""
-    kwargs.setdefault("handle_signals", False)
-    kwargs.setdefault("logger", structlog.get_logger())
-    return App(name, env_file=env_file, secrets_dir=secrets_dir, **kwargs)
-
-
-test_app.__test__ = False  # type: ignore[attr-defined]  # not a pytest test, despite the name
