@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import re
 import sys
 import threading
@@ -54,12 +55,18 @@ def _freeze_when_running(event: str, _detail: str) -> None:
         gc.freeze()
 
 
-async def _called(method: Callable[[], object]) -> None:
-    """Call a component's method as the runner would: ``async def`` on the loop, plain ``def`` on a thread."""
-    if is_async(method):
-        await method()  # type: ignore[misc]
-    else:
-        await anyio.to_thread.run_sync(method, abandon_on_cancel=True)
+async def _attempt(method: Callable[[], object], name: str, operation: str, timeout: float | None) -> list[ComponentError]:
+    """Call a component's method as the runner would (``async def`` on the loop, plain ``def`` on a
+    thread), within ``timeout``; its error, if any, as a one-item list."""
+    try:
+        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            if is_async(method):
+                await method()  # type: ignore[misc]
+            else:
+                await anyio.to_thread.run_sync(method, abandon_on_cancel=True)
+    except Exception as exc:
+        return [ComponentError(name, operation, exc)]
+    return [ComponentTimeoutError(name, operation, timeout or 0)] if scope.cancelled_caught else []
 
 
 def _env_prefix(name: str) -> str:
@@ -320,28 +327,19 @@ class App:
         settings = self.config.load(AppSettings)
         problems: list[ComponentError] = []
         taken: list[tuple[Initializer, Options]] = []
+
+        def bound(option: TimeoutOption, default: float | None) -> float | None:
+            return default if option is DEFAULT else option
+
         for component, options in self._registered:
-            if overridden(component, "preflight") is None:
-                continue
-            self._injector.inject_early(component, options.name)
-            taken.append((component, options))
-            timeout = settings.start_timeout if options.start_timeout is DEFAULT else options.start_timeout
-            try:
-                with anyio.fail_after(timeout):
-                    await _called(component.preflight)
-            except TimeoutError:
-                problems.append(ComponentTimeoutError(options.name, "preflight", timeout or 0))
-            except Exception as exc:
-                problems.append(ComponentError(options.name, "preflight", exc))
+            if overridden(component, "preflight") is not None:
+                self._injector.inject_early(component, options.name)
+                taken.append((component, options))
+                timeout = bound(options.start_timeout, settings.start_timeout)
+                problems += await _attempt(component.preflight, options.name, "preflight", timeout)
         for component, options in reversed(taken):
-            timeout = settings.finalize_timeout if options.finalize_timeout is DEFAULT else options.finalize_timeout
-            try:
-                with anyio.fail_after(timeout):
-                    await _called(component.finalize)
-            except TimeoutError:
-                problems.append(ComponentTimeoutError(options.name, "finalize", timeout or 0))
-            except Exception as exc:
-                problems.append(ComponentError(options.name, "finalize", exc))
+            timeout = bound(options.finalize_timeout, settings.finalize_timeout)
+            problems += await _attempt(component.finalize, options.name, "finalize", timeout)
         return problems
 
     def shutdown(self) -> None:

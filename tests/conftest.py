@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+import socket
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -18,6 +19,18 @@ OPS_SETTINGS = ("OPS_ADDR", "OPS_METRICS", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WA
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that a socket of the test listens on (for "address in use" paths)."""
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        yield blocker.getsockname()[1]
+    finally:
+        blocker.close()
 
 
 @pytest.fixture(autouse=True)

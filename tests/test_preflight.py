@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,17 +136,6 @@ async def test_a_preflight_is_bounded_by_the_start_timeout() -> None:
     (error,) = app.errors
     assert isinstance(error, ComponentTimeoutError) and error.operation == "preflight"
     assert "writer.init" not in trace
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen(1)
-    try:
-        yield blocker.getsockname()[1]
-    finally:
-        blocker.close()
 
 
 async def echo(scope: Any, receive: Any, send: Any) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -103,18 +103,6 @@ def port0(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any free port, and no drain delay (the tests that need one set it)."""
     monkeypatch.setenv("HTTP_PORT", "0")
     monkeypatch.setenv("HTTP_DRAIN_DELAY", "0")
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port on 127.0.0.1 that a socket of the test listens on."""
-    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen(1)
-    try:
-        yield blocker.getsockname()[1]
-    finally:
-        blocker.close()
 
 
 # -- serving in an App ----------------------------------------------------------------------------
