@@ -303,3 +303,28 @@ def test_metric_checks_its_kind_and_scale() -> None:
     for scale in (0, -1, math.nan, math.inf):
         with pytest.raises(ValueError, match="scale must be a positive finite number"):
             Metric.gauge("x", scale=scale)
+
+
+# -- the example in docs/operations.md ("Your own stats") gives the names it says -----------------------
+
+
+class OrdersStats(NamedTuple):
+    placed: Annotated[int, Metric.counter("Orders placed.")]
+    open: Annotated[int, Metric.gauge("Orders placed, not yet shipped.")]
+    wait_ms: Annotated[float, Metric.gauge(
+        "How long the oldest open order has waited.", name="oldest_wait", unit="seconds", scale=0.001)]
+    took: Annotated[HistogramSnapshot, Metric.histogram("Seconds per order.", unit="seconds")]
+    cache: Annotated[dict[str, int], Metric.omit()]
+
+
+def test_the_operations_docs_example() -> None:
+    took = Histogram()
+    took.observe(0.2)
+    found = {f.name: f for f in text_string_to_metric_families(
+        scrape((OrdersStats(3, 2, 1500.0, took.snapshot(), {"x": 1}), {"component": "orders"})))}
+    assert {name: f.type for name, f in found.items()} == {
+        "nacelle_orders_placed": "counter", "nacelle_orders_open": "gauge",
+        "nacelle_orders_oldest_wait_seconds": "gauge", "nacelle_orders_took_seconds": "histogram",
+    }
+    assert [s.value for s in found["nacelle_orders_oldest_wait_seconds"].samples] == [1.5]
+    assert found["nacelle_orders_placed"].samples[0].name == "nacelle_orders_placed_total"
