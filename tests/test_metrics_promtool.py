@@ -86,6 +86,7 @@ def test_example_app_metrics_pass_promtool(backend: str, tmp_path: Path) -> None
                 ("nacelle_worker_ticks", "counter"), ("nacelle_worker_last_duration_seconds", "gauge"),
                 ("nacelle_http_served", "counter"), ("nacelle_http_active", "gauge"),
                 ("nacelle_machine_routines", "counter"), ("nacelle_machine_active", "gauge"),
+                ("nacelle_heartbeat_beats", "counter"), ("nacelle_heartbeat_write_seconds", "histogram"),
             ):
                 assert found[name].type == kind, (name, found[name].type)
                 assert found[name].documentation, name

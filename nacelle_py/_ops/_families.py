@@ -4,7 +4,7 @@ Two components of one stats type share a family (told apart by their
 ``component`` label). A name that another origin took first (the core's
 ``nacelle_component_state``, a user type that is also called ``Stats``
 with other fields) goes to the later one with ``_2``, ``_3``, ...; a
-label set that is already in the family (two unnamed stats in one list)
+label set that is already in the family (two stats values with one name)
 is dropped, since Prometheus would reject the scrape.
 """
 
@@ -20,17 +20,16 @@ from ._names import unique
 
 __all__ = ["Families"]
 
-_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
-
+LabelSet = tuple[tuple[str, str], ...]
 
 class Families:
     """Collects the samples of one scrape, in the order families first appear."""
 
     def __init__(self) -> None:
-        self._by_origin: dict[Hashable, tuple[Metric, set[tuple[tuple[str, str], ...]]]] = {}
+        self._by_origin: dict[Hashable, tuple[Metric, set[LabelSet]]] = {}
         self._names: set[str] = set()
 
-    def _family(self, origin: Hashable, name: str, kind: str, help: str) -> tuple[Metric, set[tuple[tuple[str, str], ...]]]:
+    def _family(self, origin: Hashable, name: str, kind: str, help: str) -> tuple[Metric, set[LabelSet]]:
         found = self._by_origin.get(origin)
         if found is None:
             name = unique(name, self._names)
@@ -56,7 +55,7 @@ class Families:
         """One counter or gauge sample (``name`` is the family's: a counter's sample adds ``_total``)."""
         metric = self._fresh(origin, name, kind, help, labels)
         if metric is not None:
-            metric.add_sample(metric.name + _SUFFIXES[kind][0], dict(labels), float(value))
+            metric.add_sample(metric.name + ("_total" if kind == "counter" else ""), dict(labels), float(value))
 
     def histogram(self, origin: Hashable, name: str, help: str, labels: Mapping[str, str],
                   snapshot: HistogramSnapshot, scale: float = 1.0) -> None:
