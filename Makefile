@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a machine with only python3:
 #   make run   - creates .venv, installs the package with every extra, runs example_app until Ctrl-C / SIGTERM
 #   make test  - creates .venv, installs the dev and server extras, installs Debian's redis-server
-#                when it is missing (as root, with apt-get), runs every test
+#                and prometheus (for promtool) when missing (as root, with apt-get), runs every test
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 # in (rich, which structlog then uses for tracebacks) must not change the test suite's venv.
 BENCH  := .venv-bench/bin
 
-.PHONY: run test bench docs clean redis-server
+.PHONY: run test bench docs clean redis-server promtool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed
 	$(BIN)/python -m example_app
 
-test: $(VENV)/.installed-dev redis-server
+test: $(VENV)/.installed-dev redis-server promtool
 	$(BIN)/python -m pytest
 
 # The Redis tests start their own redis-server on a free port (never a system service's 6379,
@@ -39,6 +39,22 @@ redis-server:
 	    echo "installing redis-server with apt-get"; \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } >/tmp/redis-apt.log 2>&1 \
 	      || { tail -n 5 /tmp/redis-apt.log; echo "apt-get install redis-server failed: the Redis tests will skip"; }; \
+	  fi; }
+
+# The /metrics tests pipe the exposition through `promtool check metrics`, which Debian ships in
+# its prometheus package. Only the tool is wanted: no recommended exporter, and the Prometheus
+# server the package starts under systemd is stopped and disabled at once (it listens on 9090,
+# the example app's ops port). Without promtool those tests skip, or fail when CI=true.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	    echo "no promtool, and no apt-get as root to install Debian's prometheus: the promtool tests will skip"; \
+	  else \
+	    echo "installing prometheus (for promtool) with apt-get"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } \
+	      >/tmp/prometheus-apt.log 2>&1 \
+	      || { tail -n 5 /tmp/prometheus-apt.log; echo "apt-get install prometheus failed: the promtool tests will skip"; }; \
+	    if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
 	  fi; }
 
 $(BENCH)/python:

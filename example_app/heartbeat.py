@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from typing import Annotated, NamedTuple
+
 import anyio
 from structlog.typing import FilteringBoundLogger
 
-from nacelle_py import Health, Inject, Process
+from nacelle_py import Health, Histogram, HistogramSnapshot, Inject, Metric, Process
 from nacelle_py.base import Dispatcher, Machine, Routine
 
 from .settings import HeartbeatSettings
 from .tasks import KEEP_ROWS, PruneRequest
 
-__all__ = ["Heartbeat"]
+__all__ = ["Heartbeat", "HeartbeatStats"]
+
+
+class HeartbeatStats(NamedTuple):
+    """On /metrics as nacelle_heartbeat_beats_total and nacelle_heartbeat_write_seconds (a histogram)."""
+
+    beats: Annotated[int, Metric.counter("Heartbeat rows written.")]
+    write: Annotated[HistogramSnapshot, Metric.histogram("Seconds one heartbeat row took to write.", unit="seconds")]
 
 
 class Heartbeat(Process):
@@ -31,6 +40,12 @@ class Heartbeat(Process):
     async def init(self) -> None:
         self.healthy = self.health.register("heartbeat")  # unhealthy until the first row is in
         self.stopping = anyio.Event()  # created on the loop thread, where stop() sets it
+        self.beats = 0
+        self.writes = Histogram()  # seconds per insert; the ops endpoint reads it through stats()
+
+    def stats(self) -> HeartbeatStats:
+        """Rows written and how long each took: any component with a stats() is on /metrics."""
+        return HeartbeatStats(self.beats, self.writes.snapshot())
 
     async def run(self) -> None:
         tick = self.settings.tick
@@ -41,8 +56,11 @@ class Heartbeat(Process):
             beats += 1
             # A one-row insert is quick enough to do on the loop thread; a slow
             # query would go through anyio.to_thread.run_sync instead.
+            started = time.perf_counter()
             with self.db:
                 self.db.execute("insert into heartbeat (beat, at) values (?, ?)", (beats, time.time()))
+            self.writes.observe(time.perf_counter() - started)
+            self.beats = beats
             self.logger.info("heartbeat", beat=beats)
             await self.machine.publish("heartbeat.beat", beats)
             if beats == 1:

@@ -24,7 +24,9 @@ from ._errors import (
 )
 from ._extras import MissingExtraError
 from ._health import Health, HealthComponent, HealthStatus
+from ._histogram import Histogram, HistogramSnapshot
 from ._inject import Inject
+from ._metric import Metric
 from ._services import PerComponent, ServiceContainer
 from ._settings import AppSettings
 
@@ -39,9 +41,12 @@ __all__ = [
     "Health",
     "HealthComponent",
     "HealthStatus",
+    "Histogram",
+    "HistogramSnapshot",
     "Inject",
     "InjectionError",
     "Initializer",
+    "Metric",
     "MissingExtraError",
     "NacelleError",
     "Options",

@@ -48,9 +48,20 @@ class MachineService:
             return root
         return root.children.get(name) or root.sub(name)
 
-    def stats(self) -> Any:
-        """The machine tree's ``MachineStats`` (None before anything used a machine)."""
-        return None if self._root is None else self._root.stats()
+    def stats(self) -> list[tuple[str, Any]]:
+        """The machine tree's ``MachineStats`` by component: ``("", root)``, then each component's sub-machine.
+
+        The root's own counts go under the app (component ``""``); a
+        component's sub-machine, named ``<root>/<component>``, under the
+        component. Nothing before anything used a machine.
+        """
+        root = self._root
+        if root is None:
+            return []
+        tree = root.stats()
+        return [("", tree._replace(subs={}))] + [
+            (name, sub._replace(name=f"{tree.name}/{sub.name}")) for name, sub in tree.subs.items()
+        ]
 
     def release(self, name: str) -> Awaitable[None] | None:
         """Cancel a component's sub-machine; what to await until its routines ended (None: it had none).

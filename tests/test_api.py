@@ -61,6 +61,7 @@ IMPORT_NAMES = {
 }
 EXTRA_ONLY = {
     "nacelle_py/_ops/_metrics.py": {"prometheus_client"},
+    "nacelle_py/_ops/_families.py": {"prometheus_client"},  # imported by _metrics.py only
     "nacelle_py/base/_grpc/_health.py": {"grpc", "grpc_health"},
     "nacelle_py/base/_redis/_client.py": {"coredis"},
     "nacelle_py/base/_redis/_streams.py": {"coredis"},

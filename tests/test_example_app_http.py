@@ -260,8 +260,8 @@ def test_replicas_share_named_tasks_through_redis(redis_url: str, tmp_path: Path
         for name, app in (("worker", worker), ("web", web)):
             _, (ops_host, ops_port) = ports(app)
             metrics[name] = httpx.get(f"http://{ops_host}:{ops_port}/metrics", timeout=5).text
-        assert 'nacelle_dispatcher_completed{component="jobs"} 0.0' in metrics["web"]  # it never consumes
-        assert 'nacelle_dispatcher_completed{component="jobs"} 0.0' not in metrics["worker"]
+        assert 'nacelle_dispatcher_completed_total{component="jobs"} 0.0' in metrics["web"]  # it never consumes
+        assert 'nacelle_dispatcher_completed_total{component="jobs"} 0.0' not in metrics["worker"]
         assert 'nacelle_dispatcher_stream_length{component="jobs"}' in metrics["worker"]
         for app in (web, worker):
             app.send(signal.SIGTERM)
@@ -280,9 +280,9 @@ def test_ops_endpoint_reports_the_example(tmp_path: Path) -> None:
             assert components["db"]["kind"] == "initializer"
             metrics = http.get("/metrics").text
             assert 'nacelle_component_state{component="api",state="running"} 1.0' in metrics
-            assert 'nacelle_dispatcher_accepted{component="jobs"}' in metrics
-            assert 'nacelle_worker_ticks{component="report"}' in metrics
-            assert 'nacelle_machine_active{machine="machine/heartbeat"}' in metrics
+            assert 'nacelle_dispatcher_accepted_total{component="jobs"}' in metrics
+            assert 'nacelle_worker_ticks_total{component="report"}' in metrics
+            assert 'nacelle_machine_active{component="heartbeat",machine="machine/heartbeat"}' in metrics
         app.send(signal.SIGTERM)
         assert app.wait(EXIT_TIMEOUT) == 0, app.dump()
 

@@ -648,18 +648,18 @@ async def test_metrics_carry_the_stats_of_built_ins_and_follow_their_work(ops_on
     async with serving(app) as ops:
         await wait_until(lambda: roamer.started == 1)
         first = await ops.metrics()
-        assert first.value("nacelle_dispatcher_completed", component="jobs") == 0
-        assert first.value("nacelle_dispatcher_accepted", component="jobs") == 0
+        assert first.value("nacelle_dispatcher_completed_total", component="jobs") == 0
+        assert first.value("nacelle_dispatcher_accepted_total", component="jobs") == 0
         assert first.value("nacelle_dispatcher_workers", component="jobs") >= 1
-        ticks = first.value("nacelle_worker_ticks", component="ticker")
+        ticks = first.value("nacelle_worker_ticks_total", component="ticker")
         assert ticks >= 1  # it ticks at once
-        assert first.value("nacelle_worker_errors", component="ticker") == 0
+        assert first.value("nacelle_worker_errors_total", component="ticker") == 0
         for stage in ("square", "sink"):
-            assert first.value("nacelle_stage_messages_in", component="flow", stage=stage) == 0
-        assert first.value("nacelle_stage_messages_out", component="flow", stage="numbers") == 0
-        assert first.value("nacelle_machine_active", machine="machine/roamer") == 1
-        assert first.value("nacelle_machine_total", machine="machine/roamer") == 1
-        assert first.value("nacelle_machine_active", machine="machine") == 0  # the root runs none itself
+            assert first.value("nacelle_stage_messages_in_total", component="flow", stage=stage) == 0
+        assert first.value("nacelle_stage_messages_out_total", component="flow", stage="numbers") == 0
+        assert first.value("nacelle_machine_active", component="roamer", machine="machine/roamer") == 1
+        assert first.value("nacelle_machine_routines_total", component="roamer", machine="machine/roamer") == 1
+        assert first.value("nacelle_machine_active", component="", machine="machine") == 0  # the root runs none itself
         # the built-ins' own health keys are there too
         for key in ("jobs", "ticker", "flow"):
             assert first.value("nacelle_health_healthy", key=key, component=key) == 1
@@ -678,22 +678,32 @@ async def test_metrics_carry_the_stats_of_built_ins_and_follow_their_work(ops_on
         await wait_until(lambda: ticker.stats().ticks > ticks)
 
         second = await ops.metrics()
-        assert second.value("nacelle_dispatcher_completed", component="jobs") == 5
-        assert second.value("nacelle_dispatcher_accepted", component="jobs") == 5
-        assert second.value("nacelle_dispatcher_failed", component="jobs") == 0
-        assert second.value("nacelle_worker_ticks", component="ticker") > ticks
-        assert second.value("nacelle_stage_messages_in", component="flow", stage="square") == 3
-        assert second.value("nacelle_stage_messages_in", component="flow", stage="sink") == 3
-        assert second.value("nacelle_stage_messages_out", component="flow", stage="numbers") == 3
-        assert second.value("nacelle_stage_errors", component="flow", stage="sink") == 0
-        assert second.value("nacelle_machine_active", machine="machine/roamer") == 2
-        assert second.value("nacelle_machine_total", machine="machine/roamer") == 2
+        assert second.value("nacelle_dispatcher_completed_total", component="jobs") == 5
+        assert second.value("nacelle_dispatcher_accepted_total", component="jobs") == 5
+        assert second.value("nacelle_dispatcher_failed_total", component="jobs") == 0
+        assert second.value("nacelle_dispatcher_status", component="jobs", status="running") == 1
+        assert second.value("nacelle_dispatcher_status", component="jobs", status="stopped") == 0
+        # the first task dispatched carries its dispatch time: the latency histogram has it
+        assert second.families["nacelle_dispatcher_latency_seconds"].type == "histogram"
+        assert second.value("nacelle_dispatcher_latency_seconds_count", component="jobs") >= 1
+        assert second.value("nacelle_dispatcher_latency_seconds_bucket", component="jobs", le="+Inf") >= 1
+        for family, kind in (("nacelle_dispatcher_completed", "counter"), ("nacelle_dispatcher_workers", "gauge"),
+                             ("nacelle_worker_last_duration_seconds", "gauge"), ("nacelle_stage_busy_seconds", "counter"),
+                             ("nacelle_machine_routines", "counter"), ("nacelle_machine_active", "gauge")):
+            assert second.families[family].type == kind, family
+        assert second.value("nacelle_worker_ticks_total", component="ticker") > ticks
+        assert second.value("nacelle_stage_messages_in_total", component="flow", stage="square") == 3
+        assert second.value("nacelle_stage_messages_in_total", component="flow", stage="sink") == 3
+        assert second.value("nacelle_stage_messages_out_total", component="flow", stage="numbers") == 3
+        assert second.value("nacelle_stage_errors_total", component="flow", stage="sink") == 0
+        assert second.value("nacelle_machine_active", component="roamer", machine="machine/roamer") == 2
+        assert second.value("nacelle_machine_routines_total", component="roamer", machine="machine/roamer") == 2
 
         roamer.finish.set()
         await wait_until(lambda: roamer.machine.stats().active == 0)
         third = await ops.metrics()
-        assert third.value("nacelle_machine_active", machine="machine/roamer") == 0
-        assert third.value("nacelle_machine_total", machine="machine/roamer") == 2
+        assert third.value("nacelle_machine_active", component="roamer", machine="machine/roamer") == 0
+        assert third.value("nacelle_machine_routines_total", component="roamer", machine="machine/roamer") == 2
     assert ops.status == 0, app.errors
     assert got == [0, 1, 4]
 
@@ -752,7 +762,9 @@ async def test_metrics_speak_openmetrics_when_the_scraper_asks(ops_on: None) -> 
         assert families["nacelle_component_restarts"].type == "counter"
         (ready,) = families["nacelle_app_ready"].samples
         assert ready.value == 1
+        assert families["nacelle_dispatcher_completed"].type == "counter"
         assert any(s.labels == {"component": "jobs"} for s in families["nacelle_dispatcher_completed"].samples)
+        assert families["nacelle_dispatcher_latency_seconds"].type == "histogram"
 
         plain = await ops.get("/metrics", headers={"Accept": "text/plain"})
         assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -790,8 +802,8 @@ async def test_two_apps_in_one_process_have_separate_metrics(ops_on: None) -> No
         assert {ls["component"] for ls in mb.labelled("nacelle_component_state")} == {"beta"}
         assert [ls["key"] for ls in ma.labelled("nacelle_health_healthy")] == ["alpha"]
         assert [ls["key"] for ls in mb.labelled("nacelle_health_healthy")] == ["beta"]
-        assert {"machine": "machine/roamer"} in ma.labelled("nacelle_machine_total")
-        assert {"machine": "machine/roamer"} not in mb.labelled("nacelle_machine_total")
+        assert {"component": "roamer", "machine": "machine/roamer"} in ma.labelled("nacelle_machine_routines_total")
+        assert {"component": "roamer", "machine": "machine/roamer"} not in mb.labelled("nacelle_machine_routines_total")
         assert ma.text.count("# TYPE nacelle_app_ready ") == 1  # scraped again: nothing counted twice
         again = await a.metrics()
         assert again.labelled("nacelle_component_state") == ma.labelled("nacelle_component_state")

@@ -2,7 +2,8 @@
 
 A collector of our own (not global metric objects) renders each scrape from a
 fresh reading, with a registry per app: two Apps in one process do not share
-metrics, and nothing is counted twice.
+metrics, and nothing is counted twice. The app's own families come first, so
+that a stats type that happens to produce one of their names gets ``_2``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 
 from .._lifecycle import PHASES, STATES
+from ._export import export
+from ._families import Families
 from ._status import Status
 
 __all__ = ["Metrics"]
@@ -24,50 +27,55 @@ class _Collector:
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
+        families = Families()
+        self._app(families)
+        for labels, value in self.status.stats():
+            try:
+                export(families, value, labels)
+            except Exception:  # an odd value (an _asdict() that raises): its numbers so far, not a failed scrape
+                continue
+        yield from families
+
+    def _app(self, families: Families) -> None:
+        """The runner's and the health registry's families."""
         status = self.status
         runner = status.runner
         ready, _ = status.ready()
-        yield _gauge("nacelle_app_ready", "1 when the app is supervising and every health key is healthy.",
-                     [({}, ready)])
-        yield _gauge("nacelle_app_phase", "The runner's phase (1 for the current one).",
-                     [({"phase": p}, p == runner.phase) for p in PHASES])
+
+        def add(name: str, kind: str, help: str, samples: Iterator[tuple[dict[str, str], float]]) -> None:
+            families.declare(("app", name), name, kind, help)  # there even before its first sample
+            for labels, value in samples:
+                families.number(("app", name), name, kind, help, labels, value)
+
+        add("nacelle_app_ready", "gauge",
+            "1 while the app supervises and every health key is healthy (what /readyz answers 200 to), else 0.",
+            iter([({}, ready)]))
+        add("nacelle_app_phase", "gauge",
+            "The runner's phase: 1 for the current one of starting, running, stopping, stopped.",
+            (({"phase": p}, p == runner.phase) for p in PHASES))
         entries = runner.entries
-        yield _gauge("nacelle_component_state", "Each component's lifecycle state (1 for the current one).",
-                     [({"component": e.name, "state": s}, e.state == s) for e in entries for s in STATES])
-        yield _gauge("nacelle_component_priority", "Each component's registered priority.",
-                     [({"component": e.name}, e.options.priority) for e in entries])
-        yield _counter("nacelle_component_restarts", "Restarts of each component (by its restart policy, or with a sibling's).",
-                       [({"component": e.name}, e.restarts) for e in entries])
-        yield _counter("nacelle_component_errors", "Errors recorded for each component.",
-                       [({"component": e.name}, e.error_count) for e in entries])
-        yield _gauge("nacelle_component_phase_seconds", "How long init, run, stop and finalize took.",
-                     [({"component": e.name, "phase": k.removesuffix("_ms")}, v / 1000)
-                      for e in entries for k, v in e.timings.items() if k.endswith("_ms")])
-        yield _gauge("nacelle_component_started_time_seconds", "When each process's run started (Unix time).",
-                     [({"component": e.name}, e.timings["started_at"]) for e in entries if "started_at" in e.timings])
-        yield _gauge("nacelle_health_healthy", "Each health key: 1 healthy, 0 not.",
-                     [({"key": s.key, "component": s.component or ""}, s.healthy) for s in status.health.statuses()])
-        families: dict[str, Metric] = {}
-        for name, labels, value in status.stats():
-            family = families.get(name)
-            if family is None:
-                family = families[name] = Metric(f"nacelle_{name}", f"stats(): {name.replace('_', ' ', 1)}.", "gauge")
-            family.add_sample(f"nacelle_{name}", labels, value)
-        yield from families.values()
-
-
-def _gauge(name: str, doc: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
-    metric = Metric(name, doc, "gauge")
-    for labels, value in samples:
-        metric.add_sample(name, labels, float(value))
-    return metric
-
-
-def _counter(name: str, doc: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
-    metric = Metric(name, doc, "counter")
-    for labels, value in samples:
-        metric.add_sample(f"{name}_total", labels, float(value))
-    return metric
+        add("nacelle_component_state", "gauge",
+            "Each component's lifecycle state: 1 for its current state, 0 for the others.",
+            (({"component": e.name, "state": s}, e.state == s) for e in entries for s in STATES))
+        add("nacelle_component_priority", "gauge",
+            "Each component's registered priority (lower starts first and stops last).",
+            (({"component": e.name}, e.options.priority) for e in entries))
+        add("nacelle_component_restarts", "counter",
+            "Restarts of each component, by its own restart policy or with a sibling's.",
+            (({"component": e.name}, e.restarts) for e in entries))
+        add("nacelle_component_errors", "counter",
+            "Errors recorded for each component (init, run, stop, finalize, timeouts), restarted ones included.",
+            (({"component": e.name}, e.error_count) for e in entries))
+        add("nacelle_component_phase_seconds", "gauge",
+            "Seconds the latest init, run, stop and finalize of each component took.",
+            (({"component": e.name, "phase": k.removesuffix("_ms")}, v / 1000)
+             for e in entries for k, v in e.timings.items() if k.endswith("_ms")))
+        add("nacelle_component_started_time_seconds", "gauge",
+            "When each process's latest run started, in seconds since the Unix epoch.",
+            (({"component": e.name}, e.timings["started_at"]) for e in entries if "started_at" in e.timings))
+        add("nacelle_health_healthy", "gauge",
+            "Each health key: 1 healthy, 0 not; component is the key's owner (empty for the app's own keys).",
+            (({"key": s.key, "component": s.component or ""}, s.healthy) for s in status.health.statuses()))
 
 
 class Metrics:

@@ -8,7 +8,7 @@ one stopped, which no component could do from inside the lifecycle.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -66,7 +66,8 @@ class Operations:
             self._notifier.close()
 
     @asynccontextmanager
-    async def running(self, runner: Runner, health: Health, machine_stats: Callable[[], Any]) -> AsyncIterator[None]:
+    async def running(self, runner: Runner, health: Health,
+                      machine_stats: Callable[[], Iterable[tuple[str, Any]]]) -> AsyncIterator[None]:
         """Serve the ops endpoint and send systemd notifications for the length of the block."""
         serving = self._endpoint(Status(runner, health, machine_stats))
         notifier = self._notifier

@@ -1,29 +1,30 @@
 """What the ops endpoint reports, read from the runner, the health registry and the components.
 
 Plain data (dicts, lists, numbers) so that ``/debug/components`` is JSON of
-it and ``/metrics`` a rendering of the same reading. Everything here runs on
+it and ``/metrics`` a rendering of the same reading (``_export`` turns
+the ``stats()`` values into numbers). Everything here runs on
 the loop thread, between the runner's steps, so a reading is consistent.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .._health import Health
 from .._lifecycle import Runner
 
-__all__ = ["Sample", "Status"]
+__all__ = ["Reading", "Status"]
 
-Sample = tuple[str, dict[str, str], float]
-"""One number: metric name (without the ``nacelle_`` prefix), labels, value."""
+Reading = tuple[dict[str, str], Any]
+"""One ``stats()`` value and the labels its numbers carry (``component``)."""
 
 
 class Status:
     """Readings of one serving app: readiness, each component, and every ``stats()`` it can find."""
 
-    def __init__(self, runner: Runner, health: Health, machine_stats: Callable[[], Any]) -> None:
+    def __init__(self, runner: Runner, health: Health,
+                 machine_stats: Callable[[], Iterable[tuple[str, Any]]]) -> None:
         self.runner = runner
         self.health = health
         self._machine_stats = machine_stats
@@ -61,8 +62,8 @@ class Status:
             for e in self.runner.entries
         ]
 
-    def stats(self) -> Iterator[Sample]:
-        """The numbers of every component with a ``stats()`` method, and of the app's machine tree."""
+    def stats(self) -> Iterator[Reading]:
+        """The ``stats()`` of every component that has one, and the app's machine tree, each with its labels."""
         for entry in self.runner.entries:
             read = getattr(entry.component, "stats", None)
             if not callable(read):
@@ -71,36 +72,6 @@ class Status:
                 value = read()
             except Exception:  # a component's broken stats() must not break the scrape
                 continue
-            yield from flatten(value, {"component": entry.name})
-        yield from flatten(self._machine_stats(), {})
-
-
-def flatten(value: Any, labels: dict[str, str], path: str = "") -> Iterator[Sample]:
-    """Numbers of a stats NamedTuple (or a dict of them), named ``<kind>_<field>``.
-
-    The kind is the type's name without ``Stats`` (``DispatcherStats`` ->
-    ``dispatcher``). A ``name`` field becomes the label ``<kind>="name"``
-    (nested names are joined with ``/``); dicts of stats recurse (pipeline
-    stages, sub-machines); fields that are not numbers are left out.
-    """
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from flatten(item, labels, path)
-        return
-    fields = getattr(value, "_asdict", None)
-    if not callable(fields):
-        return
-    kind = type(value).__name__.removesuffix("Stats").lower() or "stats"
-    data = fields()
-    own = dict(labels)
-    name = data.get("name")
-    if isinstance(name, str):
-        path = f"{path}/{name}" if path else name
-        own[kind] = path
-    for field, item in data.items():
-        if isinstance(item, enum.Enum):
-            item = item.value
-        if isinstance(item, (int, float)):  # bools too: 1 or 0
-            yield f"{kind}_{field}", own, float(item)
-        elif isinstance(item, dict):
-            yield from flatten(item, labels, path)
+            yield {"component": entry.name}, value
+        for component, value in self._machine_stats():
+            yield {"component": component}, value

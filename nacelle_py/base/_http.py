@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typing
-from typing import Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import anyio
 import structlog
@@ -17,6 +17,7 @@ from .._errors import RegistrationError
 from .._extras import require
 from .._health import Health, HealthComponent
 from .._inject import Inject
+from .._metric import Metric
 from .._serving import ASGIApp, ASGIServing, check_tls, format_address, listen
 from .._services import ServiceContainer
 from .._validate import positive_setting
@@ -69,9 +70,9 @@ class HTTPSettings(BaseSettings):
 class HTTPStats(NamedTuple):
     """Requests being handled now, handled in all, and cut off by a drain that ran out of time."""
 
-    active: int
-    served: int
-    cut_off: int
+    active: Annotated[int, Metric.gauge("Requests the HTTP server is handling now.")]
+    served: Annotated[int, Metric.counter("Requests the HTTP server answered.")]
+    cut_off: Annotated[int, Metric.counter("Requests a drain that ran out of time cut off (HTTP_SHUTDOWN_TIMEOUT).")]
 
 
 class HTTPServer(Process):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import anyio
 import structlog
@@ -17,6 +17,7 @@ from .._config import Config
 from .._errors import RegistrationError
 from .._health import Health, HealthComponent
 from .._inject import Inject
+from .._metric import Metric
 from .._validate import positive, positive_setting
 from .._waker import Waker
 
@@ -46,9 +47,9 @@ class WorkerSettings(BaseSettings):
 class WorkerStats(NamedTuple):
     """A worker's counters: ticks finished, tick errors tolerated, the last tick's seconds."""
 
-    ticks: int
-    errors: int
-    last_duration: float
+    ticks: Annotated[int, Metric.counter("Ticks the worker finished (a restart starts again from 0).")]
+    errors: Annotated[int, Metric.counter("Tick errors the worker tolerated (tolerate_errors=True).")]
+    last_duration: Annotated[float, Metric.gauge("Seconds the worker's latest tick took.", unit="seconds")]
 
 
 class Worker(Process):

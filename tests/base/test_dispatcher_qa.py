@@ -216,8 +216,8 @@ def test_app_on_a_password_redis_help_metrics_health_and_no_password_anywhere(
         assert status == 200, body
         # Redis counts refresh once a second: wait for the fields to show up.
         deadline = time.monotonic() + 5
-        fields = ("stream_length", "pending", "lag", "scheduled", "retried", "reclaimed", "dead_lettered",
-                  "handed_back", "completed")
+        fields = ("stream_length", "pending", "lag", "scheduled", "retried_total", "reclaimed_total",
+                  "dead_lettered_total", "handed_back_total", "completed_total")
         while True:
             status, metrics = http_get(f"{base}/metrics")
             missing = [f for f in fields if f'nacelle_dispatcher_{f}{{component="jobs"}}' not in metrics]
@@ -226,7 +226,7 @@ def test_app_on_a_password_redis_help_metrics_health_and_no_password_anywhere(
             time.sleep(0.2)
         assert status == 200
         assert not missing, f"missing from /metrics: {missing}\n{metrics}"
-        assert 'nacelle_dispatcher_completed{component="jobs"} 1.0' in metrics, metrics
+        assert 'nacelle_dispatcher_completed_total{component="jobs"} 1.0' in metrics, metrics
 
         # Redis goes away: /readyz turns 503 with a reason naming Redis (masked), then back.
         auth_redis.stop()

@@ -867,7 +867,7 @@ async def test_under_an_app_metrics_show_the_edge_fields_and_the_redis_health_ke
             await ready.wait()
             await wait_until(lambda: p.stats()["held"].pending >= 1, limit=5)
             lines = await scrape()
-            for field in ("lag", "pending", "reclaimed", "dead_lettered"):
+            for field in ("lag", "pending", "reclaimed_total", "dead_lettered_total"):
                 assert any(line.startswith(f"nacelle_stage_{field}{{") and 'stage="held"' in line
                            for line in lines), (field, lines)
             (pending,) = [line for line in lines if line.startswith("nacelle_stage_pending{") and '"held"' in line]

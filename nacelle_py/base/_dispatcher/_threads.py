@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..._histogram import Histogram
+
 __all__ = ["ThreadPool", "ThreadSlot"]
 
 _STOP = object()
@@ -38,7 +40,7 @@ Item = tuple[Callable[[], Any], "float | None", float, Any]  # (function, timeou
 class ThreadSlot:
     """One pool thread: its current task, the claim on its outcome and its own counters."""
 
-    __slots__ = ("claim", "completed", "failed", "started", "task", "timeout")
+    __slots__ = ("claim", "completed", "failed", "latency", "started", "task", "timeout")
 
     def __init__(self) -> None:
         self.task: Item | None = None
@@ -47,6 +49,7 @@ class ThreadSlot:
         self.timeout: float | None = None
         self.completed = 0
         self.failed = 0
+        self.latency = Histogram()  # this thread's sampled dispatch-to-start latencies (it alone writes)
 
 
 class ThreadPool:
@@ -194,7 +197,9 @@ class ThreadPool:
                 return
             function, timeout, dispatched, task = item
             if dispatched:  # only sampled tasks carry their dispatch time
-                self.latencies.append(time.perf_counter() - dispatched)
+                waited = time.perf_counter() - dispatched
+                self.latencies.append(waited)
+                slot.latency.observe(waited)
             claim = [1]
             slot.claim = claim
             slot.timeout = timeout  # the dispatcher resolved the default; None: no limit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import anyio
 import structlog
@@ -17,6 +17,7 @@ from ..._errors import RegistrationError
 from ..._extras import require
 from ..._health import Health, HealthComponent
 from ..._inject import Inject
+from ..._metric import Metric
 from ..._validate import positive, positive_setting
 from .._redis._settings import RedisSettings
 from ._engine import Engine
@@ -131,16 +132,23 @@ class StageStats(NamedTuple):
     """
 
     name: str
-    messages_in: int
-    messages_out: int
-    errors: int
-    queue_depth: int
-    busy: float
-    dropped: int
-    lag: int = 0
-    pending: int = 0
-    reclaimed: int = 0
-    dead_lettered: int = 0
+    messages_in: Annotated[int, Metric.counter("Messages the stage started (0 for a root).")]
+    messages_out: Annotated[int, Metric.counter("Messages the stage emitted (each child receives all of them).")]
+    errors: Annotated[int, Metric.counter("Errors the stage raised.")]
+    queue_depth: Annotated[int, Metric.gauge("Messages waiting for the stage: on its edge, and taken but not started.")]
+    busy: Annotated[float, Metric.counter(
+        "Seconds the stage spent working, waits for room downstream included (serial engine: its subtree's too).",
+        unit="seconds",
+    )]
+    dropped: Annotated[int, Metric.counter("Messages a cut-off (a drain past its timeout) or an error left unfinished.")]
+    lag: Annotated[int, Metric.gauge("Worker-based engine: entries on the stage's edge not delivered to any replica yet.")] = 0
+    pending: Annotated[int, Metric.gauge("Worker-based engine: entries delivered to a replica of the stage, not acknowledged.")] = 0
+    reclaimed: Annotated[int, Metric.counter(
+        "Worker-based engine: chunks this replica took over from one that stopped renewing their lease.",
+    )] = 0
+    dead_lettered: Annotated[int, Metric.counter(
+        "Worker-based engine: messages this replica moved to the stage's dead-letter stream.",
+    )] = 0
 
 
 class Pipeline(Process):
