@@ -325,6 +325,8 @@ class App:
         if self._state != "new":
             raise RuntimeError(f"{self.name}: preflight() is for an app that has not served")
         settings = self.config.load(AppSettings)
+        if self._given_logger is None:  # what the preflights log goes where serve() would send it (stderr)
+            self.logger = make_logger(self.name, settings, self._log_stream)
         problems: list[ComponentError] = []
         taken: list[tuple[Initializer, Options]] = []
 

@@ -302,7 +302,7 @@ def errors(app: AppProcess) -> str:
     return "\n".join(str(e.get("event")) for e in app.events if e.get("level") == "error")
 
 
-def test_a_taken_api_port_fails_boot_naming_the_address(tmp_path: Path) -> None:
+def test_a_taken_api_port_fails_the_boot_before_anything_starts(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -310,9 +310,10 @@ def test_a_taken_api_port_fails_boot_naming_the_address(tmp_path: Path) -> None:
         with run_to_exit(tmp_path, EXAMPLE_HTTP_PORT=str(port), EXAMPLE_OPS_ADDR="off") as app:
             assert app.proc.returncode == 1, app.dump()
             text = errors(app)
-            assert "api: init failed" in text and f"127.0.0.1:{port}" in text and "HTTP_PORT" in text, app.dump()
-            assert app.count("run starting", "heartbeat") == 1  # lower priorities had started, and unwound
-            assert app.count("database closed", "db") == 1
+            assert "api: preflight failed" in text and f"127.0.0.1:{port}" in text and "HTTP_PORT" in text, app.dump()
+            # The preflight found it before any init: the database was never opened, no row written.
+            assert app.count("init starting") == 0 and app.count("database opened", "db") == 0, app.dump()
+            assert not (tmp_path / "x.sqlite3").exists()  # the database file was never created
 
 
 def test_a_taken_ops_port_fails_before_anything_starts(tmp_path: Path) -> None:
