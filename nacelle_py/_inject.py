@@ -171,6 +171,17 @@ class Injector:
                     name, plan.attr, f"{type(component).__name__} has no __dict__ (drop __slots__ to use Inject)"
                 ) from None
 
+    def refresh_settings(self, component: object) -> None:
+        """Give the component's ``Inject()`` settings attributes the models ``config`` holds now.
+
+        Called before a component's ``reload()``, once a reload has replaced
+        the changed models; services are left as they are (the component may
+        hold on to what it registered with them).
+        """
+        for plan in self.plans(component):
+            if plan.key is None and (model := _settings_type(plan.annotation)) is not None:
+                vars(component)[plan.attr] = self._config.load(model)
+
     def _resolve(self, plan: _Plan, name: str) -> Any:
         if plan.key is not None:
             try:

@@ -45,6 +45,8 @@ class _Collector:
                       for e in entries for k, v in e.timings.items() if k.endswith("_ms")])
         yield _gauge("nacelle_component_started_time_seconds", "When each process's run started (Unix time).",
                      [({"component": e.name}, e.timings["started_at"]) for e in entries if "started_at" in e.timings])
+        yield _counter("nacelle_loop_blocked", "Times the event loop did not run for longer than LOOP_BLOCK_WARN.",
+                       [({}, status.loop_blocked())])
         yield _gauge("nacelle_health_healthy", "Each health key: 1 healthy, 0 not.",
                      [({"key": s.key, "component": s.component or ""}, s.healthy) for s in status.health.statuses()])
         families: dict[str, Metric] = {}
