@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,7 +23,7 @@ from nacelle_py.testing import Trace, test_app
 
 pytestmark = pytest.mark.anyio
 
-Log = dict[str, Any]
+Log = MutableMapping[str, Any]
 
 
 class Waiter(Process):

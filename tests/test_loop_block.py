@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import anyio
@@ -24,7 +24,7 @@ from nacelle_py.testing import test_app
 
 pytestmark = pytest.mark.anyio
 
-Log = dict[str, Any]
+Log = MutableMapping[str, Any]
 WATCH_THREAD = "nacelle loop watch"
 
 

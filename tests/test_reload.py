@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from nacelle_py.testing import Trace, test_app
 
 pytestmark = pytest.mark.anyio
 
-Log = dict[str, Any]
+Log = MutableMapping[str, Any]
 
 
 class Boom(Exception):
@@ -306,6 +306,19 @@ async def test_reload_timeout_bounds_each_reload(tmp_path: Path) -> None:
         assert error["component"] == name and error["operation"] == "reload"
     assert "last.reload:hello" in trace
     assert find(logs, "reloaded")["failed"] == 2
+
+
+async def test_reload_timeout_defaults_to_the_app_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_RELOAD_TIMEOUT", "0.1")
+    trace = Trace()
+    app = test_app("t", env_file=env_file(tmp_path))
+    app.register(Reloading(trace, "a", hang=True), name="a")
+    with capture_logs() as logs:
+        async with serving(app) as status:
+            app.reload()
+            await reloaded(logs)
+    assert status == [0]
+    assert count(logs, "a: reload failed: reload() did not return within 0.1s; cancelled") == 1
 
 
 async def test_requests_during_a_reload_coalesce_into_one_more(tmp_path: Path) -> None:
