@@ -161,7 +161,6 @@ async def test_a_bad_value_is_a_config_error_naming_the_variable(
 
 async def test_an_idle_app_has_no_warning_and_no_thread_after_serve() -> None:
     app = test_app("t")
-    app.on_ready(lambda: None)
 
     class Idle(Process):
         async def run(self) -> None:
