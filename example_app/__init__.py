@@ -8,7 +8,9 @@ pipeline that samples the load average, smooths it and stores it in batches
 policies (priority 2, ``restart="on_failure"``), and an HTTP API over the
 database's rows (priority 3, ``EXAMPLE_HTTP_PORT``, default 8080). The ops endpoint answers on
 127.0.0.1:9090 (``EXAMPLE_OPS_ADDR``). SIGINT or SIGTERM stops it gracefully
-(exit status 0); ``--help`` lists every setting.
+(exit status 0); SIGHUP re-reads the settings file named by ``EXAMPLE_ENV_FILE``
+(the heartbeat picks up a new tick); SIGUSR1 logs every component's state and
+every task's stack; ``--help`` lists every setting.
 """
 
 from __future__ import annotations

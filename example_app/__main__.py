@@ -1,4 +1,4 @@
-"""``python -m example_app``: run until SIGINT/SIGTERM; ``--help`` lists the settings."""
+"""``python -m example_app``: run until SIGINT/SIGTERM (SIGHUP reloads, SIGUSR1 dumps); ``--help`` lists the settings."""
 
 from __future__ import annotations
 

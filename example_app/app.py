@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from nacelle_py import App, ConfigError
 from nacelle_py.base import Dispatcher
 
@@ -20,7 +22,10 @@ def build_app() -> App:
     """A fresh, unstarted example app (an ``App`` serves once, so tests build one each)."""
     # Env prefix EXAMPLE_. The ops endpoint (/livez, /readyz, /metrics, /debug/components)
     # is on by default here; EXAMPLE_OPS_ADDR (or OPS_ADDR) moves it, =off turns it off.
-    app = App("example", ops_addr="127.0.0.1:9090")
+    # EXAMPLE_ENV_FILE names a .env file of settings: unlike the environment, it is read
+    # again on SIGHUP, so `kill -HUP` after editing it reloads (the heartbeat's EXAMPLE_TICK,
+    # say). A variable set in the environment wins over the file, at boot and on reload.
+    app = App("example", ops_addr="127.0.0.1:9090", env_file=os.environ.get("EXAMPLE_ENV_FILE") or None)
     app.register(Database(), name="db", priority=0)
     # Background jobs: a worker pool with named tasks, also a service so the heartbeat and
     # the API can enqueue. It starts before them and stops after them, draining what is

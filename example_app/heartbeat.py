@@ -26,7 +26,7 @@ class HeartbeatStats(NamedTuple):
 
 
 class Heartbeat(Process):
-    """Writes a heartbeat row every ``EXAMPLE_TICK`` seconds until stopped."""
+    """Writes a heartbeat row every ``EXAMPLE_TICK`` seconds until stopped; SIGHUP re-reads the tick."""
 
     health_keys = ("heartbeat",)  # for `nacelle-py check`'s table
 
@@ -48,8 +48,7 @@ class Heartbeat(Process):
         return HeartbeatStats(self.beats, self.writes.snapshot())
 
     async def run(self) -> None:
-        tick = self.settings.tick
-        self.logger.info("heartbeat started", tick=tick)
+        self.logger.info("heartbeat started", tick=self.settings.tick)
         beats = 0
         await self.machine.go(self._observe, id="beat-observer", tags=("audit",))
         while not self.stopping.is_set():
@@ -69,8 +68,9 @@ class Heartbeat(Process):
                 # One clean-up a minute however many replicas beat: the key makes the
                 # second enqueue within the same minute a no-op (it returns the first id).
                 await self.jobs.enqueue("prune_heartbeats", PruneRequest(keep=KEEP_ROWS), key=f"prune:{int(time.time() // 60)}")
-            # Sleep one tick, but wake at once when stop() is called.
-            with anyio.move_on_after(tick):
+            # Sleep one tick, but wake at once when stop() is called. The tick is read
+            # each time: a reload may have changed it.
+            with anyio.move_on_after(self.settings.tick):
                 await self.stopping.wait()
         self.logger.info("heartbeat stopped", beats=beats)
 
@@ -89,3 +89,7 @@ class Heartbeat(Process):
 
     async def stop(self) -> None:
         self.stopping.set()
+
+    async def reload(self) -> None:
+        """SIGHUP: ``self.settings`` already holds the re-read settings; the next beat uses the new tick."""
+        self.logger.info("heartbeat settings reloaded", tick=self.settings.tick)

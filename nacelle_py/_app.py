@@ -27,6 +27,7 @@ from ._health import Health
 from ._inject import Injector
 from ._lifecycle import STRATEGIES, Entry, Runner, Strategy
 from ._logging import make_logger
+from ._loopwatch import LoopWatch
 from ._machines import MachineService
 from ._ops import Operations, OpsSettings, SystemdSettings, parse_addr
 from ._serving import BindError, TLSError
@@ -172,6 +173,7 @@ class App:
         shutdown_timeout: TimeoutOption = DEFAULT,
         init_timeout: TimeoutOption = DEFAULT,
         finalize_timeout: TimeoutOption = DEFAULT,
+        reload_timeout: TimeoutOption = DEFAULT,
         silent_exit: bool = False,
         restart: RestartPolicy = "never",
         max_restarts: int = 3,
@@ -181,8 +183,9 @@ class App:
         """Register an ``Initializer`` or ``Process`` instance; returns it.
 
         Lower priorities initialise (and become healthy) first and stop last.
-        Timeouts are seconds; ``None`` means no limit, and an omitted one takes
-        the app-wide default from settings. ``restart`` (``"never"``,
+        Timeouts are seconds (``reload_timeout`` bounds each ``reload()``);
+        ``None`` means no limit, and an omitted one takes the app-wide default
+        from settings. ``restart`` (``"never"``,
         ``"on_failure"``, ``"always"``) restarts a failed (or, for ``always``,
         returned) run after an exponential ``backoff`` (initial, cap) with
         jitter; more than ``max_restarts`` restarts within ``restart_window``
@@ -209,6 +212,7 @@ class App:
             shutdown_timeout=shutdown_timeout,
             init_timeout=init_timeout,
             finalize_timeout=finalize_timeout,
+            reload_timeout=reload_timeout,
             silent_exit=silent_exit,
             restart=restart,
             max_restarts=max_restarts,
@@ -351,11 +355,37 @@ class App:
         else:
             self._runner.request_stop("shutdown() called")
 
+    def reload(self) -> None:
+        """Do what SIGHUP does: re-read and validate the settings, then call every component's ``reload()``.
+
+        Safe from any task or thread; returns at once (the reload runs on the
+        loop; its log lines say how it went). A request while booting waits
+        until the app is running, requests during a reload make one more
+        reload after it, and a request while stopping (or when not serving)
+        is ignored with a log line. See docs/operations.md.
+        """
+        if self._runner is None or self._state != "serving":
+            self.logger.info("reload ignored: the app is not serving")
+        else:
+            self._runner.request_reload("reload() called")
+
+    def dump(self) -> None:
+        """Do what SIGUSR1 does: log every component's state and every task's and thread's stack.
+
+        Safe from any task or thread (the dump is written on the loop); it
+        stops nothing. Ignored with a log line when the app is not serving.
+        """
+        if self._runner is None or self._state != "serving":
+            self.logger.info("dump ignored: the app is not serving")
+        else:
+            self._runner.request_dump("dump() called")
+
     async def serve(self) -> int:
         """Run the whole lifecycle in the current event loop; returns the exit status.
 
-        Works on asyncio and trio. Signals (SIGINT/SIGTERM) are handled when
-        running on the main thread. ``errors`` lists every failure afterwards.
+        Works on asyncio and trio. Signals (SIGINT/SIGTERM stop, SIGHUP
+        reloads, SIGUSR1 dumps) are handled when running on the main thread
+        and ``handle_signals`` is true. ``errors`` lists every failure afterwards.
         """
         if self._state != "new":
             raise RuntimeError(f"{self.name}: an App serves once; build a new App to serve again")
@@ -408,6 +438,7 @@ class App:
             hard_exit=self._hard_exit,
             release=self.services.release,
             strategy=self._strategy,
+            reread=self._reread,
         )
 
     def _prepare_operations(self) -> Operations | None:
@@ -430,13 +461,17 @@ class App:
         self._runner = runner
         self._operations = operations
         self.logger.info("app starting", components=len(runner.entries), backend=sniffio.current_async_library())
-        await self._machines.open(self._machine_settings, self.logger)
-        try:
-            async with operations.running(runner, self.health, self._machines.stats):
-                await runner.run(stop_already_requested=self._early_shutdown)
-        finally:
-            self._operations = None  # ops_address: None once serving ended
-            await self._machines.close()  # the root's task group: closed where it was opened
+        watch = LoopWatch(self._settings.loop_block_warn, self.logger)
+        async with watch.running():  # from before the first init to after the last finalize
+            await self._machines.open(self._machine_settings, self.logger)
+            try:
+                async with operations.running(
+                    runner, self.health, self._machines.stats, loop_blocked=lambda: watch.blocked
+                ):
+                    await runner.run(stop_already_requested=self._early_shutdown)
+            finally:
+                self._operations = None  # ops_address: None once serving ended
+                await self._machines.close()  # the root's task group: closed where it was opened
 
     def _exit_status(self, started: float) -> int:
         """0 if nothing failed, else 1; logged with the time served."""
@@ -502,6 +537,23 @@ class App:
             self.logger.info("config loaded", settings=model.__name__, values=mask_values(instance))
         return True
 
+    def _reread(self) -> list[str]:
+        """A reload's first step: re-read and validate every loaded settings model; the names of those changed.
+
+        Raises ``ConfigError`` if any is invalid. Each model that changed is
+        logged (``config reloaded``, secrets masked). The framework's own
+        settings are validated too, but the running app keeps the ones it
+        started with: a change to them is logged as taking effect at the next start.
+        """
+        own = (AppSettings, OpsSettings, SystemdSettings, MachineService.settings_model())
+        changed = self.config.reload()
+        for model in changed:
+            self.logger.info("config reloaded", settings=model.__name__, values=mask_values(self.config.load(model)))
+            if model in own:
+                self.logger.warning("framework settings changed; they take effect at the next start",
+                                    settings=model.__name__)
+        return [model.__name__ for model in changed]
+
     def _entries(self) -> list[Entry]:
         settings = self._settings
 
@@ -516,6 +568,7 @@ class App:
                 start_timeout=pick(options.start_timeout, settings.start_timeout),
                 shutdown_timeout=pick(options.shutdown_timeout, settings.shutdown_timeout),
                 finalize_timeout=pick(options.finalize_timeout, settings.finalize_timeout),
+                reload_timeout=pick(options.reload_timeout, settings.reload_timeout),
             )
             for component, options in self._registered
         ]

@@ -3,7 +3,8 @@
 The bases hold no state: a subclass need not call ``super().__init__()``.
 Their methods exist so that editors and type checkers know the lifecycle;
 the runner calls only the ones a subclass overrides, so an absent method
-costs nothing and ``stop`` falls back to cancelling ``run``.
+costs nothing, ``stop`` falls back to cancelling ``run`` and a component
+without ``reload`` is left alone by a reload (SIGHUP).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ DEFAULT: Final = _Default.DEFAULT
 """Marks a registration option left to the app-wide default (from settings)."""
 
 TimeoutOption = float | None | _Default
-LIFECYCLE_METHODS: Final = ("preflight", "init", "run", "stop", "finalize")
+LIFECYCLE_METHODS: Final = ("preflight", "init", "run", "stop", "finalize", "reload")
 RestartPolicy = Literal["never", "on_failure", "always"]
 RESTART_POLICIES: Final[tuple[RestartPolicy, ...]] = get_args(RestartPolicy)
 """Erlang/OTP's temporary, transient and permanent children: when a process's run is restarted."""
@@ -42,7 +43,8 @@ class Initializer:
     Override ``init`` (and optionally ``finalize``) as ``async def`` or plain
     ``def``; a plain ``def`` runs in a worker thread so it may block.
     ``init`` usually creates a service and puts it into the container;
-    ``finalize`` releases it, in reverse order of successful ``init``.
+    ``finalize`` releases it, in reverse order of successful ``init``;
+    ``reload`` applies settings re-read on SIGHUP (or ``App.reload()``).
 
     ``provides`` names the service keys the component sets (``provides =
     ("db",)``), so that ``nacelle-py check`` can resolve every ``Inject`` key
@@ -77,6 +79,17 @@ class Initializer:
         serving are injected by then (nothing a component sets at ``init``).
         Raising fails the boot; ``nacelle-py check`` runs it too, then
         ``finalize``. Bounded by the component's ``start_timeout``.
+        """
+        return None
+
+    def reload(self) -> Awaitable[None] | None:
+        """Apply the settings re-read by a reload (SIGHUP); called with nothing, only while running.
+
+        Before it is called, the component's ``Inject()`` settings attributes
+        hold the freshly validated models (``config.load`` returns them too);
+        it re-reads what it needs from them. Called in priority order, each
+        bounded by ``reload_timeout``; one that raises is logged and the app
+        keeps running. Only components that override it take part.
         """
         return None
 
@@ -141,6 +154,7 @@ class Options:
     shutdown_timeout: TimeoutOption = DEFAULT
     init_timeout: TimeoutOption = DEFAULT
     finalize_timeout: TimeoutOption = DEFAULT
+    reload_timeout: TimeoutOption = DEFAULT
     silent_exit: bool = False
     restart: RestartPolicy = "never"
     max_restarts: int = 3
@@ -152,7 +166,7 @@ class Options:
             raise RegistrationError(f"component name must be a non-empty string, got {self.name!r}")
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise RegistrationError(f"{self.name}: priority must be an int, got {self.priority!r}")
-        for option in ("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout"):
+        for option in ("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout", "reload_timeout"):
             object.__setattr__(self, option, _check_timeout(self.name, option, getattr(self, option)))
         if not isinstance(self.silent_exit, bool):
             raise RegistrationError(f"{self.name}: silent_exit must be a bool, got {self.silent_exit!r}")

@@ -209,6 +209,32 @@ class Config:
         if problems:
             raise ConfigError(problems)
 
+    def reload(self) -> list[type[BaseSettings]]:
+        """Re-read every model loaded so far, all or nothing; the models whose values changed.
+
+        What a reload (SIGHUP) does first. The environment of a running
+        process cannot change from outside, but the env file and the secrets
+        directory are read again. If any model is now invalid, ``ConfigError``
+        lists every problem of every model and the loaded models stay as they
+        were; otherwise each changed model is replaced (``load`` returns the
+        new instance from then on) and an unchanged one keeps its instance.
+        """
+        with self._lock:
+            models = list(self._cache)
+        fresh: dict[type[BaseSettings], BaseSettings] = {}
+        problems: list[SettingError] = []
+        for model in models:
+            try:
+                fresh[model] = self.build(model)
+            except ConfigError as exc:
+                problems.extend(exc.errors)
+        if problems:
+            raise ConfigError(problems)
+        with self._lock:
+            changed = [model for model, value in fresh.items() if value != self._cache.get(model)]
+            self._cache.update((model, fresh[model]) for model in changed)
+        return changed
+
     def build(self, model: type[S]) -> S:
         """Load and validate ``model`` without caching it; ``ConfigError`` lists every problem."""
         try:

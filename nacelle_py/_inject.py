@@ -204,6 +204,17 @@ class Injector:
                 except TypeError:  # no __dict__: the group's injection says so
                     return
 
+    def refresh_settings(self, component: object) -> None:
+        """Give the component's ``Inject()`` settings attributes the models ``config`` holds now.
+
+        Called before a component's ``reload()``, once a reload has replaced
+        the changed models; services are left as they are (the component may
+        hold on to what it registered with them).
+        """
+        for plan in self.plans(component):
+            if plan.key is None and (model := _settings_type(plan.annotation)) is not None:
+                vars(component)[plan.attr] = self._config.load(model)
+
     def _resolve(self, plan: _Plan, name: str) -> Any:
         if plan.key is not None:
             try:

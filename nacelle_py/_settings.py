@@ -34,12 +34,19 @@ class LogSettings(BaseSettings):
 
 
 class AppSettings(LogSettings):
-    """nacelle_py: logging and the default lifecycle timeouts (a component's registration overrides them)."""
+    """nacelle_py: logging, the default lifecycle timeouts (a component's registration overrides them), the loop detector."""
 
     start_timeout: Timeout = Field(60.0, description="Seconds a priority group may take to become healthy; none: no limit.")
     shutdown_timeout: Timeout = Field(10.0, description="Seconds run() may take to return after stop(); none: no limit.")
     init_timeout: Timeout = Field(None, description="Seconds init() may take; none: no limit.")
     finalize_timeout: Timeout = Field(None, description="Seconds finalize() may take; none: no limit.")
+    reload_timeout: Timeout = Field(
+        10.0, description="Seconds each reload() may take after SIGHUP; none: no limit."
+    )
+    loop_block_warn: Timeout = Field(
+        0.5, description="Warn (with the blocking stack) when the event loop does not run for longer than this "
+        "many seconds; none: no blocked-loop detector.",
+    )
     backend: Literal["asyncio", "trio"] = Field(
         "asyncio", description="The event loop boot() runs the app on, when boot() is given none "
         "(boot(backend=...) or --backend win).",
@@ -49,9 +56,16 @@ class AppSettings(LogSettings):
         "the garbage collector stops rescanning it.",
     )
 
-    @field_validator("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout")
+    @field_validator("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout", "reload_timeout")
     @classmethod
     def _positive(cls, value: float | None) -> float | None:
         if value is not None and not (0 < value < float("inf")):
             raise ValueError("must be a positive number of seconds, or none for no limit")
+        return value
+
+    @field_validator("loop_block_warn")
+    @classmethod
+    def _threshold(cls, value: float | None) -> float | None:
+        if value is not None and not (0 < value < float("inf")):
+            raise ValueError("must be a positive number of seconds, or none to turn the detector off")
         return value

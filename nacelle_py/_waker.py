@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable
 
 import anyio
@@ -28,6 +29,7 @@ class Waker:
         self._event = anyio.Event()
         self._on_wake = on_wake
         self._on_signal = on_signal
+        self._calls: deque[Callable[[], None]] = deque()  # from other threads, for the loop
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
@@ -46,7 +48,20 @@ class Waker:
         except OSError:  # the pipe is full (a wake-up is pending anyway) or closed (the loop is gone)
             pass
 
+    def on_loop(self, call: Callable[[], None]) -> None:
+        """Call ``call()`` on the loop thread: at once from there, else when the loop reads the wake-up.
+
+        ``call`` must not raise. Once the waker is closed, calls from other threads are dropped.
+        """
+        if threading.get_ident() == self._thread:
+            call()
+            return
+        self._calls.append(call)  # deque appends and pops are atomic: no lock
+        self.notify()
+
     def _fire(self) -> None:
+        while self._calls:
+            self._calls.popleft()()
         if self._on_wake is not None:
             self._on_wake()
         event, self._event = self._event, anyio.Event()

@@ -36,7 +36,7 @@ MASK = "**********"
 UNPREFIXED = (
     "TICK", "DB_URL", "DB_POOL", "TOKEN", "RAW", "PIN", "NAME", "CREDS", "LIMIT",
     "LOG_LEVEL", "LOG_ENCODING", "LOG_FIELDS",
-    "START_TIMEOUT", "SHUTDOWN_TIMEOUT", "INIT_TIMEOUT", "FINALIZE_TIMEOUT",
+    "START_TIMEOUT", "SHUTDOWN_TIMEOUT", "INIT_TIMEOUT", "FINALIZE_TIMEOUT", "RELOAD_TIMEOUT", "LOOP_BLOCK_WARN",
 )
 
 
@@ -615,6 +615,7 @@ async def test_finalize_timeout_from_settings(monkeypatch: pytest.MonkeyPatch) -
         ("T_SHUTDOWN_TIMEOUT", "0"),
         ("T_INIT_TIMEOUT", "nan"),
         ("T_FINALIZE_TIMEOUT", "inf"),
+        ("T_RELOAD_TIMEOUT", "-2"),
         ("T_INIT_TIMEOUT", "soon"),
         ("T_LOG_LEVEL", "loud"),
         ("T_LOG_ENCODING", "xml"),
@@ -667,6 +668,7 @@ def test_describe_lists_every_setting() -> None:
     for env in (
         "T_LOG_LEVEL", "T_LOG_ENCODING", "T_LOG_FIELDS",
         "T_START_TIMEOUT", "T_SHUTDOWN_TIMEOUT", "T_INIT_TIMEOUT", "T_FINALIZE_TIMEOUT",
+        "T_RELOAD_TIMEOUT", "T_LOOP_BLOCK_WARN",
     ):
         assert env in text
     # types, required/default, descriptions

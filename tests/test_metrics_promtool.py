@@ -34,7 +34,7 @@ from test_example_app_http import _summaries, ports  # noqa: E402
 from test_ops import Gate, make_app, serving  # noqa: E402
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-APP_WIDE = ("nacelle_app_ready", "nacelle_app_phase")  # the only families without a component label
+APP_WIDE = ("nacelle_app_ready", "nacelle_app_phase", "nacelle_loop_blocked")  # the families without a component label
 
 
 def assert_clean(binary: str, text: str) -> None:

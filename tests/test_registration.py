@@ -31,7 +31,7 @@ from nacelle_py.testing import Trace, test_app
 
 pytestmark = pytest.mark.anyio
 
-TIMEOUTS = ("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout")
+TIMEOUTS = ("start_timeout", "shutdown_timeout", "init_timeout", "finalize_timeout", "reload_timeout")
 
 
 @pytest.fixture(autouse=True)

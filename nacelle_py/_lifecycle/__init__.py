@@ -11,6 +11,8 @@ One module per concept, each importing only downward::
     _boot      Boot: inject, init, start and the health wait of a priority group
     _unwind    Unwind: stop by descending priority, finalize in reverse init order
     _restart   Supervisor: what a run's end means, OTP restart policies and strategies
+    _reload    Reloader: SIGHUP's re-read settings and reload() calls, one at a time, while running
+    _dump      dump(): SIGUSR1's log of every component's state and every task's stack
     _runner    Runner: composes the parts; its run() reads top to bottom
 """
 

@@ -30,8 +30,7 @@ class Entry:
 
     __slots__ = (
         "_state", "component", "error_count", "errors", "finalize_timeout", "handle", "init_timeout", "last_error",
-        "name",
-        "options", "restarts", "shutdown_timeout", "start_timeout", "timings",
+        "name", "options", "reload_timeout", "restarts", "shutdown_timeout", "start_timeout", "timings",
     )
 
     def __init__(
@@ -43,6 +42,7 @@ class Entry:
         start_timeout: float | None,
         shutdown_timeout: float | None,
         finalize_timeout: float | None,
+        reload_timeout: float | None = None,
     ) -> None:
         self.component = component
         self.options = options
@@ -51,6 +51,7 @@ class Entry:
         self.start_timeout = start_timeout
         self.shutdown_timeout = shutdown_timeout
         self.finalize_timeout = finalize_timeout
+        self.reload_timeout = reload_timeout
         self.handle: RunHandle | None = None  # the current (or last) run
         self._state = State.REGISTERED
         # What the ops endpoint reports besides the state: every error (restarted ones

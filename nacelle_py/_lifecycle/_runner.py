@@ -7,7 +7,9 @@ or returns (unless its restart policy restarts it), or ``App.shutdown()``.
 Unwind: ``stop`` by descending priority (concurrently within a group, each
 ``run`` bounded by its ``shutdown_timeout``), then ``finalize`` in exact
 reverse order of successful ``init``. A second signal cancels what is left
-and gives the finalizers one short shared budget.
+and gives the finalizers one short shared budget. While it supervises, an
+operator may ask for a reload (SIGHUP) or a dump (SIGUSR1); neither stops
+anything.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import anyio
 from .._errors import ComponentError
 from .._health import Health
 from .._inject import Injector
+from .._signals import DUMP_SIGNAL, RELOAD_SIGNAL
 from ._boot import Boot
 from ._context import Context
+from ._dump import dump
 from ._record import Entry
 from ._preflight import Preflight
+from ._reload import Reloader
 from ._report import Errors, Phases
 from ._restart import Strategy, Supervisor
 from ._runs import Runs
@@ -52,6 +57,7 @@ class Runner:
         hard_exit: bool = False,
         release: Callable[[str], Awaitable[None] | None] | None = None,
         strategy: Strategy = "one_for_one",
+        reread: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self.entries = entries
         self.errors = errors
@@ -73,6 +79,11 @@ class Runner:
         self._boot = Boot(self._ctx, self._runs)
         self._supervisor = Supervisor(self._ctx, self._boot, self._unwind, strategy)
         self._runs.on_exit = self._supervisor.on_exit
+        self._reloader = Reloader(self._ctx, self._boot, reread)
+        if RELOAD_SIGNAL is not None:
+            self._shutdown.route(RELOAD_SIGNAL, lambda: self._reloader.request("signal SIGHUP"))
+        if DUMP_SIGNAL is not None:
+            self._shutdown.route(DUMP_SIGNAL, lambda: self._dump("signal SIGUSR1"))
         self._groups = by_priority(entries)
         self._graceful = anyio.CancelScope()
 
@@ -100,6 +111,22 @@ class Runner:
         """Force the shutdown, as a second signal does (recorded as an error); on the loop thread only."""
         self._shutdown.force(reason)
 
+    def request_reload(self, reason: str) -> None:
+        """Ask for a reload (see ``_reload``); safe from any thread; ignored once the run is over."""
+        if not self._shutdown.closed:
+            self._ctx.waker.on_loop(lambda: self._reloader.request(reason))
+
+    def request_dump(self, reason: str) -> None:
+        """Log the dump (see ``_dump``) on the loop; safe from any thread; ignored once the run is over."""
+        if not self._shutdown.closed:
+            self._ctx.waker.on_loop(lambda: self._dump(reason))
+
+    def _dump(self, reason: str) -> None:
+        try:
+            dump(self._ctx, reason)
+        except Exception as exc:  # a dump must never take the app down
+            self._ctx.logger.error("dump failed", reason=reason, exc_info=exc)
+
     # -- the whole run ------------------------------------------------------------------
 
     async def run(self, *, stop_already_requested: bool = False) -> None:
@@ -111,6 +138,7 @@ class Runner:
                 root.start_soon(ctx.waker.pump)
                 await root.start(self._runs.host)
                 await root.start(self._supervisor.work)
+                await root.start(self._reloader.work)
                 if self._handle_signals:
                     self._shutdown.install_signals()
                 if stop_already_requested:
@@ -121,6 +149,7 @@ class Runner:
                         await self._supervise()
                     else:
                         self._shutdown.boot_failed()
+                    await self._reloader.wind_down()  # a reload in progress ends (a stop bounds it) first
                     await self._supervisor.wind_down()  # a restart in progress finishes its stop first
                     await self._unwind.stop(ctx.entries)
                 self._runs.cancel_all()  # anything left runs only after a forced shutdown
@@ -165,6 +194,7 @@ class Runner:
         ctx.logger.info("app healthy; supervising")
         self._phases.tell("running")
         self._ready()
+        ctx.waker.notify()  # a reload requested during boot may go ahead now
         self._supervisor.check_running("no process is running")
         while not ctx.stopping:
             await ctx.waker.changed()

@@ -68,6 +68,7 @@ class Shutdown:
         self._finalizing: set[anyio.CancelScope] = set()
         self._graced: dict[anyio.CancelScope, float] = {}
         self._watchdog: threading.Timer | None = None
+        self._routes: dict[int, Callable[[], None]] = {}  # the operator's signals: SIGHUP, SIGUSR1
         self.waker = Waker(self._on_wake, self._on_signal)
         self._signals = SignalCatcher(self.waker.writer_fileno())
 
@@ -165,8 +166,12 @@ class Shutdown:
     # -- signals and the waker -------------------------------------------------------
 
     def install_signals(self) -> None:
-        """Take SIGINT and SIGTERM (main thread only; the caller checks)."""
+        """Take SIGINT, SIGTERM and the operator's signals (main thread only; the caller checks)."""
         self._signals.install()
+
+    def route(self, signum: int, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` on the loop at each arrival of ``signum`` (one of ``OPERATOR_SIGNALS``)."""
+        self._routes[signum] = handler
 
     def close(self, *, signals: bool) -> None:
         """The run is over: put the signals back, disarm the watchdog, release the waker."""
@@ -182,8 +187,14 @@ class Shutdown:
             self.request("shutdown() called")
 
     def _on_signal(self, signum: int) -> None:
-        """One arrival of SIGINT or SIGTERM, read on the loop from the wakeup fd."""
+        """One arrival of a signal, read on the loop from the wakeup fd."""
         if signum not in SIGNALS:
+            handler = self._routes.get(signum)
+            if handler is not None and not self.closed:
+                try:
+                    handler()
+                except Exception as exc:  # an operator's request must never take the app down
+                    self._logger.error("signal handler failed", signal=signal.Signals(signum).name, exc_info=exc)
             return
         at = time.monotonic()
         name = signal.Signals(signum).name

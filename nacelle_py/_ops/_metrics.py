@@ -73,6 +73,9 @@ class _Collector:
         add("nacelle_component_started_time_seconds", "gauge",
             "When each process's latest run started, in seconds since the Unix epoch.",
             (({"component": e.name}, e.timings["started_at"]) for e in entries if "started_at" in e.timings))
+        add("nacelle_loop_blocked", "counter",
+            "Times the event loop did not run for longer than LOOP_BLOCK_WARN seconds (the blocked-loop detector).",
+            iter([({}, status.loop_blocked())]))
         add("nacelle_health_healthy", "gauge",
             "Each health key: 1 healthy, 0 not; component is the key's owner (empty for the app's own keys).",
             (({"key": s.key, "component": s.component or ""}, s.healthy) for s in status.health.statuses()))

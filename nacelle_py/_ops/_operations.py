@@ -66,10 +66,12 @@ class Operations:
             self._notifier.close()
 
     @asynccontextmanager
-    async def running(self, runner: Runner, health: Health,
-                      machine_stats: Callable[[], Iterable[tuple[str, Any]]]) -> AsyncIterator[None]:
+    async def running(
+        self, runner: Runner, health: Health, machine_stats: Callable[[], Iterable[tuple[str, Any]]],
+        loop_blocked: Callable[[], int] = lambda: 0,
+    ) -> AsyncIterator[None]:
         """Serve the ops endpoint and send systemd notifications for the length of the block."""
-        serving = self._endpoint(Status(runner, health, machine_stats))
+        serving = self._endpoint(Status(runner, health, machine_stats, loop_blocked))
         notifier = self._notifier
         unsubscribe: Callable[[], None] | None = None
         if notifier is not None:

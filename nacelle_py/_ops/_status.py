@@ -23,11 +23,14 @@ Reading = tuple[dict[str, str], Any]
 class Status:
     """Readings of one serving app: readiness, each component, and every ``stats()`` it can find."""
 
-    def __init__(self, runner: Runner, health: Health,
-                 machine_stats: Callable[[], Iterable[tuple[str, Any]]]) -> None:
+    def __init__(
+        self, runner: Runner, health: Health, machine_stats: Callable[[], Iterable[tuple[str, Any]]],
+        loop_blocked: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.runner = runner
         self.health = health
         self._machine_stats = machine_stats
+        self.loop_blocked = loop_blocked  # how many times the blocked-loop detector saw the loop stuck
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Whether the app is ready for traffic (supervising, every health key healthy), and why not."""

@@ -29,7 +29,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v for k, v in os.environ.items()
         if not k.startswith(("EXAMPLE_", "SCRIPT_", "LOG_", "DB_", "HTTP_", "OPS_", "WORKER_", "MACHINE_", "PIPELINE_"))
-        and k not in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "TICK", "API_TOKEN", "START_TIMEOUT", "SHUTDOWN_TIMEOUT", "INIT_TIMEOUT", "FINALIZE_TIMEOUT", "BACKEND"}
+        and k not in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "TICK", "API_TOKEN", "START_TIMEOUT", "SHUTDOWN_TIMEOUT", "INIT_TIMEOUT", "FINALIZE_TIMEOUT", "BACKEND", "RELOAD_TIMEOUT", "LOOP_BLOCK_WARN"}
     }
     env["LOG_ENCODING"] = "json"
     env["PYTHONUNBUFFERED"] = "1"
