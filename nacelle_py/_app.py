@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import math
 import re
 import sys
 import threading
@@ -12,27 +11,27 @@ from pathlib import Path
 from typing import Any, Literal, TextIO, TypeVar
 
 import anyio
-import anyio.to_thread
 import sniffio
 import structlog
 from pydantic_settings import BaseSettings
 
-from ._argv import BACKENDS, USAGE_STATUS, Backend, BootArgs, UsageError, parse_boot_args, usage
-from ._calls import is_async
-from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption, declared_keys, overridden
-from ._config import Config, mask_values
+from ._argv import BACKENDS, Backend, BootArgs, read_command_line
+from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption
+from ._config import Config
 from ._describe import describe
-from ._errors import ComponentError, ComponentTimeoutError, ConfigError, InjectionError, RegistrationError, SettingError, UnavailableError
+from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, UnavailableError
 from ._health import Health
 from ._inject import Injector
-from ._lifecycle import STRATEGIES, Entry, Runner, Strategy
+from ._lifecycle import STRATEGIES, Entry, Runner, Strategy, preflight_all
+from ._loading import framework_models, load, log_loaded, reread
 from ._logging import make_logger
 from ._loopwatch import LoopWatch
 from ._machines import MachineService
 from ._ops import Operations, OpsSettings, SystemdSettings, parse_addr
 from ._serving import BindError, TLSError
+from ._registry import Registry, resolved
 from ._services import PerComponent, ServiceContainer
-from ._settings import AppSettings, LogSettings
+from ._settings import AppSettings
 
 __all__ = ["App"]
 
@@ -54,20 +53,6 @@ def _freeze_when_running(event: str, _detail: str) -> None:
     if event == "running":
         gc.collect()
         gc.freeze()
-
-
-async def _attempt(method: Callable[[], object], name: str, operation: str, timeout: float | None) -> list[ComponentError]:
-    """Call a component's method as the runner would (``async def`` on the loop, plain ``def`` on a
-    thread), within ``timeout``; its error, if any, as a one-item list."""
-    try:
-        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            if is_async(method):
-                await method()  # type: ignore[misc]
-            else:
-                await anyio.to_thread.run_sync(method, abandon_on_cancel=True)
-    except Exception as exc:
-        return [ComponentError(name, operation, exc)]
-    return [ComponentTimeoutError(name, operation, timeout or 0)] if scope.cancelled_caught else []
 
 
 def _env_prefix(name: str) -> str:
@@ -137,9 +122,7 @@ class App:
         self._given_logger = logger
         self._log_stream = log_stream
         self._handle_signals = handle_signals
-        self._registered: list[tuple[Initializer, Options]] = []
-        self._names: set[str] = set()
-        self._instances: dict[int, str] = {}
+        self._registry = Registry()
         self._injector = Injector(self.services, self.config)
         self._runner: Runner | None = None
         self._state: Literal["new", "serving", "done"] = "new"
@@ -195,43 +178,12 @@ class App:
         """
         if self._state != "new":
             raise RegistrationError(f"{name or type(component).__name__}: cannot register after the app has started")
-        if isinstance(component, type):
-            raise RegistrationError(
-                f"{name or component.__name__}: register() takes an instance, got the class "
-                f"{component.__name__}; use {component.__name__}()"
-            )
-        if not isinstance(component, Initializer):
-            raise RegistrationError(
-                f"{name or type(component).__name__}: {type(component).__name__} is not a component; "
-                "subclass nacelle_py.Initializer or nacelle_py.Process"
-            )
-        options = Options(
-            name=type(component).__name__ if name is None else name,
-            priority=priority,
-            start_timeout=start_timeout,
-            shutdown_timeout=shutdown_timeout,
-            init_timeout=init_timeout,
-            finalize_timeout=finalize_timeout,
-            reload_timeout=reload_timeout,
-            silent_exit=silent_exit,
-            restart=restart,
-            max_restarts=max_restarts,
-            restart_window=restart_window,
+        self._registry.add(
+            component, name, priority=priority, start_timeout=start_timeout, shutdown_timeout=shutdown_timeout,
+            init_timeout=init_timeout, finalize_timeout=finalize_timeout, reload_timeout=reload_timeout,
+            silent_exit=silent_exit, restart=restart, max_restarts=max_restarts, restart_window=restart_window,
             backoff=backoff,
         )
-        for attribute in ("provides", "health_keys"):
-            declared_keys(component, options.name, attribute)  # a bad declaration fails here, not in check
-        if options.name in self._names:
-            hint = "" if name is not None else " (the default name is the class name; pass name=...)"
-            raise RegistrationError(f"duplicate component name {options.name!r}{hint}")
-        if id(component) in self._instances:
-            raise RegistrationError(
-                f"{options.name}: this instance is already registered as {self._instances[id(component)]!r}; "
-                "register a new instance"
-            )
-        self._names.add(options.name)
-        self._instances[id(component)] = options.name
-        self._registered.append((component, options))
         return component
 
     def on_ready(self, hook: Callable[[], object]) -> Callable[[], object]:
@@ -251,7 +203,7 @@ class App:
     @property
     def registrations(self) -> tuple[tuple[Initializer, Options], ...]:
         """Every registered component with its options, in registration order."""
-        return tuple(self._registered)
+        return tuple(self._registry.items)
 
     @property
     def ops_address(self) -> tuple[str, int] | None:
@@ -265,11 +217,8 @@ class App:
 
     def settings_models(self) -> dict[type[BaseSettings], list[str]]:
         """Every settings model the app reads, the framework's first, each with the names of its readers."""
-        users: dict[type[BaseSettings], list[str]] = {
-            AppSettings: ["nacelle_py"], OpsSettings: ["nacelle_py"], SystemdSettings: ["nacelle_py"],
-            MachineService.settings_model(): ["machine"],
-        }
-        for component, options in self._registered:
+        users = framework_models()
+        for component, options in self._registry.items:
             for model in self._injector.settings_models(component):
                 users.setdefault(model, []).append(options.name)
         return users
@@ -293,16 +242,10 @@ class App:
             raise RegistrationError(f"boot(backend=...): 'asyncio' or 'trio', got {backend!r}")
         asked = BootArgs()
         if self._parse_args:
-            try:
-                asked = parse_boot_args(sys.argv[1:] if argv is None else list(argv))
-            except UsageError as exc:
-                sys.stderr.write(f"{self.name}: {exc}\n{usage(self.name)}\n")
-                sys.stderr.flush()
-                return USAGE_STATUS
-            if asked.help:
-                sys.stdout.write(self.describe())
-                sys.stdout.flush()
-                return 0
+            read = read_command_line(self.name, sys.argv[1:] if argv is None else list(argv), self.describe)
+            if isinstance(read, int):
+                return read  # --help printed, or a usage error
+            asked = read
         chosen = backend or asked.backend or self._backend_setting()
         self._hard_exit = True  # the process is ours: a forced shutdown may end it
         try:
@@ -331,22 +274,7 @@ class App:
         settings = self.config.load(AppSettings)
         if self._given_logger is None:  # what the preflights log goes where serve() would send it (stderr)
             self.logger = make_logger(self.name, settings, self._log_stream)
-        problems: list[ComponentError] = []
-        taken: list[tuple[Initializer, Options]] = []
-
-        def bound(option: TimeoutOption, default: float | None) -> float | None:
-            return default if option is DEFAULT else option
-
-        for component, options in self._registered:
-            if overridden(component, "preflight") is not None:
-                self._injector.inject_early(component, options.name)
-                taken.append((component, options))
-                timeout = bound(options.start_timeout, settings.start_timeout)
-                problems += await _attempt(component.preflight, options.name, "preflight", timeout)
-        for component, options in reversed(taken):
-            timeout = bound(options.finalize_timeout, settings.finalize_timeout)
-            problems += await _attempt(component.finalize, options.name, "finalize", timeout)
-        return problems
+        return await preflight_all(self._registry.items, self._injector, settings)
 
     def shutdown(self) -> None:
         """Request a graceful unwind; safe from any task or thread, and before or after serving."""
@@ -411,10 +339,7 @@ class App:
 
     def _declared_services(self) -> set[str]:
         """The keys set before serving and those the components declare in ``provides``."""
-        declared = set(self.services.keys())
-        for component, options in self._registered:
-            declared.update(declared_keys(component, options.name, "provides"))
-        return declared
+        return set(self.services.keys()) | self._registry.declared_services()
 
     def _undeclared_service(self, key: str) -> None:
         self.logger.warning(
@@ -498,77 +423,35 @@ class App:
 
     def _load_settings(self) -> bool:
         """Load every settings model before any init; False (and logged errors) if any is invalid."""
-        problems: list[SettingError] = []
-        log_settings: LogSettings
-        try:
-            settings = log_settings = self.config.load(AppSettings)
-        except ConfigError as exc:
-            problems.extend(exc.errors)
-            settings = AppSettings.model_construct()
-            log_settings = self.config.salvage(LogSettings)  # report it as the valid log settings ask
+        loaded = load(self.config, self.settings_models())
         if self._given_logger is None:
-            self.logger = make_logger(self.name, log_settings, self._log_stream)
+            self.logger = make_logger(self.name, loaded.log_settings, self._log_stream)
         else:
             self.logger = self._given_logger.bind(app=self.name)
-        self._settings = settings
-        try:
-            self._machine_settings = self.config.load(MachineService.settings_model())
-        except ConfigError as exc:
-            problems.extend(exc.errors)
-        for ops_model in (OpsSettings, SystemdSettings):
-            try:
-                self.config.load(ops_model)
-            except ConfigError as exc:
-                problems.extend(exc.errors)
-        models: dict[Any, list[str]] = {}
-        for component, options in self._registered:
-            for model in self._injector.settings_models(component):
-                models.setdefault(model, []).append(options.name)
-        try:
-            self.config.load_all(models)
-        except ConfigError as exc:
-            problems.extend(exc.errors)
-        if problems:
-            error = ConfigError(problems)
+        self._settings, self._machine_settings = loaded.settings, loaded.machine
+        if loaded.problems:
+            error = ConfigError(loaded.problems)
             self._errors.append(ComponentError(self.name, "config", error, str(error)))
             self._log_error(self._errors[-1])
             return False
-        for model, instance in self.config.loaded().items():
-            self.logger.info("config loaded", settings=model.__name__, values=mask_values(instance))
+        log_loaded(self.config, self.logger)
         return True
 
     def _reread(self) -> list[str]:
-        """A reload's first step: re-read and validate every loaded settings model; the names of those changed.
-
-        Raises ``ConfigError`` if any is invalid. Each model that changed is
-        logged (``config reloaded``, secrets masked). The framework's own
-        settings are validated too, but the running app keeps the ones it
-        started with: a change to them is logged as taking effect at the next start.
-        """
-        own = (AppSettings, OpsSettings, SystemdSettings, MachineService.settings_model())
-        changed = self.config.reload()
-        for model in changed:
-            self.logger.info("config reloaded", settings=model.__name__, values=mask_values(self.config.load(model)))
-            if model in own:
-                self.logger.warning("framework settings changed; they take effect at the next start",
-                                    settings=model.__name__)
-        return [model.__name__ for model in changed]
+        """A reload's first step (see ``_loading.reread``)."""
+        return reread(self.config, self.logger)
 
     def _entries(self) -> list[Entry]:
         settings = self._settings
-
-        def pick(value: TimeoutOption, default: float | None) -> float | None:
-            return default if value is DEFAULT else value
-
         return [
             Entry(
                 component=component,
                 options=options,
-                init_timeout=pick(options.init_timeout, settings.init_timeout),
-                start_timeout=pick(options.start_timeout, settings.start_timeout),
-                shutdown_timeout=pick(options.shutdown_timeout, settings.shutdown_timeout),
-                finalize_timeout=pick(options.finalize_timeout, settings.finalize_timeout),
-                reload_timeout=pick(options.reload_timeout, settings.reload_timeout),
+                init_timeout=resolved(options.init_timeout, settings.init_timeout),
+                start_timeout=resolved(options.start_timeout, settings.start_timeout),
+                shutdown_timeout=resolved(options.shutdown_timeout, settings.shutdown_timeout),
+                finalize_timeout=resolved(options.finalize_timeout, settings.finalize_timeout),
+                reload_timeout=resolved(options.reload_timeout, settings.reload_timeout),
             )
-            for component, options in self._registered
+            for component, options in self._registry.items
         ]

@@ -8,11 +8,14 @@ says so with ``App(..., parse_args=False)`` and ``boot()`` reads none.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-__all__ = ["BACKENDS", "USAGE_STATUS", "Backend", "BootArgs", "UsageError", "parse_boot_args", "usage"]
+__all__ = [
+    "BACKENDS", "USAGE_STATUS", "Backend", "BootArgs", "UsageError", "parse_boot_args", "read_command_line", "usage",
+]
 
 Backend = Literal["asyncio", "trio"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
@@ -64,3 +67,22 @@ def parse_boot_args(args: Sequence[str]) -> BootArgs:
 def usage(prog: str) -> str:
     """The one-line usage of ``boot()``'s command line."""
     return f"usage: {prog} [-h | --help] [--backend asyncio|trio]"
+
+
+def read_command_line(prog: str, args: Sequence[str], describe: Callable[[], str]) -> BootArgs | int:
+    """``boot()``'s reading of ``args``: what it asks for, or the status to return at once.
+
+    ``--help`` writes ``describe()`` to stdout (status 0); a usage error goes
+    to stderr with the usage line (status 2). Nothing is started either way.
+    """
+    try:
+        asked = parse_boot_args(args)
+    except UsageError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n{usage(prog)}\n")
+        sys.stderr.flush()
+        return USAGE_STATUS
+    if asked.help:
+        sys.stdout.write(describe())
+        sys.stdout.flush()
+        return 0
+    return asked

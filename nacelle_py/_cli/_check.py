@@ -16,9 +16,10 @@ from typing import Any
 import anyio
 
 from .._app import App
-from .._components import DEFAULT, Initializer, Options, TimeoutOption, declared_keys, overridden
+from .._components import Initializer, Options, declared_keys, overridden
 from .._errors import ConfigError
 from .._inject import planned_injections
+from .._registry import resolved
 from .._settings import AppSettings
 
 __all__ = ["CheckReport", "ComponentRow", "Problem", "check_app"]
@@ -99,10 +100,6 @@ def _settings(app: App, report: CheckReport) -> AppSettings:
     return app_settings
 
 
-def _bound(option: TimeoutOption, default: float | None) -> float | None:
-    return default if option is DEFAULT else option
-
-
 def _row(component: Initializer, options: Options, settings: AppSettings, injects: tuple[str, ...]) -> ComponentRow:
     name = options.name
     health = getattr(component, "health_keys", None)
@@ -113,10 +110,10 @@ def _row(component: Initializer, options: Options, settings: AppSettings, inject
         name=name,
         kind="process" if overridden(component, "run") is not None else "initializer",
         priority=options.priority,
-        init_timeout=_bound(options.init_timeout, settings.init_timeout),
-        start_timeout=_bound(options.start_timeout, settings.start_timeout),
-        shutdown_timeout=_bound(options.shutdown_timeout, settings.shutdown_timeout),
-        finalize_timeout=_bound(options.finalize_timeout, settings.finalize_timeout),
+        init_timeout=resolved(options.init_timeout, settings.init_timeout),
+        start_timeout=resolved(options.start_timeout, settings.start_timeout),
+        shutdown_timeout=resolved(options.shutdown_timeout, settings.shutdown_timeout),
+        finalize_timeout=resolved(options.finalize_timeout, settings.finalize_timeout),
         restart=restart,
         provides=declared_keys(component, name, "provides"),
         injects=injects,

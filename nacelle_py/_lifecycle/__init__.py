@@ -16,9 +16,10 @@ One module per concept, each importing only downward::
     _runner    Runner: composes the parts; its run() reads top to bottom
 """
 
+from ._preflight import preflight_all
 from ._record import Entry
 from ._restart import STRATEGIES, Strategy
 from ._runner import Runner
 from ._states import PHASES, STATES, TRANSITIONS, IllegalTransition, Phase, State
 
-__all__ = ["PHASES", "STATES", "STRATEGIES", "TRANSITIONS", "Entry", "IllegalTransition", "Phase", "Runner", "State", "Strategy"]
+__all__ = ["PHASES", "STATES", "STRATEGIES", "TRANSITIONS", "Entry", "IllegalTransition", "Phase", "Runner", "State", "Strategy", "preflight_all"]

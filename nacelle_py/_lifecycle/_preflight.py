@@ -11,16 +11,21 @@ succeeded, ``release()`` calls ``finalize`` for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anyio
+import anyio.to_thread
 
-from .._components import overridden
+from .._calls import is_async
+from .._components import Initializer, Options, overridden
+from .._inject import Injector
+from .._registry import resolved
+from .._settings import AppSettings
 from .._errors import ComponentError, ComponentTimeoutError
 from ._context import Context, bounded, ms
 from ._record import Entry
 
-__all__ = ["Preflight"]
+__all__ = ["Preflight", "preflight_all"]
 
 
 class Preflight:
@@ -89,3 +94,39 @@ class Preflight:
             return
         if scope.cancelled_caught:
             self._ctx.record(ComponentTimeoutError(entry.name, "finalize", timeout or 0))
+
+
+async def preflight_all(
+    components: Sequence[tuple[Initializer, Options]], injector: Injector, settings: AppSettings
+) -> list[ComponentError]:
+    """Without a runner (``App.preflight``, ``nacelle-py check``): every preflight, then every finalize.
+
+    Each is bounded by the component's ``start_timeout`` (``finalize_timeout``
+    for the finalize), resolved against ``settings``; the problems found.
+    """
+    problems: list[ComponentError] = []
+    taken = []
+    for component, options in components:
+        if overridden(component, "preflight") is not None:
+            injector.inject_early(component, options.name)
+            taken.append((component, options))
+            timeout = resolved(options.start_timeout, settings.start_timeout)
+            problems += await _attempt(component.preflight, options.name, "preflight", timeout)
+    for component, options in reversed(taken):
+        timeout = resolved(options.finalize_timeout, settings.finalize_timeout)
+        problems += await _attempt(component.finalize, options.name, "finalize", timeout)
+    return problems
+
+
+async def _attempt(method: Callable[[], object], name: str, operation: str, timeout: float | None) -> list[ComponentError]:
+    """Call a component's method as the runner would (``async def`` on the loop, plain ``def`` on a
+    thread), within ``timeout``; its error, if any, as a one-item list."""
+    try:
+        with bounded(timeout) as scope:
+            if is_async(method):
+                await method()  # type: ignore[misc]
+            else:
+                await anyio.to_thread.run_sync(method, abandon_on_cancel=True)
+    except Exception as exc:
+        return [ComponentError(name, operation, exc)]
+    return [ComponentTimeoutError(name, operation, timeout or 0)] if scope.cancelled_caught else []
