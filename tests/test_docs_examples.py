@@ -27,6 +27,7 @@ import ast
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,7 +125,12 @@ def test_fragment_is_python(block: Block) -> None:
 def boot(block: Block, target: str, env: dict[str, str], folder: Path) -> None:
     """``nacelle-py run target`` until healthy (or ended by itself), then SIGTERM: exit status 0."""
     with AppProcess(["-m", "nacelle_py", "run", target], env, cwd=folder) as app:
-        event = app.wait_for(lambda e: e.get("event") in (HEALTHY, *ENDED), BOOT_TIMEOUT, f"{HEALTHY!r} or the app's end")
+        try:
+            event = app.wait_for(lambda e: e.get("event") in (HEALTHY, *ENDED), BOOT_TIMEOUT, f"{HEALTHY!r}")
+        except AssertionError:
+            if app.proc.poll() is None:
+                raise  # still running, never healthy: the message says how long it waited
+            raise AssertionError(f"{block.id}: {target} exited {app.proc.poll()} before it was healthy\n{app.dump()}")
         if event["event"] == HEALTHY:
             app.send(signal.SIGTERM)
         status = app.wait(STOP_TIMEOUT)
@@ -189,7 +195,8 @@ def run_tests(page: Path, tests: list[Block], folder: Path) -> PageRun:
 def assert_tests_passed(block: Block, run: PageRun) -> None:
     """The tests ``block`` defines passed, the ``async`` ones on asyncio and trio; pyflakes is quiet on its lines."""
     last = block.line + len(block.code.splitlines())
-    problems = [m for m in run.flakes if block.line < int(m.split(":")[1]) <= last]
+    lines = [re.match(r"[^:]*:(\d+):", message) for message in run.flakes]  # no number: a syntax error's excerpt
+    problems = [m for m, n in zip(run.flakes, lines) if n is None or block.line < int(n[1]) <= last]
     assert not problems, f"{block.id}: pyflakes:\n" + "\n".join(problems)
     for test, is_async in block.tests.items():
         for case in [f"{test}[asyncio]", f"{test}[trio]"] if is_async else [test]:
@@ -298,6 +305,10 @@ ROTTEN = {
     "boot": ("from nacelle_py import App, Initializer\n\n\nclass Db(Initializer):\n    def init(self) -> None:\n"
              "        raise ConnectionError('unreachable')\n\n\napp = App('rotten')\napp.register(Db(), name='db')\n",
              "rotten_md:app exited 1"),
+    "settings": ("from pydantic_settings import BaseSettings\n\nfrom nacelle_py import App, Initializer, Inject\n\n\n"
+                 "class DbSettings(BaseSettings):\n    url: str\n\n\nclass Db(Initializer):\n"
+                 "    settings: DbSettings = Inject()\n\n\napp = App('rotten')\napp.register(Db(), name='db')\n",
+                 "rotten_md:app exited 1 before it was healthy"),
 }
 
 
