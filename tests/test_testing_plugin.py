@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from importlib.metadata import entry_points
-from pathlib import Path
 
 import anyio
 import pytest
@@ -21,18 +19,11 @@ import nacelle_py.testing.plugin
 from nacelle_py import App, Inject, Process
 from nacelle_py.testing import Trace, running, test_app
 
+from _plugin import PLUGIN, installed
+
 pytest_plugins = ["pytester"]
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
 LIMIT = 20.0
-
-
-def _installed() -> bool:
-    return any(ep.value == "nacelle_py.testing.plugin" for ep in entry_points(group="pytest11", name="nacelle_py"))
-
-
-PLUGIN = [] if _installed() else ["-p", "nacelle_py.testing.plugin"]
-"""Installed, the plugin arrives through its entry point; from a checkout that is not installed, by name."""
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -50,7 +41,7 @@ class Idle(Process):
 
 
 def test_installing_the_package_registers_the_plugin(pytestconfig: pytest.Config) -> None:
-    assert _installed(), "no pytest11 entry point nacelle_py = nacelle_py.testing.plugin: reinstall the package"
+    assert installed(), "no pytest11 entry point nacelle_py = nacelle_py.testing.plugin: reinstall the package"
     assert pytestconfig.pluginmanager.get_plugin("nacelle_py") is nacelle_py.testing.plugin
 
 
@@ -231,21 +222,3 @@ def test_a_bad_backend_is_a_usage_error(pytester: pytest.Pytester, args: list[st
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--nacelle-backends: backends are asyncio and trio, got*"])
 
-
-# -- the docs' examples are tests that pass ----------------------------------------------
-
-
-def doc_examples() -> str:
-    """The ```python blocks of docs/testing.md, in order: together they make one test module."""
-    return "\n\n".join(re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.DOTALL))
-
-
-def test_the_examples_of_docs_testing_md_pass_on_both_backends(pytester: pytest.Pytester) -> None:
-    module = doc_examples()
-    tests = len(re.findall(r"^(?:async )?def test_", module, flags=re.MULTILINE))
-    assert tests >= 5
-    pytester.makepyfile(test_docs=module)
-    result = run(pytester, "--nacelle-backends", "-v")
-    outcomes = result.parseoutcomes()
-    assert set(outcomes) == {"passed"} and outcomes["passed"] >= tests, result.stdout.str()
-    assert "[trio] PASSED" in result.stdout.str() and "[asyncio] PASSED" in result.stdout.str()
