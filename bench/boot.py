@@ -219,11 +219,15 @@ def report(median: dict[str, float], skipped: str | None) -> None:
         print(f"  {skipped}")
     line("nacelle_py, LOG_LEVEL=warning", "nacelle")
     line("nacelle_py, LOG_LEVEL=info (to a discarded stream)", "nacelle+info")
-    print(f"  nacelle/bare:    warning {ratio('nacelle', 'bare')} (goal <= 1.2x), "
-          f"info {ratio('nacelle+info', 'bare')} (goal <= 1.5x)")
+    print(
+        f"  nacelle/bare:    warning {ratio('nacelle', 'bare')} (goal <= 1.2x), "
+        f"info {ratio('nacelle+info', 'bare')} (goal <= 1.5x)"
+    )
     if "aiomisc" in median:
-        print(f"  nacelle/aiomisc: warning {ratio('nacelle', 'aiomisc')} (goal <= 1.0x), "
-              f"info {ratio('nacelle+info', 'aiomisc')}")
+        print(
+            f"  nacelle/aiomisc: warning {ratio('nacelle', 'aiomisc')} (goal <= 1.0x), "
+            f"info {ratio('nacelle+info', 'aiomisc')}"
+        )
     print("each on a loop of its own, created and closed inside the timing (LOG_LEVEL=warning):")
     line("bare anyio, anyio.run(bare)", "own bare")
     if "own aiomisc" in median:

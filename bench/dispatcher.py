@@ -141,9 +141,7 @@ async def dispatcher_bounded(tasks: int) -> float:
 
 
 async def dispatcher_sync(tasks: int) -> float:
-    async with Dispatcher(
-        max_buffered=tasks, min_workers=WORKERS, max_workers=WORKERS, max_threads=WORKERS
-    ) as d:
+    async with Dispatcher(max_buffered=tasks, min_workers=WORKERS, max_workers=WORKERS, max_threads=WORKERS) as d:
         dispatch = d.dispatch
         started = time.perf_counter()
         for _ in range(tasks):
@@ -189,10 +187,7 @@ def rate(per_second: float) -> str:
 
 
 async def main(repeat: int, tasks: int, sync_tasks: int) -> None:
-    figures: dict[str, list[float]] = {
-        name: []
-        for name in (*THROUGHPUT, "p50", "p99", "light p50", "light p99")
-    }
+    figures: dict[str, list[float]] = {name: [] for name in (*THROUGHPUT, "p50", "p99", "light p50", "light p99")}
     for round_ in range(repeat + 1):  # round 0 is the warm-up: imports, code paths, allocator
         async_time, p50, p99 = await dispatcher_async(tasks)
         async_base = await queue_baseline(tasks, 0, wait_for_room=False)
@@ -234,8 +229,10 @@ async def main(repeat: int, tasks: int, sync_tasks: int) -> None:
     print(f"ratio dispatcher/ThreadPoolExecutor (sync): {sync_ratio:.2f}x (goal >= 1.0x)")
     bounded_ratio = median["bounded"] / median["bounded baseline"]
     print(f"ratio dispatcher/asyncio.Queue (async): {async_ratio:.2f}x (goal >= 1.0x)")
-    print(f"ratio dispatcher/asyncio.Queue({BOUNDED}) (bounded, await submit vs await put): "
-          f"{bounded_ratio:.2f}x (goal >= 1.0x)")
+    print(
+        f"ratio dispatcher/asyncio.Queue({BOUNDED}) (bounded, await submit vs await put): "
+        f"{bounded_ratio:.2f}x (goal >= 1.0x)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,11 @@ TURN = 0.5  # seconds; a turn and a warm-up stay below Hypercorn's 5 s keep-aliv
 GRACEFUL = 5.0  # seconds; HTTPServer's default HTTP_SHUTDOWN_TIMEOUT, given to both
 KINDS = {"direct": "direct Hypercorn", "framework": "HTTPServer + App.boot()"}
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-START = {"type": "http.response.start", "status": 200,
-         "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]}
+START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")],
+}
 BODY = {"type": "http.response.body", "body": b"ok"}
 
 
@@ -141,8 +144,11 @@ async def measure(servers: dict[str, tuple[int, int]], args: argparse.Namespace,
     load, turns = Load(kinds), max(1, round(args.seconds / TURN))
     sums = {kind: [0.0] * 4 for kind in kinds}  # responses, seconds, server CPU s, client CPU s
     async with asyncio.timeout(2 * (args.warmup + args.seconds) + 10):  # every wait is bounded
-        tasks = [asyncio.create_task(connection(port, load, kind))
-                 for kind, (port, _) in servers.items() for _ in range(args.connections)]
+        tasks = [
+            asyncio.create_task(connection(port, load, kind))
+            for kind, (port, _) in servers.items()
+            for _ in range(args.connections)
+        ]
         for kind in kinds:
             load.switch(kind)
             await asyncio.sleep(args.warmup)
@@ -156,8 +162,10 @@ async def measure(servers: dict[str, tuple[int, int]], args: argparse.Namespace,
         for event in load.turn.values():
             event.set()
         await asyncio.gather(*tasks)
-    return {kind: {"rate": n / wall, "server_cpu": server / wall, "client_cpu": client / wall, "per_cpu": n / server}
-            for kind, (n, wall, server, client) in sums.items()} | {"errors": load.errors}
+    return {
+        kind: {"rate": n / wall, "server_cpu": server / wall, "client_cpu": client / wall, "per_cpu": n / server}
+        for kind, (n, wall, server, client) in sums.items()
+    } | {"errors": load.errors}
 
 
 async def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -208,20 +216,27 @@ def run_round(args: argparse.Namespace, flip: bool) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    print(f"server backend: {args.backend} (fresh subprocesses each round); client: asyncio streams in this process, "
-          f"{args.connections} connections per server; {args.rounds} rounds of {args.seconds:g} s per kind")
+    print(
+        f"server backend: {args.backend} (fresh subprocesses each round); client: asyncio streams in this process, "
+        f"{args.connections} connections per server; {args.rounds} rounds of {args.seconds:g} s per kind"
+    )
     rounds: list[dict[str, Any]] = []
     for i in range(args.rounds):
         rounds.append(r := run_round(args, flip=bool(i % 2)))
-        print(f"round {i + 1}: direct {r['direct']['rate']:8,.0f} req/s ({r['direct']['per_cpu']:6,.0f} per CPU-s), "
-              f"HTTPServer {r['framework']['rate']:8,.0f} req/s ({r['framework']['per_cpu']:6,.0f} per CPU-s), "
-              f"ratio {r['framework']['rate'] / r['direct']['rate']:.3f}x "
-              f"(per CPU-s {r['framework']['per_cpu'] / r['direct']['per_cpu']:.3f}x)", flush=True)
+        print(
+            f"round {i + 1}: direct {r['direct']['rate']:8,.0f} req/s ({r['direct']['per_cpu']:6,.0f} per CPU-s), "
+            f"HTTPServer {r['framework']['rate']:8,.0f} req/s ({r['framework']['per_cpu']:6,.0f} per CPU-s), "
+            f"ratio {r['framework']['rate'] / r['direct']['rate']:.3f}x "
+            f"(per CPU-s {r['framework']['per_cpu'] / r['direct']['per_cpu']:.3f}x)",
+            flush=True,
+        )
     median = {kind: statistics.median(r[kind]["rate"] for r in rounds) for kind in KINDS}
     for kind, label in KINDS.items():
         cpu = [r[kind]["server_cpu"] for r in rounds]
-        print(f"{label + ':':<25} {median[kind]:8,.0f} req/s median (server CPU {statistics.median(cpu):4.0%}, "
-              f"min {min(cpu):4.0%}; client CPU {statistics.median(r[kind]['client_cpu'] for r in rounds):4.0%})")
+        print(
+            f"{label + ':':<25} {median[kind]:8,.0f} req/s median (server CPU {statistics.median(cpu):4.0%}, "
+            f"min {min(cpu):4.0%}; client CPU {statistics.median(r[kind]['client_cpu'] for r in rounds):4.0%})"
+        )
     ratios = [r["framework"]["rate"] / r["direct"]["rate"] for r in rounds]
     print(f"per-round ratios: min {min(ratios):.3f}x, max {max(ratios):.3f}x")
     if busy := sum(r[kind]["server_cpu"] < 0.9 for r in rounds for kind in KINDS):
@@ -234,8 +249,10 @@ def main(args: argparse.Namespace) -> int:
     # The headline: requests per second of the server's own CPU. Both servers are
     # CPU-bound, so this is requests/s on a quiet core, and it does not depend on how
     # much of a core a shared machine happened to give each turn.
-    print(f"ratio HTTPServer / direct Hypercorn: {per_cpu:.2f}x (requests per server CPU-second, "
-          f"median of {len(rounds)} rounds; goal >= 0.95)")
+    print(
+        f"ratio HTTPServer / direct Hypercorn: {per_cpu:.2f}x (requests per server CPU-second, "
+        f"median of {len(rounds)} rounds; goal >= 0.95)"
+    )
     return 1 if errors else 0
 
 

@@ -20,7 +20,9 @@ import subprocess
 import sys
 import time
 
-DEPENDENCIES = "import anyio, dependency_injector.containers, dependency_injector.providers, pydantic_settings, structlog"
+DEPENDENCIES = (
+    "import anyio, dependency_injector.containers, dependency_injector.providers, pydantic_settings, structlog"
+)
 PACKAGE = "import nacelle_py"
 EMPTY = "pass"
 

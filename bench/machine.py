@@ -177,6 +177,8 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=100_000)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    print(f"backend: asyncio, {args.routines:,} routines, {args.messages:,} messages to {SUBSCRIBERS} subscribers, "
-          f"repetitions: {args.repeat} after a warm-up (median)")
+    print(
+        f"backend: asyncio, {args.routines:,} routines, {args.messages:,} messages to {SUBSCRIBERS} subscribers, "
+        f"repetitions: {args.repeat} after a warm-up (median)"
+    )
     anyio.run(main, args.repeat, args.routines, args.messages)

@@ -48,11 +48,10 @@ from typing import Any
 
 import anyio
 import structlog
+from _redis_server import RedisServer
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from nacelle_py.base import Pipeline, Stage
-
-from _redis_server import RedisServer
 
 BUFFER = 1024
 CHUNK = 1000
@@ -284,8 +283,10 @@ async def main(repeat: int, n: int, on: OnRedis | None, redis_n: int) -> None:
         by_hand = median["coredis by hand"]
         many = median["worker-based 2-stage emit.many"]
         print(f"goal worker-based emit.many >= 100,000 items/s: {many:,.0f}")
-        print(f"ratio worker-based 2-stage per item/coredis by hand: {median['worker-based 2-stage'] / by_hand:.2f}x "
-              "(goal >= 0.8x)")
+        print(
+            f"ratio worker-based 2-stage per item/coredis by hand: {median['worker-based 2-stage'] / by_hand:.2f}x "
+            "(goal >= 0.8x)"
+        )
         print(f"ratio worker-based 2-stage emit.many/coredis by hand: {many / by_hand:.2f}x (goal >= 0.8x)")
 
 
@@ -301,8 +302,10 @@ if __name__ == "__main__":
     server = None if args.no_redis else RedisServer()
     try:
         if server is not None:
-            print(f"worker-based rows: redis-server {server.version} on 127.0.0.1:{server.port}, "
-                  f"{args.redis_items:,} items")
+            print(
+                f"worker-based rows: redis-server {server.version} on 127.0.0.1:{server.port}, "
+                f"{args.redis_items:,} items"
+            )
         anyio.run(main, args.repeat, args.items, None if server is None else OnRedis(server), args.redis_items)
     finally:
         if server is not None:

@@ -86,15 +86,14 @@ the peers (for quick iterations).
 
 from __future__ import annotations
 
-import os
-import sys
-
 import argparse
 import json
 import logging
+import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -102,10 +101,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import BaseModel
 import structlog
-
 from _redis_server import RedisServer, Resp
+from pydantic import BaseModel
 
 POLL = 0.002  # seconds between looks at Redis while consumers drain the queue
 NACELLE_STREAM = "bench:nacelle"
@@ -121,8 +119,9 @@ def remaining(system: str, conn: Resp) -> int:
     """Tasks without a stored outcome yet: entries left in the queue plus entries pending."""
     if system == "arq":
         return int(conn.command("ZCARD", ARQ_QUEUE))
-    stream, group = ((NACELLE_STREAM, "nacelle") if system == "nacelle"
-                     else (f"streaq:{STREAQ_QUEUE}:queues:normal", "workers"))
+    stream, group = (
+        (NACELLE_STREAM, "nacelle") if system == "nacelle" else (f"streaq:{STREAQ_QUEUE}:queues:normal", "workers")
+    )
     length, pending = conn.commands(("XLEN", stream), ("XPENDING", stream, group))
     if isinstance(pending, RuntimeError):  # NOGROUP: no consumer has created the group yet
         if not str(pending).startswith("NOGROUP"):
@@ -194,7 +193,9 @@ async def enqueue_arq(url: str, n: int) -> tuple[float, list[str]]:
 
 
 PRODUCERS: dict[str, Callable[[str, int], Any]] = {
-    "nacelle": enqueue_nacelle, "streaq": enqueue_streaq, "arq": enqueue_arq,
+    "nacelle": enqueue_nacelle,
+    "streaq": enqueue_streaq,
+    "arq": enqueue_arq,
 }
 
 
@@ -239,7 +240,9 @@ class Gate:
             spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
             self.sampler = subprocess.Popen(
                 [spy, "record", "--pid", str(os.getpid()), "--format", "raw", "--rate", "250", "-o", self.py_spy],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             await anyio.sleep(0.2)  # let it attach
         self.cpu = time.process_time()
         if self.profiler is not None:
@@ -258,8 +261,9 @@ class Gate:
 async def consume_nacelle(url: str, concurrency: int, gate: Gate, options: argparse.Namespace) -> int:
     from nacelle_py.base import Dispatcher
 
-    jobs = Dispatcher(min_workers=concurrency, max_workers=concurrency, backend="redis", redis_url=url,
-                      stream=NACELLE_STREAM)
+    jobs = Dispatcher(
+        min_workers=concurrency, max_workers=concurrency, backend="redis", redis_url=url, stream=NACELLE_STREAM
+    )
 
     @jobs.task("noop")
     async def noop() -> None:
@@ -300,9 +304,14 @@ async def consume_arq(url: str, concurrency: int, gate: Gate, options: argparse.
     async def noop(ctx: dict[str, Any]) -> None:
         pass
 
-    worker = Worker(functions=[func(noop, name="noop")], queue_name=ARQ_QUEUE,
-                    redis_settings=RedisSettings.from_dsn(url), max_jobs=concurrency,
-                    poll_delay=options.arq_poll_delay, handle_signals=False)
+    worker = Worker(
+        functions=[func(noop, name="noop")],
+        queue_name=ARQ_QUEUE,
+        redis_settings=RedisSettings.from_dsn(url),
+        max_jobs=concurrency,
+        poll_delay=options.arq_poll_delay,
+        handle_signals=False,
+    )
     await gate.go()
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.main)
@@ -351,8 +360,16 @@ def machine_busy() -> float:
 class Turn:
     """The figures of one system's turn (times in seconds, CPU in CPU seconds)."""
 
-    def __init__(self, enqueue: float, drain: float, consumer_cpu: float, redis_cpu: float, busy: float,
-                 completed: list[int], stop: float) -> None:
+    def __init__(
+        self,
+        enqueue: float,
+        drain: float,
+        consumer_cpu: float,
+        redis_cpu: float,
+        busy: float,
+        completed: list[int],
+        stop: float,
+    ) -> None:
         self.enqueue = enqueue
         self.drain = drain
         self.consumer_cpu = consumer_cpu
@@ -366,10 +383,26 @@ class Odd(list[str]):
     """Anything unexpected seen during the run (printed at the end)."""
 
 
-def spawn(system: str, server: RedisServer, options: argparse.Namespace, profile: str | None,
-          py_spy: str | None, logs: list[Path]) -> subprocess.Popen[str]:
-    argv = [sys.executable, os.path.abspath(__file__), "--consumer", system, "--url", server.url,
-            "--concurrency", str(options.concurrency), "--arq-poll-delay", str(options.arq_poll_delay)]
+def spawn(
+    system: str,
+    server: RedisServer,
+    options: argparse.Namespace,
+    profile: str | None,
+    py_spy: str | None,
+    logs: list[Path],
+) -> subprocess.Popen[str]:
+    argv = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--consumer",
+        system,
+        "--url",
+        server.url,
+        "--concurrency",
+        str(options.concurrency),
+        "--arq-poll-delay",
+        str(options.arq_poll_delay),
+    ]
     if profile:
         argv += ["--profile", profile]
     if py_spy:
@@ -389,12 +422,20 @@ def expect(proc: subprocess.Popen[str], log: Path, prefix: str, odd: Odd, who: s
             proc.wait()
             sys.exit(f"a consumer exited (status {proc.returncode}):\n{log.read_text()[-3000:]}")
         if line.startswith(prefix):
-            return line[len(prefix):].strip()
+            return line[len(prefix) :].strip()
         odd.append(f"{who} consumer stdout: {line.strip()[:800]}")
 
 
-def turn(system: str, processes: int, n: int, server: RedisServer, options: argparse.Namespace, odd: Odd,
-         profile: str | None = None, py_spy: str | None = None) -> Turn:
+def turn(
+    system: str,
+    processes: int,
+    n: int,
+    server: RedisServer,
+    options: argparse.Namespace,
+    odd: Odd,
+    profile: str | None = None,
+    py_spy: str | None = None,
+) -> Turn:
     conn = server.conn
     conn.command("FLUSHALL")
     logs: list[Path] = []
@@ -412,8 +453,10 @@ def turn(system: str, processes: int, n: int, server: RedisServer, options: argp
             proc.send_signal(GO)
         while remaining(system, conn):
             if time.perf_counter() - started > limit:
-                odd.append(f"{system} x{processes}: not drained after {limit:g} s "
-                           f"({remaining(system, conn)} of {n} left): stuck consumer?")
+                odd.append(
+                    f"{system} x{processes}: not drained after {limit:g} s "
+                    f"({remaining(system, conn)} of {n} left): stuck consumer?"
+                )
                 break
             time.sleep(POLL)
         drain = time.perf_counter() - started
@@ -487,6 +530,7 @@ async def memory_round(n: int, named_first: bool) -> tuple[float, float, float, 
             dispatch = jobs.dispatch
             started = time.perf_counter()
             for _ in range(n):
+
                 async def job(email: Email = email) -> None:
                     await send(email)
 
@@ -544,11 +588,16 @@ def main(options: argparse.Namespace) -> None:
     memory: list[tuple[float, float, float, float]] = []
     import nacelle_py
 
-    print(f"nacelle_py from {os.path.dirname(nacelle_py.__file__)}, streaq {installed('streaq')}, "
-          f"arq {installed('arq')}, Python {sys.version.split()[0]}")
-    print(f"redis-server {server.version} on 127.0.0.1:{server.port}, {os.cpu_count()} CPUs, "
-          f"{n:,} no-op tasks, concurrency {options.concurrency} per consumer process, "
-          f"{options.repeat} rounds after a warm-up (median)", flush=True)
+    print(
+        f"nacelle_py from {os.path.dirname(nacelle_py.__file__)}, streaq {installed('streaq')}, "
+        f"arq {installed('arq')}, Python {sys.version.split()[0]}"
+    )
+    print(
+        f"redis-server {server.version} on 127.0.0.1:{server.port}, {os.cpu_count()} CPUs, "
+        f"{n:,} no-op tasks, concurrency {options.concurrency} per consumer process, "
+        f"{options.repeat} rounds after a warm-up (median)",
+        flush=True,
+    )
     try:
         for round_ in range(options.repeat + 1):
             warm = round_ == 0
@@ -561,11 +610,14 @@ def main(options: argparse.Namespace) -> None:
                 if not warm:
                     turns[system, processes].append(result)
                 if options.verbose:
-                    print(f"  round {round_} {system} x{processes}: enqueue {count / result.enqueue:,.0f}/s, "
-                          f"drain {count / result.drain:,.0f}/s, cores busy: consumers "
-                          f"{result.consumer_cpu / result.drain:.2f}, redis {result.redis_cpu / result.drain:.2f}, "
-                          f"other {result.other_cpu / result.drain:.2f}; stop {result.stop:.2f} s, per process "
-                          f"{result.completed}", flush=True)
+                    print(
+                        f"  round {round_} {system} x{processes}: enqueue {count / result.enqueue:,.0f}/s, "
+                        f"drain {count / result.drain:,.0f}/s, cores busy: consumers "
+                        f"{result.consumer_cpu / result.drain:.2f}, redis {result.redis_cpu / result.drain:.2f}, "
+                        f"other {result.other_cpu / result.drain:.2f}; stop {result.stop:.2f} s, per process "
+                        f"{result.completed}",
+                        flush=True,
+                    )
             for pair in range(options.memory_pairs):  # a pair takes a second: several per round steady the median
                 named_first = (round_ + pair) % 2 == 0
                 memory_result = anyio.run(memory_round, options.memory_tasks, named_first, backend="asyncio")
@@ -583,8 +635,10 @@ def main(options: argparse.Namespace) -> None:
         return statistics.median(value(t) for t in turns[row])
 
     consume = {row: med(row, lambda t: n / t.drain) for row in all_rows}
-    enqueue = {system: statistics.median(n / t.enqueue for row in all_rows if row[0] == system for t in turns[row])
-               for system in systems}
+    enqueue = {
+        system: statistics.median(n / t.enqueue for row in all_rows if row[0] == system for t in turns[row])
+        for system in systems
+    }
     lines = []
     peers = min(options.peer_rounds, options.repeat)
     rounds = {system: options.repeat if system == "nacelle" else peers for system in SYSTEMS}
@@ -612,16 +666,20 @@ def main(options: argparse.Namespace) -> None:
     for label, figure in lines:
         print(f"{label + ':':<{width}} {figure}")
     cores = os.cpu_count() or 1
-    print(f"CPU while draining: ms per 1,000 tasks for the consumers and redis-server, and cores busy "
-          f"(of {cores}) with them and with everything else (this process's polling, other users):")
+    print(
+        f"CPU while draining: ms per 1,000 tasks for the consumers and redis-server, and cores busy "
+        f"(of {cores}) with them and with everything else (this process's polling, other users):"
+    )
     for row in all_rows:
         consumer_ms = med(row, lambda t: t.consumer_cpu) / n * 1e6  # CPU s per task -> ms per 1,000 tasks
         redis_ms = med(row, lambda t: t.redis_cpu) / n * 1e6  # CPU s per task -> ms per 1,000 tasks
         ours = med(row, lambda t: (t.consumer_cpu + t.redis_cpu) / t.drain)
         other = med(row, lambda t: t.other_cpu / t.drain)
         stop = med(row, lambda t: t.stop)
-        print(f"  {row[0]} x{row[1]}: consumers {consumer_ms:7.1f} ms, redis {redis_ms:6.1f} ms; cores busy "
-              f"{ours:.2f} + {other:.2f} other; consumers took {stop:.2f} s to stop")
+        print(
+            f"  {row[0]} x{row[1]}: consumers {consumer_ms:7.1f} ms, redis {redis_ms:6.1f} ms; cores busy "
+            f"{ours:.2f} + {other:.2f} other; consumers took {stop:.2f} s to stop"
+        )
     for how, profiled_turn in profiled:
         print(f"profiled turn (nacelle x1, under {how}): {n / profiled_turn.drain:,.0f} tasks/s")
     if options.profile:
@@ -630,8 +688,10 @@ def main(options: argparse.Namespace) -> None:
         print_samples(options.py_spy)
     busy = [t for row in all_rows for t in turns[row] if t.other_cpu > 0.5 * t.drain]
     if busy:
-        odd.append(f"in {len(busy)} of {sum(len(v) for v in turns.values())} turns other processes kept more than "
-                   "half a core busy while the consumers drained: those turns' figures are low (--verbose lists them)")
+        odd.append(
+            f"in {len(busy)} of {sum(len(v) for v in turns.values())} turns other processes kept more than "
+            "half a core busy while the consumers drained: those turns' figures are low (--verbose lists them)"
+        )
     for remark in odd:
         print(f"note: {remark}")
     one, two = consume["nacelle", 1], consume["nacelle", 2]
@@ -647,12 +707,16 @@ def main(options: argparse.Namespace) -> None:
     # Two processes can only help while a core is idle: the CPU one task costs (consumer plus
     # Redis, measured in the two-process turns) bounds the rate both cores can sustain.
     per_task = med(("nacelle", 2), lambda t: (t.consumer_cpu + t.redis_cpu) / n)
-    print(f"ratio nacelle 2 processes/1 process: {two / one:.2f}x ({cores} cores shared by the consumers, "
-          f"redis-server and everything else: at {per_task * 1e6:.0f} µs of CPU per task they allow at most "
-          f"{cores / per_task:,.0f} tasks/s with both cores free)")
-    print(f"memory: named tasks take {joined_time / dispatch_time:.2f}x the time of dispatch(callable) of the "
-          f"same work (goal <= 1.5x); {named_time / dispatch_time:.2f}x reading every result too; "
-          f"{joined_time / bare_time:.2f}x a bare dispatch(noop)")
+    print(
+        f"ratio nacelle 2 processes/1 process: {two / one:.2f}x ({cores} cores shared by the consumers, "
+        f"redis-server and everything else: at {per_task * 1e6:.0f} µs of CPU per task they allow at most "
+        f"{cores / per_task:,.0f} tasks/s with both cores free)"
+    )
+    print(
+        f"memory: named tasks take {joined_time / dispatch_time:.2f}x the time of dispatch(callable) of the "
+        f"same work (goal <= 1.5x); {named_time / dispatch_time:.2f}x reading every result too; "
+        f"{joined_time / bare_time:.2f}x a bare dispatch(noop)"
+    )
 
 
 def print_profile(path: str, top: int = 25) -> None:
@@ -697,8 +761,12 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32, help="tasks at once per consumer process")
     parser.add_argument("--memory-tasks", type=int, default=100_000, help="tasks each way, memory backend")
     parser.add_argument("--memory-pairs", type=int, default=3, help="memory rounds (each way once) per round")
-    parser.add_argument("--peer-rounds", type=int, default=1,
-                        help="measured rounds that include streaq and arq (they take ~1 min a round)")
+    parser.add_argument(
+        "--peer-rounds",
+        type=int,
+        default=1,
+        help="measured rounds that include streaq and arq (they take ~1 min a round)",
+    )
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="which systems to run (nacelle always)")
     parser.add_argument("--arq-poll-delay", type=float, default=0.01, help="arq's poll_delay (its default: 0.5)")
     parser.add_argument("--profile", metavar="FILE", help="one more nacelle turn under cProfile, saved to FILE")

@@ -66,10 +66,16 @@ SOAK_WARMUP = 10.0
 RECOVERY_TIMEOUT = 10.0
 
 LATENCY_OPTIONS: dict[str, Any] = {
-    "restart": "on_failure", "max_restarts": 10**9, "restart_window": 60.0, "backoff": (1e-6, 1e-6),
+    "restart": "on_failure",
+    "max_restarts": 10**9,
+    "restart_window": 60.0,
+    "backoff": (1e-6, 1e-6),
 }
 SOAK_OPTIONS: dict[str, Any] = {
-    "restart": "always", "max_restarts": 10**9, "restart_window": 1.0, "backoff": (0.001, 0.05),
+    "restart": "always",
+    "max_restarts": 10**9,
+    "restart_window": 1.0,
+    "backoff": (0.001, 0.05),
 }
 
 
@@ -102,8 +108,14 @@ def feature_missing(what: str, exc: BaseException) -> NoReturn:
 
 def new_app(name: str, *, ops_addr: str | None = None) -> App:
     try:
-        return App(name, env_prefix=ENV_PREFIX, restart_strategy="one_for_one",
-                   handle_signals=False, log_stream=DISCARD, ops_addr=ops_addr)
+        return App(
+            name,
+            env_prefix=ENV_PREFIX,
+            restart_strategy="one_for_one",
+            handle_signals=False,
+            log_stream=DISCARD,
+            ops_addr=ops_addr,
+        )
     except (TypeError, RegistrationError) as exc:
         feature_missing("App()", exc)
 
@@ -252,10 +264,11 @@ async def latency(restarts: int) -> None:
         app.shutdown()
     restart, boot = statistics.median(restart_times), statistics.median(boot_times)
     p90 = statistics.quantiles(restart_times, n=10)[-1]
-    print(f"restart of a failed no-op process, failure to healthy again (median of {restarts}): "
-          f"{restart * 1000:8.3f} ms (p90 {p90 * 1000:.3f} ms)")
-    print(f"fresh boot of the same one-process app to healthy (median of {restarts}):          "
-          f"{boot * 1000:8.3f} ms")
+    print(
+        f"restart of a failed no-op process, failure to healthy again (median of {restarts}): "
+        f"{restart * 1000:8.3f} ms (p90 {p90 * 1000:.3f} ms)"
+    )
+    print(f"fresh boot of the same one-process app to healthy (median of {restarts}):          {boot * 1000:8.3f} ms")
     print(f"ratio restart / fresh boot: {restart / boot:.2f}x")
     print(f"health key unhealthy with reason 'restarting' during {marked_restarting} of {restarts} restarts")
 
@@ -331,7 +344,8 @@ async def scrape_restarts(address: tuple[str, int] | None) -> str:
     except (OSError, TimeoutError) as exc:
         return f"not read ({type(exc).__name__}: {exc})"
     values = [
-        float(line.rsplit(" ", 1)[1]) for line in body.decode("utf-8", "replace").splitlines()
+        float(line.rsplit(" ", 1)[1])
+        for line in body.decode("utf-8", "replace").splitlines()
         if line.startswith("nacelle_component_restarts_total{")
     ]
     return f"{sum(values):.0f} (sum over {len(values)} components)" if values else "absent from /metrics"
@@ -340,7 +354,7 @@ async def scrape_restarts(address: tuple[str, int] | None) -> str:
 def wrapped(label: str, values: list[int], per_line: int = 15) -> None:
     print(f"{label}:")
     for i in range(0, len(values), per_line):
-        print("  " + " ".join(f"{v:>{len(str(max(values)))}}" for v in values[i:i + per_line]))
+        print("  " + " ".join(f"{v:>{len(str(max(values)))}}" for v in values[i : i + per_line]))
 
 
 async def soak(seconds: int) -> None:
@@ -348,8 +362,9 @@ async def soak(seconds: int) -> None:
     app = new_app("soak", ops_addr="127.0.0.1:0" if extras else None)
     state = Soak()
     for i in range(SOAK_PROCESSES):
-        register(app, Churner(state, f"churner-{i}"), name=f"churner-{i}", priority=i % SOAK_PRIORITIES,
-                 options=SOAK_OPTIONS)
+        register(
+            app, Churner(state, f"churner-{i}"), name=f"churner-{i}", priority=i % SOAK_PRIORITIES, options=SOAK_OPTIONS
+        )
     app.on_ready(state.go.set)
     samples: list[tuple[float, int, int, int]] = []  # (t, RSS KB, fds, restarts so far)
     ended = False
@@ -369,8 +384,9 @@ async def soak(seconds: int) -> None:
         for k in range(seconds + 1):
             await anyio.sleep(max(0.0, origin + k - time.monotonic()))
             if ended:
-                raise BenchError(f"the soak app stopped serving after {k} s: "
-                                 f"{app.errors[-1] if app.errors else 'no error recorded'}")
+                raise BenchError(
+                    f"the soak app stopped serving after {k} s: {app.errors[-1] if app.errors else 'no error recorded'}"
+                )
             samples.append((time.monotonic() - origin, rss_kb(), open_fds(), state.runs - SOAK_PROCESSES))
         metric = await scrape_restarts(app.ops_address)
         errors = len(app.errors)
@@ -383,13 +399,19 @@ async def soak(seconds: int) -> None:
     restarts = samples[-1][3]
     wrapped("RSS, KB, one sample a second from ready", [s[1] for s in samples])
     wrapped("open fds", [s[2] for s in samples])
-    print(f"RSS slope after warm-up (t >= {warmup:.3g} s, {len(steady)} samples): "
-          f"{slope([(t, rss) for t, rss, _, _ in steady]):+.2f} KB/s (goal: flat); "
-          f"{samples[0][1]} KB at ready, {samples[-1][1]} KB at the end")
-    print(f"open fds slope after warm-up: {slope([(t, fds) for t, _, fds, _ in steady]):+.4f} fds/s (goal: flat); "
-          f"{samples[0][2]} at ready, {samples[-1][2]} at the end")
-    print(f"restarts done: {restarts} in {samples[-1][0]:.0f} s ({restarts / max(samples[-1][0], 1e-9):.0f}/s); "
-          f"nacelle_component_restarts_total: {metric}")
+    print(
+        f"RSS slope after warm-up (t >= {warmup:.3g} s, {len(steady)} samples): "
+        f"{slope([(t, rss) for t, rss, _, _ in steady]):+.2f} KB/s (goal: flat); "
+        f"{samples[0][1]} KB at ready, {samples[-1][1]} KB at the end"
+    )
+    print(
+        f"open fds slope after warm-up: {slope([(t, fds) for t, _, fds, _ in steady]):+.4f} fds/s (goal: flat); "
+        f"{samples[0][2]} at ready, {samples[-1][2]} at the end"
+    )
+    print(
+        f"restarts done: {restarts} in {samples[-1][0]:.0f} s ({restarts / max(samples[-1][0], 1e-9):.0f}/s); "
+        f"nacelle_component_restarts_total: {metric}"
+    )
     print(f"errors held in app.errors at the end: {errors}")
 
 
@@ -404,8 +426,10 @@ def leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
 async def main(seconds: int, restarts: int, backend: str) -> None:
     print(f"backend: {backend}")
     await latency(restarts)
-    print(f"soak: {SOAK_PROCESSES} processes in {SOAK_PRIORITIES} priorities, restart='always', "
-          f"one_for_one, backoff {SOAK_OPTIONS['backoff']}, {seconds} s")
+    print(
+        f"soak: {SOAK_PROCESSES} processes in {SOAK_PRIORITIES} priorities, restart='always', "
+        f"one_for_one, backoff {SOAK_OPTIONS['backoff']}, {seconds} s"
+    )
     await soak(seconds)
 
 

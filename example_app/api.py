@@ -46,8 +46,15 @@ create table if not exists api_rows (
 """
 MAX_BODY = 64 * 1024
 ROUTES = [
-    "GET /", "GET /rows?limit=N", "POST /rows", "GET /rows/{id}", "DELETE /rows/{id}", "GET /heartbeats/latest",
-    "POST /jobs/summarise", "GET /jobs/{id}", "POST /flaky/crash",
+    "GET /",
+    "GET /rows?limit=N",
+    "POST /rows",
+    "GET /rows/{id}",
+    "DELETE /rows/{id}",
+    "GET /heartbeats/latest",
+    "POST /jobs/summarise",
+    "GET /jobs/{id}",
+    "POST /flaky/crash",
 ]
 MAX_JOBS = 1000  # tasks one POST /jobs/summarise may enqueue
 

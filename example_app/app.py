@@ -48,8 +48,13 @@ def build_app() -> App:
     except ConfigError:
         limits = FlakySettings.model_construct()  # boot reports the bad value, naming it, before starting anything
     flaky = app.register(
-        Flaky(), name="flaky", priority=2, restart="on_failure",
-        max_restarts=limits.max_restarts, restart_window=limits.restart_window, backoff=(0.2, 5.0),
+        Flaky(),
+        name="flaky",
+        priority=2,
+        restart="on_failure",
+        max_restarts=limits.max_restarts,
+        restart_window=limits.restart_window,
+        backoff=(0.2, 5.0),
     )
     app.services.set("flaky", flaky)  # for the API's POST /flaky/crash
     # The HTTP API starts last (once everything it reads is up) and so stops first:

@@ -40,7 +40,9 @@ class FlakySettings(BaseSettings):
     max_restarts: int = Field(
         5, ge=0, description="Restarts of the flaky process allowed within the window; one more stops the app."
     )
-    restart_window: float = Field(60.0, gt=0, description="Seconds over which the flaky process's restarts are counted.")
+    restart_window: float = Field(
+        60.0, gt=0, description="Seconds over which the flaky process's restarts are counted."
+    )
 
 
 class FlakyCrash(RuntimeError):

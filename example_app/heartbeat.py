@@ -67,7 +67,9 @@ class Heartbeat(Process):
             if beats % 10 == 0:
                 # One clean-up a minute however many replicas beat: the key makes the
                 # second enqueue within the same minute a no-op (it returns the first id).
-                await self.jobs.enqueue("prune_heartbeats", PruneRequest(keep=KEEP_ROWS), key=f"prune:{int(time.time() // 60)}")
+                await self.jobs.enqueue(
+                    "prune_heartbeats", PruneRequest(keep=KEEP_ROWS), key=f"prune:{int(time.time() // 60)}"
+                )
             # Sleep one tick, but wake at once when stop() is called. The tick is read
             # each time: a reload may have changed it.
             with anyio.move_on_after(self.settings.tick):

@@ -28,9 +28,9 @@ from ._logging import make_logger
 from ._loopwatch import LoopWatch
 from ._machines import MachineService
 from ._ops import Operations, OpsSettings, SystemdSettings, parse_addr
-from ._serving import BindError, TLSError
 from ._registry import Registry, resolved
 from ._services import PerComponent, ServiceContainer
+from ._serving import BindError, TLSError
 from ._settings import AppSettings
 
 __all__ = ["App"]
@@ -113,7 +113,9 @@ class App:
         self._strategy: Strategy = restart_strategy
         self.name = name
         self.config = Config(
-            _env_prefix(name) if env_prefix is None else env_prefix, env_file=env_file, secrets_dir=secrets_dir,
+            _env_prefix(name) if env_prefix is None else env_prefix,
+            env_file=env_file,
+            secrets_dir=secrets_dir,
             fallback=env_fallback,
         )
         self._parse_args = parse_args
@@ -179,9 +181,18 @@ class App:
         if self._state != "new":
             raise RegistrationError(f"{name or type(component).__name__}: cannot register after the app has started")
         self._registry.add(
-            component, name, priority=priority, start_timeout=start_timeout, shutdown_timeout=shutdown_timeout,
-            init_timeout=init_timeout, finalize_timeout=finalize_timeout, reload_timeout=reload_timeout,
-            silent_exit=silent_exit, restart=restart, max_restarts=max_restarts, restart_window=restart_window,
+            component,
+            name,
+            priority=priority,
+            start_timeout=start_timeout,
+            shutdown_timeout=shutdown_timeout,
+            init_timeout=init_timeout,
+            finalize_timeout=finalize_timeout,
+            reload_timeout=reload_timeout,
+            silent_exit=silent_exit,
+            restart=restart,
+            max_restarts=max_restarts,
+            restart_window=restart_window,
             backoff=backoff,
         )
         return component
@@ -343,7 +354,8 @@ class App:
 
     def _undeclared_service(self, key: str) -> None:
         self.logger.warning(
-            "service set that no component declares; nacelle-py check cannot see it", key=key,
+            "service set that no component declares; nacelle-py check cannot see it",
+            key=key,
             hint=f"add {key!r} to the provides of the component that sets it: provides = ({key!r},)",
         )
 

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 __all__ = [
-    "BACKENDS", "USAGE_STATUS", "Backend", "BootArgs", "UsageError", "parse_boot_args", "read_command_line", "usage",
+    "BACKENDS",
+    "USAGE_STATUS",
+    "Backend",
+    "BootArgs",
+    "UsageError",
+    "parse_boot_args",
+    "read_command_line",
+    "usage",
 ]
 
 Backend = Literal["asyncio", "trio"]
@@ -58,9 +65,7 @@ def parse_boot_args(args: Sequence[str]) -> BootArgs:
             backend = value
         else:
             what = "option" if arg.startswith("-") else "argument"
-            raise UsageError(
-                f"unknown {what} {arg!r}: settings come from the environment (--help lists them)"
-            )
+            raise UsageError(f"unknown {what} {arg!r}: settings come from the environment (--help lists them)")
     return BootArgs(help=wants_help, backend=backend)  # type: ignore[arg-type]
 
 

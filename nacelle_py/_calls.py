@@ -28,7 +28,7 @@ def is_async(method: Callable[..., Any]) -> bool:
         return bool(code.co_flags & inspect.CO_COROUTINE)
     if inspect.iscoroutinefunction(method):  # partials, ...
         return True
-    call = getattr(type(method), "__call__", None)  # an object whose __call__ is async def
+    call = getattr(type(method), "__call__", None)  # noqa: B004 - its __call__, not whether it has one
     return call is not None and not isinstance(method, type) and inspect.iscoroutinefunction(call)
 
 
@@ -63,7 +63,9 @@ def _report_late(logger: Any, label: str, exc: BaseException) -> None:
     component, _, operation = label.rpartition(".")
     logger.warning(
         "an abandoned plain def raised after the runner stopped waiting for it",
-        component=component, operation=operation, error=f"{type(exc).__name__}: {exc}",
+        component=component,
+        operation=operation,
+        error=f"{type(exc).__name__}: {exc}",
     )
 
 

@@ -307,7 +307,9 @@ class Config:
             loc = error.get("loc") or ("?",)
             field_name = self._field_for(model, str(loc[0]))
             if field_name is None:
-                problems.append(SettingError(f"{self.prefix}{loc[0]}".upper(), error["msg"], model.__name__, str(loc[0])))
+                problems.append(
+                    SettingError(f"{self.prefix}{loc[0]}".upper(), error["msg"], model.__name__, str(loc[0]))
+                )
                 continue
             names = self.env_names(model, field_name)
             field = model.model_fields[field_name]
@@ -331,7 +333,7 @@ class Config:
         if field_name is None:
             return SettingError(f"{self.prefix}*", str(exc), model.__name__, "?")
         names = self.env_names(model, field_name)
-        message = "cannot be decoded: complex values are JSON, e.g. {\"key\": \"value\"} or [1, 2]"
+        message = 'cannot be decoded: complex values are JSON, e.g. {"key": "value"} or [1, 2]'
         if len(names) > 1:
             message = f"{message}; also read from {names[1]}"
         return SettingError(names[0], message, model.__name__, field_name)

@@ -72,8 +72,7 @@ class ConfigError(NacelleError):
         self.errors: tuple[SettingError, ...] = tuple(errors)
         lines = "\n".join(f"  - {e}" for e in self.errors)
         super().__init__(
-            f"invalid configuration ({len(self.errors)} problem(s)); "
-            f"set or fix these env variables:\n{lines}"
+            f"invalid configuration ({len(self.errors)} problem(s)); set or fix these env variables:\n{lines}"
         )
 
 

@@ -205,7 +205,8 @@ class Health:
         """Internal: the unhealthy keys of ``owners`` that are not held (what a restart's health wait waits for)."""
         with self._registry.lock:
             return [
-                c.status() for c in self._registry.components.values()
+                c.status()
+                for c in self._registry.components.values()
                 if c.component in owners and not c._healthy and not c._held
             ]
 

@@ -16,7 +16,24 @@ from typing import NamedTuple
 __all__ = ["LATENCY_BUCKETS", "Histogram", "HistogramSnapshot"]
 
 LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 """Upper bounds (seconds) for waits that are usually well under a millisecond and sometimes a minute."""
 
@@ -72,8 +89,11 @@ class Histogram:
 
     def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
         checked = tuple(float(b) for b in bounds)
-        if not checked or any(not math.isfinite(b) for b in checked) or \
-                any(a >= b for a, b in zip(checked, checked[1:])):
+        if (
+            not checked
+            or any(not math.isfinite(b) for b in checked)
+            or any(a >= b for a, b in zip(checked, checked[1:]))
+        ):
             raise ValueError(f"Histogram: bounds must be finite and strictly ascending, got {tuple(bounds)!r}")
         self.bounds = checked
         self._counts = [0] * (len(checked) + 1)

@@ -243,12 +243,16 @@ class Injector:
             if plan.optional:
                 return None
             raise InjectionError(
-                name, plan.attr, f"no service of type {_type_name(plan.annotation)} is registered; "
-                "set one in an initializer of a lower priority, or give a key"
+                name,
+                plan.attr,
+                f"no service of type {_type_name(plan.annotation)} is registered; "
+                "set one in an initializer of a lower priority, or give a key",
             )
         raise InjectionError(
-            name, plan.attr, f"several services are of type {_type_name(plan.annotation)} "
-            f"({', '.join(keys)}); name one with Inject('key')"
+            name,
+            plan.attr,
+            f"several services are of type {_type_name(plan.annotation)} "
+            f"({', '.join(keys)}); name one with Inject('key')",
         )
 
     def _check(self, plan: _Plan, name: str, value: Any) -> None:
@@ -261,8 +265,10 @@ class Injector:
             return
         if not ok:
             raise InjectionError(
-                name, plan.attr, f"service {plan.key!r} is {_article(type(value).__name__)}, "
-                f"but the attribute is annotated {_type_name(plan.annotation)}"
+                name,
+                plan.attr,
+                f"service {plan.key!r} is {_article(type(value).__name__)}, "
+                f"but the attribute is annotated {_type_name(plan.annotation)}",
             )
 
 
@@ -292,7 +298,7 @@ def planned_injections(component: object) -> list[PlannedInjection]:
         elif not _candidates(plan.annotation):
             planned.append(PlannedInjection(plan.attr, None, plan.optional, "?", _not_a_lookup(plan.annotation)))
         else:  # found among the services at boot: a type is not a key check can follow
-            planned.append(PlannedInjection(
-                plan.attr, None, plan.optional, f"{_type_name(plan.annotation)} (by type)", None
-            ))
+            planned.append(
+                PlannedInjection(plan.attr, None, plan.optional, f"{_type_name(plan.annotation)} (by type)", None)
+            )
     return planned

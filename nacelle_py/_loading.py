@@ -20,7 +20,9 @@ __all__ = ["Loaded", "framework_models", "load", "log_loaded", "reread"]
 def framework_models() -> dict[type[BaseSettings], list[str]]:
     """The framework's own settings models, with who reads them (for ``--help`` and ``config``)."""
     return {
-        AppSettings: ["nacelle_py"], OpsSettings: ["nacelle_py"], SystemdSettings: ["nacelle_py"],
+        AppSettings: ["nacelle_py"],
+        OpsSettings: ["nacelle_py"],
+        SystemdSettings: ["nacelle_py"],
         MachineService.settings_model(): ["machine"],
     }
 

@@ -77,8 +77,9 @@ class MachineService:
         """Open the root machine with the app's settings, before anything is injected."""
         self._logger = logger
         root = self.root()
-        root.configure(max_routines=settings.max_routines, buffer=settings.buffer,
-                       logger=logger.bind(component="machine"))
+        root.configure(
+            max_routines=settings.max_routines, buffer=settings.buffer, logger=logger.bind(component="machine")
+        )
         await root.open()
 
     async def close(self) -> None:

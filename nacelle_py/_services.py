@@ -41,8 +41,9 @@ class PerComponent(Generic[T]):
 
     __slots__ = ("make", "release")
 
-    def __init__(self, make: Callable[[str | None], T],
-                 release: Callable[[str], Awaitable[None] | None] | None = None) -> None:
+    def __init__(
+        self, make: Callable[[str | None], T], release: Callable[[str], Awaitable[None] | None] | None = None
+    ) -> None:
         self.make = make
         self.release = release
 
@@ -85,7 +86,9 @@ class ServiceContainer:
         if undeclared is not None:
             undeclared(key)
 
-    def watch_undeclared(self, declared: Iterable[str] | None, on_undeclared: Callable[[str], None] | None = None) -> None:
+    def watch_undeclared(
+        self, declared: Iterable[str] | None, on_undeclared: Callable[[str], None] | None = None
+    ) -> None:
         """Call ``on_undeclared(key)`` when a key outside ``declared`` is set (``None``: stop watching).
 
         The app watches while it serves: a key no component declares in

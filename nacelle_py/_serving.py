@@ -215,8 +215,10 @@ class ASGIServing:
                 # not bind it again).
                 os.close(fd)
         if overran:
-            self._log.warning("server stop overran its bound; connections or the lifespan shutdown abandoned",
-                              seconds=self.graceful_timeout)
+            self._log.warning(
+                "server stop overran its bound; connections or the lifespan shutdown abandoned",
+                seconds=self.graceful_timeout,
+            )
 
     async def _settle(self, fd: int) -> float:
         """Close the listener, then let the connections it accepted last send their request and get the answer.
@@ -368,8 +370,11 @@ def _logger_class(log: Any, access: bool) -> type:
         async def access(self, request: Any, response: Any, request_time: float) -> None:
             if access:
                 log.info(
-                    "http request", method=request.get("method"), path=request.get("path"),
-                    status=None if response is None else response.get("status"), ms=round(request_time * 1000, 3),
+                    "http request",
+                    method=request.get("method"),
+                    path=request.get("path"),
+                    status=None if response is None else response.get("status"),
+                    ms=round(request_time * 1000, 3),
                 )
 
         critical = emit("critical")

@@ -26,6 +26,7 @@ class LogSettings(BaseSettings):
     log_fields: dict[str, str] = Field(
         default_factory=dict, description='Fields added to every log line, as JSON: {"env": "prod"}.'
     )
+
     # "backend" is AppSettings' (check_fields=False): one case-folding for every word setting.
     @field_validator("log_level", "log_encoding", "backend", mode="before", check_fields=False)
     @classmethod
@@ -36,23 +37,28 @@ class LogSettings(BaseSettings):
 class AppSettings(LogSettings):
     """nacelle_py: logging, the default lifecycle timeouts (a component's registration overrides them), the loop detector."""
 
-    start_timeout: Timeout = Field(60.0, description="Seconds a priority group may take to become healthy; none: no limit.")
-    shutdown_timeout: Timeout = Field(10.0, description="Seconds run() may take to return after stop(); none: no limit.")
+    start_timeout: Timeout = Field(
+        60.0, description="Seconds a priority group may take to become healthy; none: no limit."
+    )
+    shutdown_timeout: Timeout = Field(
+        10.0, description="Seconds run() may take to return after stop(); none: no limit."
+    )
     init_timeout: Timeout = Field(None, description="Seconds init() may take; none: no limit.")
     finalize_timeout: Timeout = Field(None, description="Seconds finalize() may take; none: no limit.")
-    reload_timeout: Timeout = Field(
-        10.0, description="Seconds each reload() may take after SIGHUP; none: no limit."
-    )
+    reload_timeout: Timeout = Field(10.0, description="Seconds each reload() may take after SIGHUP; none: no limit.")
     loop_block_warn: Timeout = Field(
-        0.5, description="Warn (with the blocking stack) when the event loop does not run for longer than this "
+        0.5,
+        description="Warn (with the blocking stack) when the event loop does not run for longer than this "
         "many seconds; none: no blocked-loop detector.",
     )
     backend: Literal["asyncio", "trio"] = Field(
-        "asyncio", description="The event loop boot() runs the app on, when boot() is given none "
+        "asyncio",
+        description="The event loop boot() runs the app on, when boot() is given none "
         "(boot(backend=...) or --backend win).",
     )
     gc_freeze: bool = Field(
-        True, description="Under boot(): once ready, collect and freeze what start-up built (gc.freeze), so "
+        True,
+        description="Under boot(): once ready, collect and freeze what start-up built (gc.freeze), so "
         "the garbage collector stops rescanning it.",
     )
 

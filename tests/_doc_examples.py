@@ -128,7 +128,7 @@ def _blocks(page: Path) -> list[Block]:
             while above >= 0 and DIRECTIVE.match(lines[above]):
                 comments.insert(0, lines[above])
                 above -= 1
-            body = [text[len(indent):] if text.startswith(indent) else text.lstrip() for text in lines[i + 1:end]]
+            body = [text[len(indent) :] if text.startswith(indent) else text.lstrip() for text in lines[i + 1 : end]]
             not_run, env = _directives(page, i + 1, comments)
             blocks.append(Block(page, i + 1, "\n".join(body) + "\n", not_run, env))
         i = end + 1

@@ -24,18 +24,28 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import anyio
 
-from nacelle_py import App, Health, HealthComponent, Inject, Initializer, Process, ServiceError
+from nacelle_py import App, Health, HealthComponent, Initializer, Inject, Process, ServiceError
 from nacelle_py.testing import Trace
 
 __all__ = [
-    "Activity", "Boom", "Fault", "Lab", "Mode", "Recorder", "check_finalized_once",
-    "check_runs_before_finalize", "check_stops_follow_runs", "incarnations", "parse", "serve_until",
+    "Activity",
+    "Boom",
+    "Fault",
+    "Lab",
+    "Mode",
+    "Recorder",
+    "check_finalized_once",
+    "check_runs_before_finalize",
+    "check_stops_follow_runs",
+    "incarnations",
+    "parse",
+    "serve_until",
 ]
 
 

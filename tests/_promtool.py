@@ -39,6 +39,10 @@ def require_promtool() -> str:
 def promtool_check(binary: str, exposition: str) -> tuple[int, str]:
     """``promtool check metrics`` on ``exposition``: its exit status and what it printed (bounded)."""
     done = subprocess.run(
-        [binary, "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=CHECK_TIMEOUT,
+        [binary, "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT,
     )
     return done.returncode, (done.stdout + done.stderr).strip()

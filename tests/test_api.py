@@ -47,7 +47,10 @@ def test_package_is_typed_and_passes_strict_mypy() -> None:
     assert (ROOT / "nacelle_py" / "py.typed").exists()
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "nacelle_py"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -55,8 +58,12 @@ def test_package_is_typed_and_passes_strict_mypy() -> None:
 # What each declared dependency may be imported as; the extras' modules are imported only
 # after ``_extras.require`` has checked for them (those modules are listed here too).
 IMPORT_NAMES = {
-    "anyio": {"anyio"}, "dependency-injector": {"dependency_injector"}, "pydantic": {"pydantic", "pydantic_core"},
-    "pydantic-settings": {"pydantic_settings"}, "structlog": {"structlog"}, "croniter": {"croniter"},
+    "anyio": {"anyio"},
+    "dependency-injector": {"dependency_injector"},
+    "pydantic": {"pydantic", "pydantic_core"},
+    "pydantic-settings": {"pydantic_settings"},
+    "structlog": {"structlog"},
+    "croniter": {"croniter"},
     "sniffio": {"sniffio"},
 }
 EXTRA_ONLY = {

@@ -139,7 +139,11 @@ def test_a_bad_backend_argument_is_a_registration_error() -> None:
 
 def test_example_app_refuses_an_unknown_argument(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "example_app", "--bogus"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "example_app", "--bogus"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env=clean_env(EXAMPLE_DB_PATH=str(tmp_path / "x.sqlite3")),
     )
     assert done.returncode == 2, done.stderr

@@ -20,7 +20,7 @@ from harness import ROOT, AppProcess, clean_env  # noqa: E402
 
 TIMEOUT = 60
 
-PROBLEMS = '''
+PROBLEMS = """
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 from nacelle_py import App, Initializer, Inject, Process, ServiceContainer
@@ -73,7 +73,7 @@ def boom() -> App:
 
 
 not_an_app = 42
-'''
+"""
 
 
 @pytest.fixture()
@@ -238,8 +238,14 @@ def test_the_console_script_is_installed() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("the nacelle-py console script is missing: `make test` installs the package")
         pytest.skip("nacelle-py is not installed in this venv (pip install -e .)")
-    done = subprocess.run([str(script), "check", "example_app:build_app"], cwd=ROOT, env=clean_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(
+        [str(script), "check", "example_app:build_app"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("example: 7 components")
 

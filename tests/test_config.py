@@ -21,8 +21,8 @@ from nacelle_py import (
     Config,
     ConfigError,
     Health,
-    Inject,
     Initializer,
+    Inject,
     Process,
     RegistrationError,
     SettingError,
@@ -34,9 +34,24 @@ pytestmark = pytest.mark.anyio
 
 MASK = "**********"
 UNPREFIXED = (
-    "TICK", "DB_URL", "DB_POOL", "TOKEN", "RAW", "PIN", "NAME", "CREDS", "LIMIT",
-    "LOG_LEVEL", "LOG_ENCODING", "LOG_FIELDS",
-    "START_TIMEOUT", "SHUTDOWN_TIMEOUT", "INIT_TIMEOUT", "FINALIZE_TIMEOUT", "RELOAD_TIMEOUT", "LOOP_BLOCK_WARN",
+    "TICK",
+    "DB_URL",
+    "DB_POOL",
+    "TOKEN",
+    "RAW",
+    "PIN",
+    "NAME",
+    "CREDS",
+    "LIMIT",
+    "LOG_LEVEL",
+    "LOG_ENCODING",
+    "LOG_FIELDS",
+    "START_TIMEOUT",
+    "SHUTDOWN_TIMEOUT",
+    "INIT_TIMEOUT",
+    "FINALIZE_TIMEOUT",
+    "RELOAD_TIMEOUT",
+    "LOOP_BLOCK_WARN",
 )
 
 
@@ -666,9 +681,15 @@ def test_describe_lists_every_setting() -> None:
         assert env in text
     # app-wide settings too
     for env in (
-        "T_LOG_LEVEL", "T_LOG_ENCODING", "T_LOG_FIELDS",
-        "T_START_TIMEOUT", "T_SHUTDOWN_TIMEOUT", "T_INIT_TIMEOUT", "T_FINALIZE_TIMEOUT",
-        "T_RELOAD_TIMEOUT", "T_LOOP_BLOCK_WARN",
+        "T_LOG_LEVEL",
+        "T_LOG_ENCODING",
+        "T_LOG_FIELDS",
+        "T_START_TIMEOUT",
+        "T_SHUTDOWN_TIMEOUT",
+        "T_INIT_TIMEOUT",
+        "T_FINALIZE_TIMEOUT",
+        "T_RELOAD_TIMEOUT",
+        "T_LOOP_BLOCK_WARN",
     ):
         assert env in text
     # types, required/default, descriptions
@@ -698,7 +719,7 @@ def _block(text: str, env: str) -> str:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if env in line)
     out = [lines[start]]
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("      "):
             out.append(line)
         else:
@@ -750,7 +771,6 @@ def test_boot_with_missing_env_returns_one(backend: str) -> None:
     assert app.boot([], backend=backend) == 1  # type: ignore[arg-type]
     assert trace.events == []
     assert envs(config_error(app)) == {"T_TICK"}
-
 
 
 # -- env_fallback=False -----------------------------------------------------------------------
@@ -817,6 +837,8 @@ def test_without_fallback_help_lists_only_prefixed_names() -> None:
 def test_app_boolean_options_are_checked(option: str) -> None:
     with pytest.raises(RegistrationError, match=rf"App\({option}\): True or False, got 'no'"):
         App("t", **{option: "no"})  # type: ignore[arg-type]
+
+
 # -- overrides (for tests: nacelle_py.testing.override_settings) -------------------------------
 
 

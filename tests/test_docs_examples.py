@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pyflakes.api import check as pyflakes_check
-from pyflakes.reporter import Reporter
-
 from _doc_examples import ROOT, Block, Kind, collect, module_name, page_module, shown
 from _plugin import PLUGIN
+from pyflakes.api import check as pyflakes_check
+from pyflakes.reporter import Reporter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 from harness import AppProcess, clean_env  # noqa: E402
@@ -84,7 +83,8 @@ def blocks(kind: Kind) -> list[object]:
     """The blocks of ``kind`` as pytest params, those marked ``not run`` skipped with their reason."""
     return [
         pytest.param(
-            block, id=block.id,
+            block,
+            id=block.id,
             marks=[pytest.mark.skip(reason=f"{block.id}: not run: {block.not_run}")] if block.not_run else [],
         )
         for block in BLOCKS
@@ -130,7 +130,9 @@ def boot(block: Block, target: str, env: dict[str, str], folder: Path) -> None:
         except AssertionError:
             if app.proc.poll() is None:
                 raise  # still running, never healthy: the message says how long it waited
-            raise AssertionError(f"{block.id}: {target} exited {app.proc.poll()} before it was healthy\n{app.dump()}")
+            raise AssertionError(
+                f"{block.id}: {target} exited {app.proc.poll()} before it was healthy\n{app.dump()}"
+            ) from None
         if event["event"] == HEALTHY:
             app.send(signal.SIGTERM)
         status = app.wait(STOP_TIMEOUT)
@@ -146,7 +148,11 @@ def run_program(block: Block, folder: Path, request: pytest.FixtureRequest) -> l
     (folder / f"{module}.py").write_text(code)
     env = environment(block, request)
     probe = subprocess.run(
-        [sys.executable, "-c", PROBE, module], cwd=folder, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", PROBE, module],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=PROBE_TIMEOUT,
     )
     assert probe.returncode == 0, f"{block.id}: importing it failed\n{probe.stdout}\n{probe.stderr}"
@@ -180,9 +186,23 @@ def run_tests(page: Path, tests: list[Block], folder: Path) -> PageRun:
     (folder / f"{name}.py").write_text(code)
     report = folder / "report.xml"
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", *PLUGIN, "-p", "no:cacheprovider", "--nacelle-backends", "-v",
-         f"--junitxml={report}", f"{name}.py"],
-        cwd=folder, env=environment(None, None), capture_output=True, text=True, timeout=PYTEST_TIMEOUT,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *PLUGIN,
+            "-p",
+            "no:cacheprovider",
+            "--nacelle-backends",
+            "-v",
+            f"--junitxml={report}",
+            f"{name}.py",
+        ],
+        cwd=folder,
+        env=environment(None, None),
+        capture_output=True,
+        text=True,
+        timeout=PYTEST_TIMEOUT,
     )
     outcomes: dict[str, list[str]] = {}
     if report.exists():  # a usage error writes none: every test is then "not run", with pytest's output
@@ -281,7 +301,12 @@ def test_the_rule_sorts_a_pages_blocks(tmp_path: Path) -> None:
     page.write_text(PAGE)
     found = collect((page,))
     assert [(b.line, b.kind) for b in found] == [
-        (3, "program"), (10, "program"), (15, "program"), (19, "fragment"), (23, "fragment"), (35, "tests"),
+        (3, "program"),
+        (10, "program"),
+        (15, "program"),
+        (19, "fragment"),
+        (23, "fragment"),
+        (35, "tests"),
     ]
     assert [b.not_run for b in found] == [None, "needs a mainframe", None, None, None, None]
     assert found[2].env == {"A": "1", "B": "two words"}
@@ -299,16 +324,22 @@ def test_a_bad_env_directive_names_its_block(tmp_path: Path) -> None:
 
 
 ROTTEN = {
-    "undefined": ("import anyio\n\n\nasync def main() -> None:\n    await anyio.sleep(later)\n",
-                  r"rotten.md:6:\d+: undefined name 'later'"),
+    "undefined": (
+        "import anyio\n\n\nasync def main() -> None:\n    await anyio.sleep(later)\n",
+        r"rotten.md:6:\d+: undefined name 'later'",
+    ),
     "import": ("from nacelle_py import Appp\n\napp = Appp('rotten')\n", "importing it failed"),
-    "boot": ("from nacelle_py import App, Initializer\n\n\nclass Db(Initializer):\n    def init(self) -> None:\n"
-             "        raise ConnectionError('unreachable')\n\n\napp = App('rotten')\napp.register(Db(), name='db')\n",
-             "rotten_md:app exited 1"),
-    "settings": ("from pydantic_settings import BaseSettings\n\nfrom nacelle_py import App, Initializer, Inject\n\n\n"
-                 "class DbSettings(BaseSettings):\n    url: str\n\n\nclass Db(Initializer):\n"
-                 "    settings: DbSettings = Inject()\n\n\napp = App('rotten')\napp.register(Db(), name='db')\n",
-                 "rotten_md:app exited 1 before it was healthy"),
+    "boot": (
+        "from nacelle_py import App, Initializer\n\n\nclass Db(Initializer):\n    def init(self) -> None:\n"
+        "        raise ConnectionError('unreachable')\n\n\napp = App('rotten')\napp.register(Db(), name='db')\n",
+        "rotten_md:app exited 1",
+    ),
+    "settings": (
+        "from pydantic_settings import BaseSettings\n\nfrom nacelle_py import App, Initializer, Inject\n\n\n"
+        "class DbSettings(BaseSettings):\n    url: str\n\n\nclass Db(Initializer):\n"
+        "    settings: DbSettings = Inject()\n\n\napp = App('rotten')\napp.register(Db(), name='db')\n",
+        "rotten_md:app exited 1 before it was healthy",
+    ),
 }
 
 

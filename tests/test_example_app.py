@@ -133,7 +133,9 @@ def test_secret_is_masked_in_the_boot_log(tmp_path: Path) -> None:
     with boot("asyncio", tmp_path / "beats.sqlite3", EXAMPLE_API_TOKEN=token) as app:
         app.send(signal.SIGTERM)
         assert app.wait(EXIT_TIMEOUT) == 0, app.dump()
-        loaded = [e for e in app.events if e.get("event") == "config loaded" and e.get("settings") == "HeartbeatSettings"]
+        loaded = [
+            e for e in app.events if e.get("event") == "config loaded" and e.get("settings") == "HeartbeatSettings"
+        ]
         assert len(loaded) == 1, app.dump()
         assert loaded[0]["values"] == {"tick": 0.05, "api_token": MASK}
         assert token not in app.stderr and token not in app.stdout
@@ -150,14 +152,25 @@ def test_default_secret_is_masked_too(tmp_path: Path) -> None:
 def test_help_lists_every_setting_and_starts_nothing(tmp_path: Path) -> None:
     db = tmp_path / "beats.sqlite3"
     result = subprocess.run(
-        [sys.executable, "-m", "example_app", "--help"], cwd=ROOT, env=clean_env(EXAMPLE_DB_PATH=str(db)),
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "example_app", "--help"],
+        cwd=ROOT,
+        env=clean_env(EXAMPLE_DB_PATH=str(db)),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     for env in (
-        "EXAMPLE_TICK", "EXAMPLE_DB_PATH", "EXAMPLE_API_TOKEN", "LOG_LEVEL", "LOG_ENCODING",
-        "EXAMPLE_SHUTDOWN_TIMEOUT", "EXAMPLE_START_TIMEOUT",
-        "EXAMPLE_FLAKY_CRASH_EVERY", "EXAMPLE_FLAKY_MAX_RESTARTS", "EXAMPLE_FLAKY_RESTART_WINDOW",
+        "EXAMPLE_TICK",
+        "EXAMPLE_DB_PATH",
+        "EXAMPLE_API_TOKEN",
+        "LOG_LEVEL",
+        "LOG_ENCODING",
+        "EXAMPLE_SHUTDOWN_TIMEOUT",
+        "EXAMPLE_START_TIMEOUT",
+        "EXAMPLE_FLAKY_CRASH_EVERY",
+        "EXAMPLE_FLAKY_MAX_RESTARTS",
+        "EXAMPLE_FLAKY_RESTART_WINDOW",
     ):
         assert env in result.stdout, f"{env} missing from --help:\n{result.stdout}"
     assert "Seconds between two heartbeat rows." in result.stdout
@@ -182,7 +195,12 @@ def test_every_config_problem_is_reported_at_once(tmp_path: Path) -> None:
     db = tmp_path / "beats.sqlite3"
     env = clean_env(EXAMPLE_DB_PATH=str(db), EXAMPLE_TICK="-1", EXAMPLE_SHUTDOWN_TIMEOUT="soon")
     result = subprocess.run(
-        [sys.executable, "-m", "example_app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "example_app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1, result.stderr
     assert "EXAMPLE_TICK" in result.stderr and "EXAMPLE_SHUTDOWN_TIMEOUT" in result.stderr, result.stderr

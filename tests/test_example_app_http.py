@@ -94,7 +94,10 @@ def client(api: tuple[str, int], n: int, out: Outcomes, stop: threading.Event) -
         i += 1
         if i % 2:
             body = json.dumps({"client": n, "i": i}).encode()
-            request = b"POST /rows HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            request = (
+                b"POST /rows HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
         else:
             request = b"GET /rows?limit=3 HTTP/1.1\r\nHost: x\r\n\r\n"
         try:
@@ -171,7 +174,9 @@ def test_sigterm_under_load_completes_every_accepted_request(backend: str, tmp_p
         first_refused = min(out.refused)
         assert any(t > signalled for t in out.ok), "requests went on being answered while draining"
         not_ready = [t for t, status, _ in readyz if status == 503 and t > signalled]
-        assert not_ready and min(not_ready) < first_refused, f"/readyz said 503 before the listener closed: {readyz[-20:]}"
+        assert not_ready and min(not_ready) < first_refused, (
+            f"/readyz said 503 before the listener closed: {readyz[-20:]}"
+        )
         before = [(status, text) for t, status, text in readyz if t < signalled]
         assert before and all(status == 200 for status, _ in before), before
         stopped = app.events[app.index("http server stopped", "api")]
@@ -344,9 +349,25 @@ def test_half_a_tls_pair_is_a_config_error(tmp_path: Path) -> None:
 def test_a_mismatched_tls_pair_fails_boot(tmp_path: Path) -> None:
     for name in ("a", "b"):  # two keys, and a certificate for the first only
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-days", "1",
-             "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.pem")],
-            check=True, capture_output=True, timeout=60,
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-days",
+                "1",
+                "-keyout",
+                str(tmp_path / f"{name}.key"),
+                "-out",
+                str(tmp_path / f"{name}.pem"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
     env = {"EXAMPLE_HTTP_CERT_FILE": str(tmp_path / "a.pem"), "EXAMPLE_HTTP_KEY_FILE": str(tmp_path / "b.key")}
     with run_to_exit(tmp_path, EXAMPLE_HTTP_PORT="0", EXAMPLE_OPS_ADDR="off", **env) as app:
@@ -383,7 +404,8 @@ def test_under_systemd_it_notifies_ready_status_watchdog_and_stopping(tmp_path: 
     ready = next(i for i, m in enumerate(got) if m.startswith("READY=1"))
     stopping = next(i for i, m in enumerate(got) if m.startswith("STOPPING=1"))
     assert [m for m in got[:ready] if m.startswith("STATUS=starting priority")] == [
-        f"STATUS=starting priority {p} ({n} component{'s' if n > 1 else ''})" for p, n in ((0, 1), (1, 1), (2, 4), (3, 1))
+        f"STATUS=starting priority {p} ({n} component{'s' if n > 1 else ''})"
+        for p, n in ((0, 1), (1, 1), (2, 4), (3, 1))
     ]
     assert "STATUS=ready: 7 components healthy" in got[ready]
     assert ready < stopping < got.index("STATUS=stopped")

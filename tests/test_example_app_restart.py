@@ -55,8 +55,10 @@ def wait_ready(ops: httpx.Client, app: AppProcess) -> None:
 def test_crashes_through_the_api_are_restarted_and_sigterm_exits_0(backend: str, tmp_path: Path) -> None:
     with boot(backend, tmp_path / "flaky.sqlite3") as app:
         (api_host, api_port), (ops_host, ops_port) = ports(app)
-        with httpx.Client(base_url=f"http://{api_host}:{api_port}", timeout=5) as api, \
-                httpx.Client(base_url=f"http://{ops_host}:{ops_port}", timeout=5) as ops:
+        with (
+            httpx.Client(base_url=f"http://{api_host}:{api_port}", timeout=5) as api,
+            httpx.Client(base_url=f"http://{ops_host}:{ops_port}", timeout=5) as ops,
+        ):
             assert "POST /flaky/crash" in api.get("/").json()["routes"]
             before = flaky_status(ops)
             assert before["restart"] == "on_failure" and before["state"] == "running" and before["restarts"] == 0
@@ -71,7 +73,8 @@ def test_crashes_through_the_api_are_restarted_and_sigterm_exits_0(backend: str,
                     assert again.status_code == 409, again.text  # one crash at a time; no run to crash meanwhile
                 warning = app.wait_for(
                     lambda e, n=attempt: e.get("event") == "restarting component" and e.get("attempt") == n,
-                    RESTART_TIMEOUT, f"restart attempt {attempt}",
+                    RESTART_TIMEOUT,
+                    f"restart attempt {attempt}",
                 )
                 assert warning["component"] == "flaky" and warning["level"] == "warning"
                 assert "FlakyCrash: crash requested through POST /flaky/crash" in warning["error"]
@@ -81,9 +84,11 @@ def test_crashes_through_the_api_are_restarted_and_sigterm_exits_0(backend: str,
                     assert waiting.status_code == 503, waiting.text
                     assert waiting.json()["reasons"] == {"flaky": "restarting"}
                 app.wait_for(
-                    lambda e, n=attempt: e.get("event") == "restarted" and e.get("component") == "flaky"
-                    and e.get("restarts") == n,
-                    RESTART_TIMEOUT, f"restart {attempt} done",
+                    lambda e, n=attempt: (
+                        e.get("event") == "restarted" and e.get("component") == "flaky" and e.get("restarts") == n
+                    ),
+                    RESTART_TIMEOUT,
+                    f"restart {attempt} done",
                 )
                 wait_ready(ops, app)
                 assert restarts_metric(ops) == attempt
@@ -106,8 +111,12 @@ def test_crashes_through_the_api_are_restarted_and_sigterm_exits_0(backend: str,
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_crashing_by_itself_too_often_escalates_to_status_1(backend: str, tmp_path: Path) -> None:
     env = clean_env(
-        EXAMPLE_DB_PATH=str(tmp_path / "flaky.sqlite3"), EXAMPLE_HTTP_PORT="0", EXAMPLE_OPS_ADDR="off",
-        EXAMPLE_FLAKY_CRASH_EVERY="0.3", EXAMPLE_FLAKY_MAX_RESTARTS="2", EXAMPLE_FLAKY_RESTART_WINDOW="60",
+        EXAMPLE_DB_PATH=str(tmp_path / "flaky.sqlite3"),
+        EXAMPLE_HTTP_PORT="0",
+        EXAMPLE_OPS_ADDR="off",
+        EXAMPLE_FLAKY_CRASH_EVERY="0.3",
+        EXAMPLE_FLAKY_MAX_RESTARTS="2",
+        EXAMPLE_FLAKY_RESTART_WINDOW="60",
     )
     with AppProcess(command(backend), env) as app:
         # Three runs of 0.3s and two backoffs of at most 0.4s: it escalates within seconds.
@@ -121,7 +130,12 @@ def test_crashing_by_itself_too_often_escalates_to_status_1(backend: str, tmp_pa
     assert "restart intensity exceeded" in errors[0]["event"] and "max_restarts=2" in errors[0]["event"]
     assert "(EXAMPLE_FLAKY_CRASH_EVERY; run 3)" in errors[0]["event"]  # the third crash is the one too many
     escalated = app.events.index(errors[0])
-    assert app.index("restarted", "flaky") < escalated < app.index("shutdown requested") < app.index("database closed", "db")
+    assert (
+        app.index("restarted", "flaky")
+        < escalated
+        < app.index("shutdown requested")
+        < app.index("database closed", "db")
+    )
     assert app.events[app.index("shutdown requested")]["reason"] == "flaky: restart intensity exceeded"
     assert app.count("run starting", "flaky") == 3
     assert app.events[-1]["event"] == "app stopped with errors" and app.events[-1]["status"] == 1

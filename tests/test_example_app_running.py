@@ -63,8 +63,13 @@ async def test_the_api_and_the_ops_endpoint_answer_and_the_app_unwinds_cleanly(s
     with anyio.fail_after(LIMIT), override_settings(app, EXAMPLE_DB_PATH=scratch, **QUICK):
         async with running(app) as handle:
             assert handle.states == {
-                "db": "initialized", "jobs": "running", "heartbeat": "running", "load": "running",
-                "report": "running", "flaky": "running", "api": "running",
+                "db": "initialized",
+                "jobs": "running",
+                "heartbeat": "running",
+                "load": "running",
+                "report": "running",
+                "flaky": "running",
+                "api": "running",
             }
             assert handle.settings(HeartbeatSettings).tick == 0.05
             async with api(handle) as http:
@@ -94,8 +99,11 @@ async def test_what_the_components_write_goes_to_the_overridden_database(
 ) -> None:
     """The database initializer sets the service "db" at init: every component after it gets the fake."""
     app = build_app()
-    with anyio.fail_after(LIMIT), override_settings(app, EXAMPLE_DB_PATH=scratch, **QUICK), \
-            override_service(app, "db", fake_db):
+    with (
+        anyio.fail_after(LIMIT),
+        override_settings(app, EXAMPLE_DB_PATH=scratch, **QUICK),
+        override_service(app, "db", fake_db),
+    ):
         async with running(app) as handle:
             assert handle.services.get("db") is fake_db
             async with api(handle) as http:

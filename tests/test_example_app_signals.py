@@ -29,8 +29,11 @@ def command(backend: str) -> list[str]:
 def boot(backend: str, tmp_path: Path, settings: Path) -> AppProcess:
     """Start the example with its settings file and wait (bounded) until it is healthy and has beaten."""
     env = clean_env(
-        EXAMPLE_ENV_FILE=str(settings), EXAMPLE_DB_PATH=str(tmp_path / "beats.sqlite3"),
-        EXAMPLE_HTTP_PORT="0", EXAMPLE_OPS_ADDR="127.0.0.1:0", EXAMPLE_HTTP_DRAIN_DELAY="0",
+        EXAMPLE_ENV_FILE=str(settings),
+        EXAMPLE_DB_PATH=str(tmp_path / "beats.sqlite3"),
+        EXAMPLE_HTTP_PORT="0",
+        EXAMPLE_OPS_ADDR="127.0.0.1:0",
+        EXAMPLE_HTTP_DRAIN_DELAY="0",
     )
     app = AppProcess(command(backend), env)
     try:

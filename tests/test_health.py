@@ -8,7 +8,7 @@ import time
 import anyio
 import pytest
 
-from nacelle_py import App, ComponentTimeoutError, Health, HealthComponent, Inject, Initializer, Process, ServiceError
+from nacelle_py import App, ComponentTimeoutError, Health, HealthComponent, Initializer, Inject, Process, ServiceError
 from nacelle_py.testing import Trace, test_app
 
 pytestmark = pytest.mark.anyio
@@ -137,6 +137,7 @@ class Reporter(Process):
 
     async def run(self) -> None:
         if self.delay is not None:
+
             def later() -> None:
                 time.sleep(self.delay or 0)
                 self.trace.add(f"{self.key}.healthy")

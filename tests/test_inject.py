@@ -17,9 +17,9 @@ from nacelle_py import (
     Config,
     ConfigError,
     Health,
+    Initializer,
     Inject,
     InjectionError,
-    Initializer,
     Process,
     ServiceContainer,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+
 import anyio
 import pytest
 import structlog
@@ -17,8 +18,8 @@ from nacelle_py import (
     ComponentError,
     ComponentTimeoutError,
     Health,
-    Inject,
     Initializer,
+    Inject,
     Process,
 )
 from nacelle_py.testing import Trace, test_app
@@ -1098,7 +1099,6 @@ async def test_start_wait_is_bounded_by_the_smallest_start_timeout_of_the_whole_
     app = test_app("t")
     app.register(Warmer(), name="warm", priority=0, start_timeout=0.2)
     app.register(Forever(), name="p", priority=0, start_timeout=process_timeout)
-    started = time.monotonic()
     assert await serve(app, limit=2.5) == 1
     error = app.errors[0]
     assert isinstance(error, ComponentTimeoutError) and error.operation == "start"

@@ -23,15 +23,23 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from _faults import (
+    Boom,
+    Fault,
+    Lab,
+    Mode,
+    check_finalized_once,
+    check_runs_before_finalize,
+    check_stops_follow_runs,
+    incarnations,
+    parse,
+    serve_until,
+)
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from nacelle_py import ComponentError, ComponentTimeoutError, Initializer, Process
 from nacelle_py.testing import test_app
-from _faults import (
-    Boom, Fault, Lab, Mode, check_finalized_once, check_runs_before_finalize, check_stops_follow_runs,
-    incarnations, parse, serve_until,
-)
 
 pytestmark = pytest.mark.anyio
 
@@ -87,8 +95,10 @@ class Component:
             options["silent_exit"] = self.silent_exit
         if self.restart is not None:
             options.update(
-                restart=self.restart.restart, max_restarts=self.restart.max_restarts,
-                restart_window=self.restart.restart_window, backoff=self.restart.backoff,
+                restart=self.restart.restart,
+                max_restarts=self.restart.max_restarts,
+                restart_window=self.restart.restart_window,
+                backoff=self.restart.backoff,
             )
         return options
 
@@ -191,11 +201,13 @@ def scenarios(draw: st.DrawFn, restarts: bool = RESTARTS) -> Scenario:
     count = draw(st.integers(1, 6))
     parts = tuple(draw(components(i, restarts)) for i in range(count))
     moments = [f"{c.name}#1.{what}" for c in parts for what in ("init", "init.ok") + (("run",) if c.process else ())]
-    early = draw(st.one_of(
-        st.none(),
-        st.tuples(st.sampled_from(["task", "inline"]), st.sampled_from(moments)),
-        st.tuples(st.just("delay"), st.sampled_from([0.0, 0.005, 0.02, 0.1])),
-    ))
+    early = draw(
+        st.one_of(
+            st.none(),
+            st.tuples(st.sampled_from(["task", "inline"]), st.sampled_from(moments)),
+            st.tuples(st.just("delay"), st.sampled_from([0.0, 0.005, 0.02, 0.1])),
+        )
+    )
     shutdown = Shutdown(after_ready=draw(st.sampled_from([0.0, 0.05, 0.2])), early=early)
     strategy = draw(st.sampled_from(STRATEGIES)) if restarts else None
     return Scenario(parts, shutdown, strategy)
@@ -283,7 +295,7 @@ def check_order(events: Sequence[str], scenario: Scenario, names: set[str]) -> l
     finalized = [e.key for e in parsed if e.op == "finalize" and e.outcome is None and e.key in position]
     problems = []
     for i, first in enumerate(finalized):
-        for later in finalized[i + 1:]:
+        for later in finalized[i + 1 :]:
             a, b = spec[first[0]], spec[later[0]]
             if a.priority == b.priority and (a.threaded or b.threaded):
                 continue
@@ -355,8 +367,7 @@ def _restart_expectation(outcome: Outcome, scenario: Scenario) -> tuple[str, boo
         if e.op == "init" and e.outcome == "fail" and e.incarnation == 1 and not spec[e.name].threaded:
             return f"{e.name}'s init failed at boot", False
         restartable = e.op == "run" and (
-            e.outcome == "fail" and policy.restart != "never"
-            or e.outcome == "return" and policy.restart == "always"
+            e.outcome == "fail" and policy.restart != "never" or e.outcome == "return" and policy.restart == "always"
         )
         if e.op == "run" and e.outcome == "fail" and policy.restart == "never" and not spec[e.name].threaded:
             return f"{e.name}'s run raised and its policy is never", False
@@ -398,9 +409,11 @@ def violations(outcome: Outcome, scenario: Scenario) -> list[str]:
         problems += check_restart_counts(events, scenario)
         if scenario.strategy == "one_for_one":  # no group restart touches a never component
             assert all(c.restart is not None for c in scenario.components)
-            problems += check_order(events, scenario, {
-                c.name for c in scenario.components if c.restart is not None and c.restart.restart == "never"
-            })
+            problems += check_order(
+                events,
+                scenario,
+                {c.name for c in scenario.components if c.restart is not None and c.restart.restart == "never"},
+            )
     return problems
 
 
@@ -443,7 +456,8 @@ ATTEMPTS = 30
     ids=["task-async", "task-plain-def", "sibling-init-async", "sibling-init-plain-def", "own-init-async"],
 )
 async def test_a_shutdown_as_a_group_finishes_init_never_stops_a_run_that_has_not_begun(
-    caller: str, threaded: bool,
+    caller: str,
+    threaded: bool,
 ) -> None:
     """Issue 13, bug 1: stop() must not be called before run() has begun.
 
@@ -579,7 +593,7 @@ class Keeper(Initializer):
         self.released_at = len(self.logs)
         self.gate.set()
         with anyio.move_on_after(2):
-            while not late_warnings(self.logs[self.released_at:], self.op):
+            while not late_warnings(self.logs[self.released_at :], self.op):
                 await anyio.sleep(0.005)
         await anyio.sleep(0.2)  # room for a (wrong) second warning
 
@@ -587,8 +601,11 @@ class Keeper(Initializer):
 def late_warnings(logs: Sequence[Log], op: str) -> list[Log]:
     """Warnings that name the component ``tardy``, the operation and the exception."""
     return [
-        e for e in logs
-        if e.get("log_level") == "warning" and _mentions(e, "tardy") and _mentions(e, op)
+        e
+        for e in logs
+        if e.get("log_level") == "warning"
+        and _mentions(e, "tardy")
+        and _mentions(e, op)
         and (bool(e.get("exc_info")) or _mentions(e, "late boom"))
     ]
 
@@ -616,8 +633,8 @@ async def test_b_an_abandoned_plain_def_method_that_raises_later_is_logged_once(
     finally:
         gate.set()
     assert keeper.released_at >= 0, "the keeper was not finalized"
-    warnings = late_warnings(logs[keeper.released_at:], op)
-    assert len(warnings) == 1, logs[keeper.released_at:]
+    warnings = late_warnings(logs[keeper.released_at :], op)
+    assert len(warnings) == 1, logs[keeper.released_at :]
 
 
 async def test_c_a_start_timeout_names_each_unhealthy_owner_as_a_registered_component() -> None:

@@ -13,7 +13,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from nacelle_py import App, Inject, Initializer, Process
+from nacelle_py import App, Initializer, Inject, Process
 from nacelle_py.testing import test_app
 
 pytestmark = pytest.mark.anyio
@@ -107,11 +107,28 @@ async def test_json_one_object_per_line_with_lifecycle_events(monkeypatch: pytes
     assert all(r["app"] == "t" for r in records)
 
     pinger = events_of(records, "pinger")
-    for event in ("init starting", "init finished", "run starting", "stop starting", "stop finished",
-                  "finalize starting", "finalize finished"):
+    for event in (
+        "init starting",
+        "init finished",
+        "run starting",
+        "stop starting",
+        "stop finished",
+        "finalize starting",
+        "finalize finished",
+    ):
         assert event in pinger, (event, pinger)
-    order = [pinger.index(e) for e in ("init starting", "init finished", "run starting", "stop starting",
-                                       "stop finished", "finalize starting", "finalize finished")]
+    order = [
+        pinger.index(e)
+        for e in (
+            "init starting",
+            "init finished",
+            "run starting",
+            "stop starting",
+            "stop finished",
+            "finalize starting",
+            "finalize finished",
+        )
+    ]
     assert order == sorted(order)
 
     db = events_of(records, "db")

@@ -142,9 +142,7 @@ async def test_a_lower_threshold_from_the_environment(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "inf"])
-async def test_a_bad_value_is_a_config_error_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, value: str
-) -> None:
+async def test_a_bad_value_is_a_config_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("T_LOOP_BLOCK_WARN", value)
     app = test_app("t")
     app.register(Blocker(), name="blocker")

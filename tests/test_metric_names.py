@@ -24,7 +24,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from nacelle_py import Histogram, HistogramSnapshot, Metric
 from nacelle_py._ops._export import export
 from nacelle_py._ops._families import Families
-from nacelle_py._ops._names import RESERVED_LABELS, RESERVED_SUFFIXES, field_name, kind_name, label_name, metric_base, unique
+from nacelle_py._ops._names import (
+    RESERVED_LABELS,
+    RESERVED_SUFFIXES,
+    field_name,
+    kind_name,
+    label_name,
+    metric_base,
+    unique,
+)
 from nacelle_py._ops._shapes import shape_of
 
 if TYPE_CHECKING:
@@ -38,76 +46,88 @@ LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 # -- the rules, one by one ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("type_name", "kind"), [
-    ("DispatcherStats", "dispatcher"),
-    ("HTTPStats", "http"),
-    ("OrderQueueStats", "orderqueue"),  # only lowercased, as it always was: user names stay stable
-    ("Stats", "stats"),
-    ("queue-stats.v2", "queue_stats_v2"),
-    ("ÜberStats", "uber"),
-    ("数量Stats", "stats"),
-    ("My::Thing", "my_thing"),
-])
+@pytest.mark.parametrize(
+    ("type_name", "kind"),
+    [
+        ("DispatcherStats", "dispatcher"),
+        ("HTTPStats", "http"),
+        ("OrderQueueStats", "orderqueue"),  # only lowercased, as it always was: user names stay stable
+        ("Stats", "stats"),
+        ("queue-stats.v2", "queue_stats_v2"),
+        ("ÜberStats", "uber"),
+        ("数量Stats", "stats"),
+        ("My::Thing", "my_thing"),
+    ],
+)
 def test_kind_name(type_name: str, kind: str) -> None:
     assert kind_name(type_name) == kind
 
 
-@pytest.mark.parametrize(("field", "name"), [
-    ("completed", "completed"),
-    ("latency_p50", "latency_p50"),
-    ("queueDepth", "queue_depth"),
-    ("HTTPRequests", "http_requests"),
-    ("requestsIn2xx", "requests_in2xx"),
-    ("cache-hits", "cache_hits"),
-    ("p.99", "p_99"),
-    ("x:y", "x_y"),
-    ("1st", "1st"),
-    ("__private__", "private"),
-    ("a  b--c", "a_b_c"),
-    ("naïve", "naive"),
-    ("größe", "gro_e"),
-    ("ключ", "field_3"),
-    ("", "field_3"),
-    ("_", "field_3"),
-])
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [
+        ("completed", "completed"),
+        ("latency_p50", "latency_p50"),
+        ("queueDepth", "queue_depth"),
+        ("HTTPRequests", "http_requests"),
+        ("requestsIn2xx", "requests_in2xx"),
+        ("cache-hits", "cache_hits"),
+        ("p.99", "p_99"),
+        ("x:y", "x_y"),
+        ("1st", "1st"),
+        ("__private__", "private"),
+        ("a  b--c", "a_b_c"),
+        ("naïve", "naive"),
+        ("größe", "gro_e"),
+        ("ключ", "field_3"),
+        ("", "field_3"),
+        ("_", "field_3"),
+    ],
+)
 def test_field_name(field: str, name: str) -> None:
     assert field_name(field, 3) == name
 
 
-@pytest.mark.parametrize(("field", "counter", "unit", "base"), [
-    ("depth", False, None, "nacelle_q_depth"),
-    ("served", True, None, "nacelle_q_served"),  # the counter's samples add _total
-    ("requests_total", True, None, "nacelle_q_requests"),  # not _total_total
-    ("total", True, None, "nacelle_q"),  # so its sample is nacelle_q_total
-    ("x_total_total", True, None, "nacelle_q_x"),
-    ("total", False, None, "nacelle_q_total_value"),  # a gauge may not end in _total
-    ("count", False, None, "nacelle_q_count_value"),
-    ("sum", False, None, "nacelle_q_sum_value"),
-    ("bucket", False, None, "nacelle_q_bucket_value"),
-    ("created", True, None, "nacelle_q_created"),  # a counter's samples end in _total: nothing to avoid
-    ("count", True, None, "nacelle_q_count"),
-    ("info", False, None, "nacelle_q_info_value"),
-    ("gcount", False, None, "nacelle_q_gcount_value"),
-    ("le", False, None, "nacelle_q_le"),  # reserved as a label, not in a name
-    ("busy", True, "seconds", "nacelle_q_busy_seconds"),
-    ("wait_seconds", False, "seconds", "nacelle_q_wait_seconds"),  # not _seconds_seconds
-    ("seconds", False, "seconds", "nacelle_q_seconds"),
-    ("total", True, "seconds", "nacelle_q_seconds"),
-    ("size", False, "Bytes", "nacelle_q_size_bytes"),
-])
+@pytest.mark.parametrize(
+    ("field", "counter", "unit", "base"),
+    [
+        ("depth", False, None, "nacelle_q_depth"),
+        ("served", True, None, "nacelle_q_served"),  # the counter's samples add _total
+        ("requests_total", True, None, "nacelle_q_requests"),  # not _total_total
+        ("total", True, None, "nacelle_q"),  # so its sample is nacelle_q_total
+        ("x_total_total", True, None, "nacelle_q_x"),
+        ("total", False, None, "nacelle_q_total_value"),  # a gauge may not end in _total
+        ("count", False, None, "nacelle_q_count_value"),
+        ("sum", False, None, "nacelle_q_sum_value"),
+        ("bucket", False, None, "nacelle_q_bucket_value"),
+        ("created", True, None, "nacelle_q_created"),  # a counter's samples end in _total: nothing to avoid
+        ("count", True, None, "nacelle_q_count"),
+        ("info", False, None, "nacelle_q_info_value"),
+        ("gcount", False, None, "nacelle_q_gcount_value"),
+        ("le", False, None, "nacelle_q_le"),  # reserved as a label, not in a name
+        ("busy", True, "seconds", "nacelle_q_busy_seconds"),
+        ("wait_seconds", False, "seconds", "nacelle_q_wait_seconds"),  # not _seconds_seconds
+        ("seconds", False, "seconds", "nacelle_q_seconds"),
+        ("total", True, "seconds", "nacelle_q_seconds"),
+        ("size", False, "Bytes", "nacelle_q_size_bytes"),
+    ],
+)
 def test_metric_base(field: str, counter: bool, unit: str | None, base: str) -> None:
     assert metric_base("q", field, counter=counter, unit=unit) == base
 
 
-@pytest.mark.parametrize(("name", "taken", "label"), [
-    ("stage", (), "stage"),
-    ("le", (), "le_label"),
-    ("quantile", (), "quantile_label"),
-    ("component", (), "component_label"),
-    ("mode", ("mode",), "mode_label"),
-    ("le", ("le_label",), "le_label_label"),
-    ("1st", (), "_1st"),
-])
+@pytest.mark.parametrize(
+    ("name", "taken", "label"),
+    [
+        ("stage", (), "stage"),
+        ("le", (), "le_label"),
+        ("quantile", (), "quantile_label"),
+        ("component", (), "component_label"),
+        ("mode", ("mode",), "mode_label"),
+        ("le", ("le_label",), "le_label_label"),
+        ("1st", (), "_1st"),
+    ],
+)
 def test_label_name(name: str, taken: tuple[str, ...], label: str) -> None:
     assert label_name(name, taken) == label
 
@@ -138,7 +158,11 @@ def test_a_plan_in_field_order_with_collisions_numbered() -> None:
     assert plans["queue_depth"].base == "nacelle_plan_queue_depth_2"
     assert plans["p50"].kind == "omit"
     assert plans["p50_2"].base == "nacelle_plan_p50_2"
-    assert (plans["placed"].base, plans["placed"].kind, plans["placed"].help) == ("nacelle_plan_placed", "counter", "Orders placed.")
+    assert (plans["placed"].base, plans["placed"].kind, plans["placed"].help) == (
+        "nacelle_plan_placed",
+        "counter",
+        "Orders placed.",
+    )
     assert (plans["wait"].base, plans["wait"].scale) == ("nacelle_plan_oldest_wait_seconds", 0.001)
     assert plans["queue_depth"].help == "Field 'queue_depth' of PlanStats, from the component's stats()."
     assert shape_of(PlanStats, PlanStats._fields) is shape  # worked out once
@@ -151,8 +175,10 @@ class UnresolvableStats(NamedTuple):
 
 def test_annotations_that_do_not_resolve_leave_every_field_a_gauge() -> None:
     shape = shape_of(UnresolvableStats, UnresolvableStats._fields)
-    assert [(p.base, p.kind) for p in shape.fields] == [("nacelle_unresolvable_served", "gauge"),
-                                                       ("nacelle_unresolvable_other", "gauge")]
+    assert [(p.base, p.kind) for p in shape.fields] == [
+        ("nacelle_unresolvable_served", "gauge"),
+        ("nacelle_unresolvable_other", "gauge"),
+    ]
 
 
 # -- the export -------------------------------------------------------------------------------------------
@@ -203,15 +229,27 @@ def test_named_stats_nest_with_their_path_and_keep_outer_labels() -> None:
     assert ("nacelle_item_color", {"component": "c", "item": "parent", "color": "red"}, 1.0) in got
     assert ("nacelle_item_color", {"component": "c", "item": "parent", "color": "green"}, 0.0) in got
     assert ("nacelle_item_ok", {"component": "c", "item": "parent"}, 1.0) in got
-    assert not [n for n, _, _ in got if n.startswith(("nacelle_item_missing", "nacelle_item_text", "nacelle_item_name"))]
+    assert not [
+        n for n, _, _ in got if n.startswith(("nacelle_item_missing", "nacelle_item_text", "nacelle_item_name"))
+    ]
 
 
 def test_a_repeated_label_set_is_dropped_and_another_origin_of_a_name_is_numbered() -> None:
     # Another type called ItemStats, whose ``ok`` is a counter where the first one's is a gauge.
-    other = NamedTuple("ItemStats", [("ok", Annotated[int, Metric.counter("Oks.")])])  # type: ignore[name-match]
+    class Other(NamedTuple):
+        ok: Annotated[int, Metric.counter("Oks.")]
+
+    Other.__name__ = Other.__qualname__ = "ItemStats"  # the module's type's name: another origin of its metrics
+    other = Other
     item = ItemStats("x", 1, Color.RED, True, None, "", {})
-    got = samples(scrape((item, {"component": "c"}), (item, {"component": "c"}),
-                         ({"a": other(3)}, {"component": "c"}), (other(4), {"component": "d"})))
+    got = samples(
+        scrape(
+            (item, {"component": "c"}),
+            (item, {"component": "c"}),
+            ({"a": other(3)}, {"component": "c"}),
+            (other(4), {"component": "d"}),
+        )
+    )
     assert [s for s in got if s[0].startswith("nacelle_item_ok")] == [
         ("nacelle_item_ok", {"component": "c", "item": "x"}, 1.0),  # once: the identical second one dropped
         ("nacelle_item_ok_2_total", {"component": "c", "item": "a"}, 3.0),
@@ -240,11 +278,15 @@ names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_siz
 
 
 @settings(max_examples=150, deadline=None)
-@given(type_name=names, fields=st.lists(names, min_size=1, max_size=8),
-       kinds=st.lists(st.sampled_from(["counter", "gauge", "histogram", None, "enum"]), min_size=8, max_size=8),
-       name=st.one_of(st.none(), names))
-def test_any_names_give_a_valid_exposition(type_name: str, fields: list[str], kinds: list[str | None],
-                                           name: str | None) -> None:
+@given(
+    type_name=names,
+    fields=st.lists(names, min_size=1, max_size=8),
+    kinds=st.lists(st.sampled_from(["counter", "gauge", "histogram", None, "enum"]), min_size=8, max_size=8),
+    name=st.one_of(st.none(), names),
+)
+def test_any_names_give_a_valid_exposition(
+    type_name: str, fields: list[str], kinds: list[str | None], name: str | None
+) -> None:
     notes: dict[str, Any] = {}
     values: dict[str, Any] = {}
     for i, (field, kind) in enumerate(zip(fields, kinds)):
@@ -311,8 +353,10 @@ def test_metric_checks_its_kind_and_scale() -> None:
 class OrdersStats(NamedTuple):
     placed: Annotated[int, Metric.counter("Orders placed.")]
     open: Annotated[int, Metric.gauge("Orders placed, not yet shipped.")]
-    wait_ms: Annotated[float, Metric.gauge(
-        "How long the oldest open order has waited.", name="oldest_wait", unit="seconds", scale=0.001)]
+    wait_ms: Annotated[
+        float,
+        Metric.gauge("How long the oldest open order has waited.", name="oldest_wait", unit="seconds", scale=0.001),
+    ]
     took: Annotated[HistogramSnapshot, Metric.histogram("Seconds per order.", unit="seconds")]
     cache: Annotated[dict[str, int], Metric.omit()]
 
@@ -320,11 +364,17 @@ class OrdersStats(NamedTuple):
 def test_the_operations_docs_example() -> None:
     took = Histogram()
     took.observe(0.2)
-    found = {f.name: f for f in text_string_to_metric_families(
-        scrape((OrdersStats(3, 2, 1500.0, took.snapshot(), {"x": 1}), {"component": "orders"})))}
+    found = {
+        f.name: f
+        for f in text_string_to_metric_families(
+            scrape((OrdersStats(3, 2, 1500.0, took.snapshot(), {"x": 1}), {"component": "orders"}))
+        )
+    }
     assert {name: f.type for name, f in found.items()} == {
-        "nacelle_orders_placed": "counter", "nacelle_orders_open": "gauge",
-        "nacelle_orders_oldest_wait_seconds": "gauge", "nacelle_orders_took_seconds": "histogram",
+        "nacelle_orders_placed": "counter",
+        "nacelle_orders_open": "gauge",
+        "nacelle_orders_oldest_wait_seconds": "gauge",
+        "nacelle_orders_took_seconds": "histogram",
     }
     assert [s.value for s in found["nacelle_orders_oldest_wait_seconds"].samples] == [1.5]
     assert found["nacelle_orders_placed"].samples[0].name == "nacelle_orders_placed_total"

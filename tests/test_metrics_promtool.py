@@ -48,15 +48,24 @@ def families(text: str) -> dict[str, Any]:
 
 def assert_component_everywhere(text: str) -> None:
     """Every sample but the app's readiness and phase carries the ``component`` label."""
-    missing = sorted({s.name for f in families(text).values() if f.name not in APP_WIDE
-                      for s in f.samples if "component" not in s.labels})
+    missing = sorted(
+        {
+            s.name
+            for f in families(text).values()
+            if f.name not in APP_WIDE
+            for s in f.samples
+            if "component" not in s.labels
+        }
+    )
     assert not missing, f"samples without a component label: {missing}"
 
 
 def test_promtool_is_no_rubber_stamp() -> None:
     """The checker fails the issue's original complaint, so a clean pass means something."""
-    status, said = promtool_check(require_promtool(), "# HELP nacelle_machine_total x\n# TYPE nacelle_machine_total gauge\n"
-                                            "nacelle_machine_total 1\n")
+    status, said = promtool_check(
+        require_promtool(),
+        "# HELP nacelle_machine_total x\n# TYPE nacelle_machine_total gauge\nnacelle_machine_total 1\n",
+    )
     assert status != 0 and 'non-counter metrics should not have "_total" suffix' in said, (status, said)
 
 
@@ -68,8 +77,10 @@ def test_example_app_metrics_pass_promtool(backend: str, tmp_path: Path) -> None
     promtool = require_promtool()
     with boot(backend, tmp_path / "metrics.sqlite3") as app:
         (api_host, api_port), (ops_host, ops_port) = ports(app)
-        with httpx.Client(base_url=f"http://{api_host}:{api_port}", timeout=5) as api, \
-                httpx.Client(base_url=f"http://{ops_host}:{ops_port}", timeout=5) as ops:
+        with (
+            httpx.Client(base_url=f"http://{api_host}:{api_port}", timeout=5) as api,
+            httpx.Client(base_url=f"http://{ops_host}:{ops_port}", timeout=5) as ops,
+        ):
             assert api.post("/rows", json={"name": "ada"}).status_code == 201
             assert len(_summaries(api, 3)) == 3  # the dispatcher runs tasks: its latency histogram fills
             response = ops.get("/metrics")
@@ -80,20 +91,33 @@ def test_example_app_metrics_pass_promtool(backend: str, tmp_path: Path) -> None
             assert_component_everywhere(text)
             found = families(text)
             for name, kind in (
-                ("nacelle_component_restarts", "counter"), ("nacelle_dispatcher_accepted", "counter"),
-                ("nacelle_dispatcher_queued", "gauge"), ("nacelle_dispatcher_latency_seconds", "histogram"),
-                ("nacelle_stage_messages_in", "counter"), ("nacelle_stage_busy_seconds", "counter"),
-                ("nacelle_worker_ticks", "counter"), ("nacelle_worker_last_duration_seconds", "gauge"),
-                ("nacelle_http_served", "counter"), ("nacelle_http_active", "gauge"),
-                ("nacelle_machine_routines", "counter"), ("nacelle_machine_active", "gauge"),
-                ("nacelle_heartbeat_beats", "counter"), ("nacelle_heartbeat_write_seconds", "histogram"),
+                ("nacelle_component_restarts", "counter"),
+                ("nacelle_dispatcher_accepted", "counter"),
+                ("nacelle_dispatcher_queued", "gauge"),
+                ("nacelle_dispatcher_latency_seconds", "histogram"),
+                ("nacelle_stage_messages_in", "counter"),
+                ("nacelle_stage_busy_seconds", "counter"),
+                ("nacelle_worker_ticks", "counter"),
+                ("nacelle_worker_last_duration_seconds", "gauge"),
+                ("nacelle_http_served", "counter"),
+                ("nacelle_http_active", "gauge"),
+                ("nacelle_machine_routines", "counter"),
+                ("nacelle_machine_active", "gauge"),
+                ("nacelle_heartbeat_beats", "counter"),
+                ("nacelle_heartbeat_write_seconds", "histogram"),
             ):
                 assert found[name].type == kind, (name, found[name].type)
                 assert found[name].documentation, name
-            latency = {s.name: s.value for s in found["nacelle_dispatcher_latency_seconds"].samples
-                       if s.labels.get("le") in (None, "+Inf")}
+            latency = {
+                s.name: s.value
+                for s in found["nacelle_dispatcher_latency_seconds"].samples
+                if s.labels.get("le") in (None, "+Inf")
+            }
             assert latency["nacelle_dispatcher_latency_seconds_count"] >= 1
-            assert latency["nacelle_dispatcher_latency_seconds_bucket"] == latency["nacelle_dispatcher_latency_seconds_count"]
+            assert (
+                latency["nacelle_dispatcher_latency_seconds_bucket"]
+                == latency["nacelle_dispatcher_latency_seconds_count"]
+            )
             served = [s.value for s in found["nacelle_http_served"].samples]
             assert served and served[0] >= 2
             # OpenMetrics, for a scraper that asks: the strict parser takes it
@@ -128,8 +152,9 @@ class ReservedStats(NamedTuple):
     数量: int
     mode: Mode
     requests_total: Annotated[int, Metric.counter("Requests answered.")]
-    wait_ms: Annotated[float, Metric.gauge("How long the oldest request waits.", name="wait", unit="seconds",
-                                           scale=0.001)]
+    wait_ms: Annotated[
+        float, Metric.gauge("How long the oldest request waits.", name="wait", unit="seconds", scale=0.001)
+    ]
     latency: Annotated[HistogramSnapshot, Metric.histogram("Seconds per request.", unit="seconds")]
     note: str  # not a number: left out
 
@@ -174,10 +199,23 @@ class Reserved(Gate):
 
     def stats(self) -> dict[str, Any]:
         return {
-            "reserved": ReservedStats(1, 2.5, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, Mode.BUSY, 13, 1500.0,
-                                      self.histogram.snapshot(), "x"),
-            "raw": OddKind({"cache-hits": 1, "cache.hits": 2, "p.99": 3, "1st-try": 4, "x:y": 5, "naïve": 6,
-                            "ключ": 7, "le": 8, "__": 9, "count": 10}),
+            "reserved": ReservedStats(
+                1, 2.5, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, Mode.BUSY, 13, 1500.0, self.histogram.snapshot(), "x"
+            ),
+            "raw": OddKind(
+                {
+                    "cache-hits": 1,
+                    "cache.hits": 2,
+                    "p.99": 3,
+                    "1st-try": 4,
+                    "x:y": 5,
+                    "naïve": 6,
+                    "ключ": 7,
+                    "le": 8,
+                    "__": 9,
+                    "count": 10,
+                }
+            ),
             "component": ComponentStats("inner", 1),
             "quantile": QuantileStats("q1", 1),
             "shards": {"eu": ShardStats(3), "us": ShardStats(4), 7: ShardStats(5)},
@@ -241,8 +279,13 @@ async def test_reserved_user_field_names_pass_promtool() -> None:
 
         for name, labels in EXPECTED.items():
             for component in ("one", "two"):
-                extra = {"reserved": "reserved"} if name.startswith("nacelle_reserved_") else \
-                    {"queue_stats_v2": "raw"} if name.startswith("nacelle_queue_stats_v2_") else {}
+                extra = (
+                    {"reserved": "reserved"}
+                    if name.startswith("nacelle_reserved_")
+                    else {"queue_stats_v2": "raw"}
+                    if name.startswith("nacelle_queue_stats_v2_")
+                    else {}
+                )
                 assert value(name, component=component, **extra, **labels) is not None
         assert value("nacelle_reserved_wait_seconds", component="one", reserved="reserved") == 1.5  # scaled
         assert value("nacelle_reserved_mode", component="one", reserved="reserved", mode="idle") == 0
@@ -256,8 +299,10 @@ async def test_reserved_user_field_names_pass_promtool() -> None:
         found = families(text)
         assert found["nacelle_reserved_requests"].type == "counter"
         assert found["nacelle_reserved_latency_seconds"].type == "histogram"
-        assert found["nacelle_reserved_count_value"].documentation == \
-            "Field 'count' of ReservedStats, from the component's stats()."
+        assert (
+            found["nacelle_reserved_count_value"].documentation
+            == "Field 'count' of ReservedStats, from the component's stats()."
+        )
         assert not any(n.startswith("nacelle_reserved_note") for n, _, _ in samples)
         strict = (await ops.get("/metrics", headers={"Accept": OPENMETRICS})).text
         assert {f.name for f in openmetrics_families(strict)} == set(found)  # type: ignore[no-untyped-call]

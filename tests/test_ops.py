@@ -25,13 +25,12 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from nacelle_py import App, ConfigError, Health, Inject, Initializer, Process, RegistrationError
+from nacelle_py import App, ConfigError, Health, Initializer, Inject, Process, RegistrationError
 from nacelle_py._extras import MissingExtraError, require
 from nacelle_py.base import Dispatcher, Machine, Pipeline, Stage, Worker
 from nacelle_py.testing import Trace
 
 pytestmark = pytest.mark.anyio
-
 
 
 class Boom(Exception):
@@ -126,8 +125,9 @@ class Gate(Process):
 class Mark(Initializer):
     """An initializer that records its init (and waits for ``finalize_gate`` in finalize)."""
 
-    def __init__(self, trace: Trace, name: str, *, fail: bool = False,
-                 finalize_gate: anyio.Event | None = None) -> None:
+    def __init__(
+        self, trace: Trace, name: str, *, fail: bool = False, finalize_gate: anyio.Event | None = None
+    ) -> None:
         self.trace, self.name, self.fail, self.finalize_gate = trace, name, fail, finalize_gate
 
     async def init(self) -> None:
@@ -366,7 +366,10 @@ async def test_readyz_503_names_the_unhealthy_keys_until_they_recover(ops_on: No
         db.flag.update(False, "connection lost")
         body = await ops.json("/readyz", expect=503)
         assert body == {
-            "status": "not ready", "phase": "running", "unhealthy": ["db"], "reasons": {"db": "connection lost"},
+            "status": "not ready",
+            "phase": "running",
+            "unhealthy": ["db"],
+            "reasons": {"db": "connection lost"},
         }
         assert await ops.json("/livez") == {"status": "alive", "phase": "running"}  # alive, just not ready
         db.flag.update(False)  # no reason given: named, without a reason
@@ -466,7 +469,8 @@ async def test_head_answers_without_a_body_other_methods_405_unknown_paths_404(o
         missing = await ops.get("/nope")
         assert missing.status_code == 404
         assert missing.json() == {
-            "error": "not found", "paths": ["/livez", "/readyz", "/debug/components", "/metrics"],
+            "error": "not found",
+            "paths": ["/livez", "/readyz", "/debug/components", "/metrics"],
         }
         assert (await ops.get("/")).status_code == 404
         assert (await ops.get("/livez/")).status_code == 200  # a trailing slash is the same path
@@ -586,8 +590,11 @@ async def test_metrics_report_readiness_states_restarts_and_health(ops_on: None)
         assert samples.value("nacelle_app_phase", phase="running") == 1
         assert samples.value("nacelle_app_phase", phase="starting") == 0
         for name, current in (("config", "initialized"), ("db", "running")):
-            states = {ls["state"]: v for n, ls, v in samples.samples
-                      if n == "nacelle_component_state" and ls["component"] == name}
+            states = {
+                ls["state"]: v
+                for n, ls, v in samples.samples
+                if n == "nacelle_component_state" and ls["component"] == name
+            }
             assert states[current] == 1, (name, states)
             assert sum(states.values()) == 1, (name, states)  # one current state
             assert {"registered", "running", "stopped", "failed", "finalized"} <= set(states)
@@ -642,7 +649,8 @@ async def test_metrics_carry_the_stats_of_built_ins_and_follow_their_work(ops_on
         got.append(msg)
 
     flow = app.register(
-        Pipeline([Stage("numbers", numbers, [Stage("square", square, [Stage("sink", sink)])])]), name="flow",
+        Pipeline([Stage("numbers", numbers, [Stage("square", square, [Stage("sink", sink)])])]),
+        name="flow",
     )
     roamer = app.register(Roamer(), name="roamer")
     async with serving(app) as ops:
@@ -687,9 +695,14 @@ async def test_metrics_carry_the_stats_of_built_ins_and_follow_their_work(ops_on
         assert second.families["nacelle_dispatcher_latency_seconds"].type == "histogram"
         assert second.value("nacelle_dispatcher_latency_seconds_count", component="jobs") >= 1
         assert second.value("nacelle_dispatcher_latency_seconds_bucket", component="jobs", le="+Inf") >= 1
-        for family, kind in (("nacelle_dispatcher_completed", "counter"), ("nacelle_dispatcher_workers", "gauge"),
-                             ("nacelle_worker_last_duration_seconds", "gauge"), ("nacelle_stage_busy_seconds", "counter"),
-                             ("nacelle_machine_routines", "counter"), ("nacelle_machine_active", "gauge")):
+        for family, kind in (
+            ("nacelle_dispatcher_completed", "counter"),
+            ("nacelle_dispatcher_workers", "gauge"),
+            ("nacelle_worker_last_duration_seconds", "gauge"),
+            ("nacelle_stage_busy_seconds", "counter"),
+            ("nacelle_machine_routines", "counter"),
+            ("nacelle_machine_active", "gauge"),
+        ):
             assert second.families[family].type == kind, family
         assert second.value("nacelle_worker_ticks_total", component="ticker") > ticks
         assert second.value("nacelle_stage_messages_in_total", component="flow", stage="square") == 3
@@ -916,8 +929,15 @@ async def test_probes_need_no_prometheus_client_with_ops_metrics_false(
 
 def test_describe_lists_the_ops_and_systemd_settings() -> None:
     text = make_app().describe()
-    for name in ("T_OPS_ADDR", "OPS_ADDR", "T_OPS_METRICS", "OPS_METRICS", "NOTIFY_SOCKET", "WATCHDOG_USEC",
-                 "WATCHDOG_PID"):
+    for name in (
+        "T_OPS_ADDR",
+        "OPS_ADDR",
+        "T_OPS_METRICS",
+        "OPS_METRICS",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    ):
         assert name in text, name
     assert "T_NOTIFY_SOCKET" not in text  # systemd's variables are never prefixed
     assert "/readyz" in text

@@ -176,8 +176,12 @@ def test_check_runs_the_preflight(taken_port: int) -> None:
     env = clean_env(EXAMPLE_HTTP_PORT=str(taken_port))
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run(
-        [sys.executable, "-m", "nacelle_py", "check", "example_app:build_app"], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "nacelle_py", "check", "example_app:build_app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "[preflight] api: " in done.stdout and f"127.0.0.1:{taken_port}" in done.stdout

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-
 from _redis import MISSING_SERVER, RedisError, RedisFactory, RedisServer, missing_server_outcome, require_redis_server
 
 
@@ -35,9 +34,7 @@ def test_redis_url_hands_out_an_empty_server(redis_server: RedisServer, request:
     assert redis_server.command("DBSIZE") == 0
 
 
-def test_redis_url_restarts_a_stopped_session_server(
-    redis_server: RedisServer, request: pytest.FixtureRequest
-) -> None:
+def test_redis_url_restarts_a_stopped_session_server(redis_server: RedisServer, request: pytest.FixtureRequest) -> None:
     port = redis_server.port
     redis_server.stop()
     assert not redis_server.running and not redis_server.ping()

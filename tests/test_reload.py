@@ -22,7 +22,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from structlog.testing import capture_logs
 
-from nacelle_py import App, Inject, Initializer, Process
+from nacelle_py import App, Initializer, Inject, Process
 from nacelle_py.testing import Trace, test_app
 
 pytestmark = pytest.mark.anyio
@@ -173,6 +173,7 @@ async def until(predicate: Callable[[], bool], what: str, limit: float = 5.0) ->
 
 async def reloaded(logs: list[Log], n: int = 1) -> None:
     """Wait until ``n`` reloads have ended (accepted or rejected)."""
+
     def ended() -> int:
         return sum(1 for e in logs if e.get("event") == "reloaded" or str(e.get("event")).startswith("reload rejected"))
 

@@ -23,13 +23,20 @@ import anyio
 import httpx
 import pytest
 import structlog
+from _faults import (
+    Fault,
+    Lab,
+    Mode,
+    check_finalized_once,
+    check_stops_follow_runs,
+    incarnations,
+    parse,
+    serve_until,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from nacelle_py import App, ComponentError, Options, RegistrationError
 from nacelle_py.testing import test_app
-from _faults import (
-    Fault, Lab, Mode, check_finalized_once, check_stops_follow_runs, incarnations, parse, serve_until,
-)
 
 pytestmark = pytest.mark.anyio
 
@@ -61,7 +68,8 @@ def ladder(lab: Lab, strategy: str | None, failing: str) -> App:
 def named(events: Sequence[str], op: str, incarnation: int | None = None, outcome: str | None = None) -> list[str]:
     """The names of the components with ``op`` events (begun, unless ``outcome``), in order."""
     return [
-        e.name for e in parse(events)
+        e.name
+        for e in parse(events)
         if e.op == op and e.outcome == outcome and (incarnation is None or e.incarnation == incarnation)
     ]
 
@@ -83,7 +91,7 @@ def assert_group_restart(events: list[str], failed: str, restarted: Sequence[str
     started (and healthy) before the next priority's inits. The final unwind finalizes what
     lives in reverse order of init.
     """
-    window = events[events.index(f"{failed}#1.run.fail"):events.index("shutdown")]
+    window = events[events.index(f"{failed}#1.run.fail") : events.index("shutdown")]
     untouched = [name for name, _, _ in LADDER if name not in restarted]
     assert [e for e in window if e.split("#")[0] in untouched] == []
     assert {name for name, _, _ in LADDER if incarnations(events, name) == 2} == set(restarted)
@@ -107,9 +115,12 @@ def assert_group_restart(events: list[str], failed: str, restarted: Sequence[str
         next_inits = [f"{n}#2.init" for n in restarted if PRIORITY[n] == high]
         assert max(window.index(e) for e in up) < min(window.index(e) for e in next_inits), window
 
-    final = events[events.index("shutdown"):]
-    alive = [e for e in parse(events) if e.op == "init" and e.outcome == "ok"
-             and e.incarnation == incarnations(events, e.name)]
+    final = events[events.index("shutdown") :]
+    alive = [
+        e
+        for e in parse(events)
+        if e.op == "init" and e.outcome == "ok" and e.incarnation == incarnations(events, e.name)
+    ]
     assert named(final, "finalize") == [e.name for e in alive][::-1]
     assert_sound(events)
 
@@ -148,7 +159,7 @@ async def test_one_for_one_restarts_only_the_failed_component(strategy: str | No
     with structlog.testing.capture_logs():
         assert await serve_until(app, lab, "c#2.run") == 0, app.errors
     events = lab.trace.events
-    window = events[events.index("c#1.run.fail"):events.index("shutdown")]
+    window = events[events.index("c#1.run.fail") : events.index("shutdown")]
     assert [e for e in window if not e.startswith("c#")] == []
     assert "c#1.stop" not in events  # its run had ended: nothing to stop
     assert window.index("c#1.finalize.ok") < window.index("c#2.init") < window.index("c#2.run")
@@ -171,7 +182,8 @@ async def test_one_for_all_reboots_every_component_in_place() -> None:
     ids=["first-of-its-priority", "later-in-its-priority"],
 )
 async def test_rest_for_one_restarts_the_failed_component_and_everything_started_after_it(
-    failing: str, restarted: list[str],
+    failing: str,
+    restarted: list[str],
 ) -> None:
     """rest_for_one: the failed component, the later ones of its priority and every higher priority restart.
 
@@ -272,7 +284,11 @@ async def test_more_than_max_restarts_within_the_window_escalates() -> None:
     """
     lab = Lab()
     app = pair(
-        lab, restart="on_failure", max_restarts=2, restart_window=5.0, backoff=QUICK,
+        lab,
+        restart="on_failure",
+        max_restarts=2,
+        restart_window=5.0,
+        backoff=QUICK,
         run=Fault(Mode.RAISE, upto=None, after=0.05),
     )
     with structlog.testing.capture_logs():
@@ -290,7 +306,11 @@ async def test_restarts_spread_wider_than_the_window_do_not_escalate() -> None:
     """Intensity counts restarts within restart_window only: one failure every 0.4 s never exceeds 1 per 0.3 s."""
     lab = Lab()
     app = pair(
-        lab, restart="on_failure", max_restarts=1, restart_window=0.3, backoff=QUICK,
+        lab,
+        restart="on_failure",
+        max_restarts=1,
+        restart_window=0.3,
+        backoff=QUICK,
         run=Fault(Mode.RAISE, upto=3, after=0.4),
     )
     with structlog.testing.capture_logs():
@@ -303,8 +323,12 @@ async def test_a_failing_init_during_a_restart_is_retried_not_a_boot_failure() -
     """An init that raises during a restart counts as a failure of the component: backoff, retry, status 0."""
     lab = Lab()
     app = pair(
-        lab, restart="on_failure", max_restarts=3, backoff=QUICK,
-        run=Fault(Mode.RAISE, after=0.05), init=Fault(Mode.RAISE, since=2, upto=2),
+        lab,
+        restart="on_failure",
+        max_restarts=3,
+        backoff=QUICK,
+        run=Fault(Mode.RAISE, after=0.05),
+        init=Fault(Mode.RAISE, since=2, upto=2),
     )
     with structlog.testing.capture_logs():
         assert await serve_until(app, lab, "p#3.run") == 0, app.errors
@@ -319,8 +343,12 @@ async def test_failing_inits_during_restarts_count_toward_the_intensity() -> Non
     """Restart inits that keep failing escalate like runs that keep failing; the last error is the init's."""
     lab = Lab()
     app = pair(
-        lab, restart="on_failure", max_restarts=2, backoff=QUICK,
-        run=Fault(Mode.RAISE, after=0.05), init=Fault(Mode.RAISE, since=2, upto=None),
+        lab,
+        restart="on_failure",
+        max_restarts=2,
+        backoff=QUICK,
+        run=Fault(Mode.RAISE, after=0.05),
+        init=Fault(Mode.RAISE, since=2, upto=None),
     )
     with structlog.testing.capture_logs():
         assert await serve_until(app, lab) == 1
@@ -354,7 +382,11 @@ async def test_a_run_that_fails_during_boot_is_restarted_and_boot_completes() ->
     app = test_app("t")
     app.register(
         lab.process("p", run=Fault(Mode.RAISE), health=Fault(Mode.HANG)),
-        name="p", priority=0, restart="on_failure", backoff=QUICK, start_timeout=5,
+        name="p",
+        priority=0,
+        restart="on_failure",
+        backoff=QUICK,
+        start_timeout=5,
     )
     app.register(lab.process("q"), name="q", priority=1, start_timeout=5)
     app.on_ready(lambda: lab.trace.add("ready"))
@@ -370,8 +402,14 @@ async def test_backoff_grows_exponentially_from_its_initial_wait() -> None:
     """Backoff: the waits before restarts grow from ``initial`` (loose lower bounds; jitter may shorten a wait by half)."""
     initial = 0.2
     lab = Lab()
-    app = pair(lab, restart="on_failure", max_restarts=5, restart_window=60.0, backoff=(initial, 5.0),
-                   run=Fault(Mode.RAISE, upto=3, after=0.01))
+    app = pair(
+        lab,
+        restart="on_failure",
+        max_restarts=5,
+        restart_window=60.0,
+        backoff=(initial, 5.0),
+        run=Fault(Mode.RAISE, upto=3, after=0.01),
+    )
     with structlog.testing.capture_logs():
         assert await serve_until(app, lab, "p#4.run", limit=20) == 0, app.errors
     trace = lab.trace
@@ -383,8 +421,14 @@ async def test_backoff_grows_exponentially_from_its_initial_wait() -> None:
 async def test_backoff_is_capped() -> None:
     """Backoff: capped at its second value; eight restarts from 0.05 s capped at 0.1 s take well under 12 s."""
     lab = Lab()
-    app = pair(lab, restart="on_failure", max_restarts=10, restart_window=60.0, backoff=(0.05, 0.1),
-                   run=Fault(Mode.RAISE, upto=8, after=0.01))
+    app = pair(
+        lab,
+        restart="on_failure",
+        max_restarts=10,
+        restart_window=60.0,
+        backoff=(0.05, 0.1),
+        run=Fault(Mode.RAISE, upto=8, after=0.01),
+    )
     with structlog.testing.capture_logs():
         assert await serve_until(app, lab, "p#9.run", limit=20) == 0, app.errors
     trace = lab.trace
@@ -395,8 +439,13 @@ async def test_health_keys_of_a_restarting_component_are_unhealthy_with_reason_r
     """While a component restarts, its health keys are unhealthy, reason ``restarting``; healthy again once it runs."""
     lab = Lab()
     gate = anyio.Event()
-    app = pair(lab, restart="on_failure", backoff=QUICK,
-                   run=Fault(Mode.RAISE, after=0.05), init=Fault(Mode.PAUSE, since=2, upto=2, after=gate))
+    app = pair(
+        lab,
+        restart="on_failure",
+        backoff=QUICK,
+        run=Fault(Mode.RAISE, after=0.05),
+        init=Fault(Mode.PAUSE, since=2, upto=2, after=gate),
+    )
 
     async def observe() -> None:
         await lab.trace.wait_for("p#2.init")  # the restart's init holds until the gate opens
@@ -529,7 +578,9 @@ async def test_ops_endpoint_counts_restarts_and_shows_the_last_error(ops_on: Non
             metrics = (await client.get(base_url(app) + "/metrics")).text
             body = (await client.get(base_url(app) + "/debug/components")).json()
         restarts = [
-            s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+            s.value
+            for f in text_string_to_metric_families(metrics)
+            for s in f.samples
             if s.name == "nacelle_component_restarts_total" and s.labels == {"component": "p"}
         ]
         assert restarts == [2], metrics
@@ -548,8 +599,13 @@ async def test_readyz_says_a_restarting_component_is_restarting(ops_on: None) ->
     """/readyz answers 503 while a component restarts, naming its key with reason ``restarting``; 200 after."""
     lab = Lab()
     gate = anyio.Event()
-    app = pair(lab, restart="on_failure", backoff=QUICK,
-                   run=Fault(Mode.RAISE, after=0.05), init=Fault(Mode.PAUSE, since=2, upto=2, after=gate))
+    app = pair(
+        lab,
+        restart="on_failure",
+        backoff=QUICK,
+        run=Fault(Mode.RAISE, after=0.05),
+        init=Fault(Mode.PAUSE, since=2, upto=2, after=gate),
+    )
 
     async def probe() -> None:
         await lab.trace.wait_for("p#2.init")

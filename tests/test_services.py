@@ -98,6 +98,7 @@ def test_factory_must_be_callable() -> None:
 def test_type_lookup_never_calls_factories() -> None:
     calls: list[int] = []
     services = ServiceContainer()
+
     def make() -> str:
         calls.append(1)
         return "built"

@@ -24,7 +24,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from nacelle_py import App, ConfigError, Health, Inject, Initializer, Process
+from nacelle_py import App, ConfigError, Health, Initializer, Inject, Process
 from nacelle_py.testing import Trace
 
 pytestmark = pytest.mark.anyio
@@ -198,8 +198,9 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(app: App, notes: Notifications | None, *, wait_ready: bool = True,
-                  limit: float = 10.0) -> AsyncIterator[Served]:
+async def serving(
+    app: App, notes: Notifications | None, *, wait_ready: bool = True, limit: float = 10.0
+) -> AsyncIterator[Served]:
     """Serve ``app`` (and pump ``notes``) in the background until the block ends, which calls ``app.shutdown()``."""
     ready = anyio.Event()
     done = anyio.Event()
@@ -339,13 +340,10 @@ async def test_a_failing_run_says_why_it_stops(notify: Notifications, trace: Tra
     async with serving(app, notify, wait_ready=False) as served:
         await notify.until(lambda ms: "STATUS=stopped" in ms)
     assert served.status == 1
-    assert any(m.startswith("STOPPING=1\nSTATUS=stopping: crash: run failed") for m in notify.messages), \
-        notify.messages
+    assert any(m.startswith("STOPPING=1\nSTATUS=stopping: crash: run failed") for m in notify.messages), notify.messages
 
 
-async def test_no_ready_when_boot_fails_but_stopping_and_stopped_are_sent(
-    notify: Notifications, trace: Trace
-) -> None:
+async def test_no_ready_when_boot_fails_but_stopping_and_stopped_are_sent(notify: Notifications, trace: Trace) -> None:
     app = make_app()
     app.register(Gate(trace, "db"), name="db")
     app.register(Failing(trace), name="failing", priority=1)
@@ -544,12 +542,15 @@ async def test_a_socket_nobody_listens_on_warns_once_and_the_app_still_serves(
         assert trace.before("db.healthy", "late.init")
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("WATCHDOG_USEC", "abc"),
-    ("WATCHDOG_USEC", "0"),
-    ("WATCHDOG_USEC", "-100"),
-    ("WATCHDOG_PID", "abc"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WATCHDOG_USEC", "abc"),
+        ("WATCHDOG_USEC", "0"),
+        ("WATCHDOG_USEC", "-100"),
+        ("WATCHDOG_PID", "abc"),
+    ],
+)
 async def test_a_bad_watchdog_setting_is_a_config_error_naming_it(
     notify: Notifications, trace: Trace, monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:

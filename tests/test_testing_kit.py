@@ -114,6 +114,7 @@ class Worker(Process):
         if self.healthy:
             self.key.update(True)
         with anyio.CancelScope() as scope:
+
             async def crash() -> None:
                 assert self.crash is not None
                 await self.crash.wait()
@@ -166,8 +167,14 @@ async def test_boots_to_healthy_and_unwinds_when_the_block_ends() -> None:
             assert handle.ops_address is None and handle.ops_url is None  # test_app has no ops endpoint
     assert handle.status == 0 and handle.phase == "stopped"
     assert trace.events == [
-        "store.init", "worker.init", "worker.run", "body",
-        "worker.stop", "worker.run.end", "worker.finalize", "store.finalize",
+        "store.init",
+        "worker.init",
+        "worker.run",
+        "body",
+        "worker.stop",
+        "worker.run.end",
+        "worker.finalize",
+        "store.finalize",
     ]
     assert handle.states == {"store": "finalized", "worker": "finalized"}
 
@@ -267,7 +274,9 @@ async def test_an_unwind_failure_raises_exit_error_with_the_errors() -> None:
     assert [(e.component, e.operation) for e in error.errors] == [("worker", "stop")]
     assert error.errors == handle.errors == app.errors
     assert isinstance(error.__cause__, ComponentError) and isinstance(error.__cause__.__cause__, Boom)
-    assert str(error).startswith("app 'kit' exited with status 1: 1 error(s):\n  - worker: stop failed: Boom: worker stop")
+    assert str(error).startswith(
+        "app 'kit' exited with status 1: 1 error(s):\n  - worker: stop failed: Boom: worker stop"
+    )
 
 
 async def test_a_run_failing_during_the_body_stops_the_app_and_raises_on_exit() -> None:
@@ -303,7 +312,9 @@ async def test_a_bad_setting_in_the_environment_is_a_boot_error_naming_it(monkey
     trace = Trace()
     app, _, _ = build(trace)
     with anyio.fail_after(LIMIT):
-        with pytest.raises(BootError, match=r"(?s)kit: config failed: .*\n      - KIT_WORKER_TICK: .*\(got 'soon'\)") as raised:
+        with pytest.raises(
+            BootError, match=r"(?s)kit: config failed: .*\n      - KIT_WORKER_TICK: .*\(got 'soon'\)"
+        ) as raised:
             async with running(app):
                 pass
     assert raised.value.errors[0].operation == "config" and trace.events == []  # nothing initialised
@@ -357,7 +368,10 @@ async def test_an_unwind_that_overruns_the_timeout_is_forced_and_raises() -> Non
                 pass
     error = raised.value
     assert error.timed_out and handle.status == 1
-    assert "did not unwind within 0.5s (running(timeout=...)); not unwound yet: store (initialized), worker (stopping);" in str(error)
+    assert (
+        "did not unwind within 0.5s (running(timeout=...)); not unwound yet: store (initialized), worker (stopping);"
+        in str(error)
+    )
     assert "kit: shutdown failed: forced by running(): the unwind overran timeout=0.5s" in str(error)
     assert "store.finalize" in trace  # forced, the rest still unwound
 
@@ -465,7 +479,9 @@ async def test_an_injected_fake_must_still_match_the_annotation() -> None:
     app.services.set("number", 1)
     app.register(Typed(), name="typed")
     with anyio.fail_after(LIMIT), override_service(app, "number", "one"):
-        with pytest.raises(BootError, match="typed: inject failed: .*'number' is a str, but the attribute is annotated int"):
+        with pytest.raises(
+            BootError, match="typed: inject failed: .*'number' is a str, but the attribute is annotated int"
+        ):
             async with running(app):
                 pass
 
@@ -517,8 +533,10 @@ def test_a_bad_value_is_a_config_error_naming_the_env_variable() -> None:
     with pytest.raises(ConfigError) as raised, override_settings(app, tick="-1", worker_limit="many"):
         pass
     text = str(raised.value)
-    assert "KIT_WORKER_TICK: Input should be greater than 0 (got '-1'); also read from WORKER_TICK; " \
+    assert (
+        "KIT_WORKER_TICK: Input should be greater than 0 (got '-1'); also read from WORKER_TICK; "
         "given as override_settings(tick=...) (Settings.tick)" in text
+    )
     assert "KIT_WORKER_LIMIT: " in text and "given as override_settings(worker_limit=...)" in text
     assert {(e.model, e.field) for e in raised.value.errors} == {("Settings", "tick"), ("Settings", "limit")}
     with pytest.raises(ConfigError, match="KIT_WORKER_LABELS: cannot be decoded"):
@@ -541,7 +559,9 @@ def test_unknown_ambiguous_and_repeated_keywords_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"tik: no setting of this app is read from it; did you mean TICK"):
         with override_settings(app, tik="1"):
             pass
-    with pytest.raises(ConfigError, match=r"several settings models have a field 'tick'.*KIT_OTHER_TICK \(OtherSettings\)"):
+    with pytest.raises(
+        ConfigError, match=r"several settings models have a field 'tick'.*KIT_OTHER_TICK \(OtherSettings\)"
+    ):
         with override_settings(app, tick="1"):
             pass
     with pytest.raises(ConfigError, match=r"set twice, as WORKER_TICK= and worker_tick="):

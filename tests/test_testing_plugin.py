@@ -13,13 +13,12 @@ from collections.abc import Callable
 
 import anyio
 import pytest
+from _plugin import PLUGIN, installed
 from pydantic_settings import BaseSettings
 
 import nacelle_py.testing.plugin
 from nacelle_py import App, Inject, Process
 from nacelle_py.testing import Trace, running, test_app
-
-from _plugin import PLUGIN, installed
 
 pytest_plugins = ["pytester"]
 
@@ -88,7 +87,7 @@ async def test_the_override_fixtures_apply_for_the_test(
 
 # -- resets across tests, on a real run --------------------------------------------------
 
-SHARED_APP = '''
+SHARED_APP = """
 import pytest
 from pydantic_settings import BaseSettings
 from nacelle_py import Initializer, Inject
@@ -123,23 +122,25 @@ def test_sees_nothing_of_them():
 
 def test_a_misspelt_key_is_reported_at_teardown(nacelle_override):
     nacelle_override(APP, "clokc", "fake")
-'''
+"""
 
 
 def test_fixture_overrides_are_reset_after_a_failing_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_shared=SHARED_APP)
     result = run(pytester, "-p", "no:randomly")
     result.assert_outcomes(passed=2, failed=1, errors=1)
-    result.stdout.fnmatch_lines([
-        "*ERROR at teardown of test_a_misspelt_key_is_reported_at_teardown*",
-        "*no service was ever registered under 'clokc'*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_a_misspelt_key_is_reported_at_teardown*",
+            "*no service was ever registered under 'clokc'*",
+        ]
+    )
     assert "registered under 'never_set'" not in result.stdout.str()
 
 
 # -- the opt-in backends -------------------------------------------------------------------
 
-BACKEND_TEST = '''
+BACKEND_TEST = """
 import anyio
 import pytest
 import sniffio
@@ -160,7 +161,7 @@ async def test_backend(anyio_backend):
     app.register(Idle(), name="idle")
     async with running(app) as handle:
         assert handle.health.healthy
-'''
+"""
 
 
 def ran_on(result: pytest.RunResult) -> list[str]:
@@ -170,8 +171,11 @@ def ran_on(result: pytest.RunResult) -> list[str]:
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [(["--nacelle-backends"], ["asyncio", "trio"]), (["--nacelle-backends=trio"], ["trio"]),
-     (["--nacelle-backends", "asyncio, trio"], ["asyncio", "trio"])],
+    [
+        (["--nacelle-backends"], ["asyncio", "trio"]),
+        (["--nacelle-backends=trio"], ["trio"]),
+        (["--nacelle-backends", "asyncio, trio"], ["asyncio", "trio"]),
+    ],
     ids=["both", "trio", "listed"],
 )
 def test_the_backends_option_runs_every_anyio_test_on_each(
@@ -185,8 +189,10 @@ def test_the_backends_option_runs_every_anyio_test_on_each(
 
 @pytest.mark.parametrize(
     "config",
-    ["tox.ini: [pytest]\nnacelle_backends = trio asyncio\n",
-     'pyproject.toml: [tool.pytest.ini_options]\nnacelle_backends = ["trio", "asyncio"]\n'],
+    [
+        "tox.ini: [pytest]\nnacelle_backends = trio asyncio\n",
+        'pyproject.toml: [tool.pytest.ini_options]\nnacelle_backends = ["trio", "asyncio"]\n',
+    ],
     ids=["ini", "pyproject"],
 )
 def test_the_ini_option_does_the_same(pytester: pytest.Pytester, config: str) -> None:
@@ -206,9 +212,7 @@ def test_without_the_opt_in_anyio_keeps_its_default(pytester: pytest.Pytester) -
 
 
 def test_a_projects_own_anyio_backend_fixture_wins(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(
-        "import pytest\n\n@pytest.fixture\ndef anyio_backend():\n    return 'trio'\n"
-    )
+    pytester.makeconftest("import pytest\n\n@pytest.fixture\ndef anyio_backend():\n    return 'trio'\n")
     pytester.makepyfile(test_backend=BACKEND_TEST)
     result = run(pytester, "-v", "--nacelle-backends")
     result.assert_outcomes(passed=1)
@@ -221,4 +225,3 @@ def test_a_bad_backend_is_a_usage_error(pytester: pytest.Pytester, args: list[st
     result = run(pytester, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--nacelle-backends: backends are asyncio and trio, got*"])
-

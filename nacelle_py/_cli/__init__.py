@@ -8,6 +8,13 @@ from ._settings_table import SettingRow, settings_rows
 from ._target import TargetError, load_app
 
 __all__ = [
-    "CheckReport", "ComponentRow", "Problem", "SettingRow", "TargetError", "check_app", "load_app", "main",
+    "CheckReport",
+    "ComponentRow",
+    "Problem",
+    "SettingRow",
+    "TargetError",
+    "check_app",
+    "load_app",
+    "main",
     "settings_rows",
 ]

@@ -21,11 +21,13 @@ TARGET_HELP = "the app, as module:attribute: an App, or a function without argum
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description="Run an app built on nacelle_py, check it without starting it, or list its settings.",
+        prog=prog,
+        description="Run an app built on nacelle_py, check it without starting it, or list its settings.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,check,config}")
     run = commands.add_parser(
-        "run", help="boot the app (like app.boot()); the exit status is the app's",
+        "run",
+        help="boot the app (like app.boot()); the exit status is the app's",
         description="Boot the app like app.boot(): until SIGINT/SIGTERM, or until it ends; "
         "exit status 0 clean, 1 on any failure. Arguments after the target go to the app.",
     )
@@ -33,7 +35,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     run.add_argument("target", help=TARGET_HELP)
     run.add_argument("args", nargs=argparse.REMAINDER, help="passed on to the app (its --help lists its settings)")
     check = commands.add_parser(
-        "check", help="validate settings, injections and registrations without initialising anything",
+        "check",
+        help="validate settings, injections and registrations without initialising anything",
         description="Load and validate every setting, resolve every injection statically (Inject keys against "
         "provides and the services set before serving) and print the component table; exit 1 listing every "
         "problem at once, 0 when the app would boot.",
@@ -41,7 +44,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("target", help=TARGET_HELP)
     config = commands.add_parser(
-        "config", help="list every setting: env variable, type, default, and the current value (secrets masked)",
+        "config",
+        help="list every setting: env variable, type, default, and the current value (secrets masked)",
         description="List every setting the app reads: env variable, type, default, whether it is required and "
         "its current value (secrets masked). Exit 1 if a current value is invalid.",
     )
@@ -64,15 +68,33 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def _print_check(report: CheckReport, out: TextIO) -> None:
     rows = [
         [
-            c.name, c.kind, str(c.priority), _timeout(c.init_timeout), _timeout(c.start_timeout),
-            _timeout(c.shutdown_timeout), _timeout(c.finalize_timeout), c.restart,
-            ", ".join(c.provides) or "-", ", ".join(c.injects) or "-",
+            c.name,
+            c.kind,
+            str(c.priority),
+            _timeout(c.init_timeout),
+            _timeout(c.start_timeout),
+            _timeout(c.shutdown_timeout),
+            _timeout(c.finalize_timeout),
+            c.restart,
+            ", ".join(c.provides) or "-",
+            ", ".join(c.injects) or "-",
             "?" if c.health_keys is None else (", ".join(c.health_keys) or "-"),
         ]
         for c in report.components
     ]
-    headers = ["NAME", "KIND", "PRIORITY", "INIT", "START", "SHUTDOWN", "FINALIZE", "RESTART", "PROVIDES",
-               "INJECTS", "HEALTH KEYS"]
+    headers = [
+        "NAME",
+        "KIND",
+        "PRIORITY",
+        "INIT",
+        "START",
+        "SHUTDOWN",
+        "FINALIZE",
+        "RESTART",
+        "PROVIDES",
+        "INJECTS",
+        "HEALTH KEYS",
+    ]
     out.write(f"{report.app}: {len(report.components)} components\n")
     out.write("\n".join(_table(headers, rows)) + "\n\n")
     if report.ok:

@@ -82,12 +82,22 @@ def _model_rows(app: App, model: type[BaseSettings], users: list[str]) -> list[S
         names = app.config.env_names(model, name)
         secret = is_secret(field)
         set_by = _set_by(names)
-        rows.append(SettingRow(
-            env=names[0], also=names[1:], model=model.__name__, field=name, used_by=tuple(users),
-            type=type_name(field.annotation), default=default_text(field).removeprefix("default: "),
-            required=field.is_required(), secret=secret, set_by=set_by,
-            value=values[name] if name in values else _raw(set_by, secret), error=errors.get(name),
-        ))
+        rows.append(
+            SettingRow(
+                env=names[0],
+                also=names[1:],
+                model=model.__name__,
+                field=name,
+                used_by=tuple(users),
+                type=type_name(field.annotation),
+                default=default_text(field).removeprefix("default: "),
+                required=field.is_required(),
+                secret=secret,
+                set_by=set_by,
+                value=values[name] if name in values else _raw(set_by, secret),
+                error=errors.get(name),
+            )
+        )
     return rows
 
 

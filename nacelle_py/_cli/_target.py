@@ -34,7 +34,9 @@ def _import(module: str, spec: str) -> object:
     except RegistrationError as exc:
         raise TargetError(f"{spec}: {exc}", 1) from None
     except SystemExit as exc:  # a module that boots on import (a __main__, say)
-        raise TargetError(f"{spec}: importing {module!r} exited ({exc.code}); name a module that builds the app", 2) from None
+        raise TargetError(
+            f"{spec}: importing {module!r} exited ({exc.code}); name a module that builds the app", 2
+        ) from None
     except Exception:
         raise TargetError(f"{spec}: importing {module!r} failed:\n{traceback.format_exc()}", 1) from None
 
@@ -45,7 +47,8 @@ def load_app(spec: str) -> App:
     if not sep or not module or not attribute:
         raise TargetError(
             f"{spec!r}: give the app as module:attribute, e.g. example_app:build_app "
-            "(an App, or a function without arguments that returns one)", 2
+            "(an App, or a function without arguments that returns one)",
+            2,
         )
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` does: the current folder's modules are found
@@ -62,7 +65,9 @@ def load_app(spec: str) -> App:
     try:
         inspect.signature(target).bind()
     except TypeError:
-        raise TargetError(f"{spec}: {attribute} takes arguments; name an App or a function without arguments", 2) from None
+        raise TargetError(
+            f"{spec}: {attribute} takes arguments; name an App or a function without arguments", 2
+        ) from None
     except ValueError:
         pass  # no signature to read (a builtin): calling it tells
     try:

@@ -22,4 +22,16 @@ from ._restart import STRATEGIES, Strategy
 from ._runner import Runner
 from ._states import PHASES, STATES, TRANSITIONS, IllegalTransition, Phase, State
 
-__all__ = ["PHASES", "STATES", "STRATEGIES", "TRANSITIONS", "Entry", "IllegalTransition", "Phase", "Runner", "State", "Strategy", "preflight_all"]
+__all__ = [
+    "PHASES",
+    "STATES",
+    "STRATEGIES",
+    "TRANSITIONS",
+    "Entry",
+    "IllegalTransition",
+    "Phase",
+    "Runner",
+    "State",
+    "Strategy",
+    "preflight_all",
+]

@@ -135,7 +135,8 @@ class Boot:
                     entry.move(State.REGISTERED)
                     ctx.logger.warning(
                         "init abandoned: a plain def init() did not finish within its grace; not finalized",
-                        component=entry.name, grace=ABANDON_GRACE,
+                        component=entry.name,
+                        grace=ABANDON_GRACE,
                     )
                     return
         except anyio.get_cancelled_exc_class():
@@ -199,18 +200,28 @@ class Boot:
         holding = sorted(dict.fromkeys(s.component for s in unhealthy), key=lambda o: rank.get(o or "", len(rank)))
         if not holding:  # every key is healthy: some run had not even begun
             return [
-                (e, ComponentTimeoutError(
-                    e.name, "start", limit, f"priority {priority} not healthy after {limit:g}s: run not started"
-                ))
-                for e in group if e.handle is not None and not e.handle.began and not e.handle.finished
-            ] or [(None, ComponentTimeoutError(
-                ctx.app_name, "start", limit, f"priority {priority} not healthy after {limit:g}s"
-            ))]
+                (
+                    e,
+                    ComponentTimeoutError(
+                        e.name, "start", limit, f"priority {priority} not healthy after {limit:g}s: run not started"
+                    ),
+                )
+                for e in group
+                if e.handle is not None and not e.handle.began and not e.handle.finished
+            ] or [
+                (
+                    None,
+                    ComponentTimeoutError(
+                        ctx.app_name, "start", limit, f"priority {priority} not healthy after {limit:g}s"
+                    ),
+                )
+            ]
         errors: list[tuple[Entry | None, ComponentTimeoutError]] = []
         for owner in holding:
             keys = "; ".join(
                 f"health key {s.key!r} (registered by {owner or 'the app'})" + (f": {s.reason}" if s.reason else "")
-                for s in unhealthy if s.component == owner
+                for s in unhealthy
+                if s.component == owner
             )
             detail = f"priority {priority} not healthy after {limit:g}s: {keys}"
             entry = ctx.by_name.get(owner) if owner else None

@@ -24,8 +24,13 @@ def dump(ctx: Context, reason: str) -> None:
     log = ctx.logger
     components: list[dict[str, Any]] = [
         {
-            "name": e.name, "kind": e.kind, "state": str(e.state), "priority": e.options.priority,
-            "restarts": e.restarts, "error_count": e.error_count, "last_error": e.last_error,
+            "name": e.name,
+            "kind": e.kind,
+            "state": str(e.state),
+            "priority": e.options.priority,
+            "restarts": e.restarts,
+            "error_count": e.error_count,
+            "last_error": e.last_error,
         }
         for e in ctx.entries
     ]

@@ -18,10 +18,10 @@ import anyio.to_thread
 
 from .._calls import is_async
 from .._components import Initializer, Options, overridden
+from .._errors import ComponentError, ComponentTimeoutError
 from .._inject import Injector
 from .._registry import resolved
 from .._settings import AppSettings
-from .._errors import ComponentError, ComponentTimeoutError
 from ._context import Context, bounded, ms
 from ._record import Entry
 
@@ -118,7 +118,9 @@ async def preflight_all(
     return problems
 
 
-async def _attempt(method: Callable[[], object], name: str, operation: str, timeout: float | None) -> list[ComponentError]:
+async def _attempt(
+    method: Callable[[], object], name: str, operation: str, timeout: float | None
+) -> list[ComponentError]:
     """Call a component's method as the runner would (``async def`` on the loop, plain ``def`` on a
     thread), within ``timeout``; its error, if any, as a one-item list."""
     try:

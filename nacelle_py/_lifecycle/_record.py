@@ -29,8 +29,21 @@ class Entry:
     """One registered component: its options, resolved bounds and what it has been through."""
 
     __slots__ = (
-        "_state", "component", "error_count", "errors", "finalize_timeout", "handle", "init_timeout", "last_error",
-        "name", "options", "reload_timeout", "restarts", "shutdown_timeout", "start_timeout", "timings",
+        "_state",
+        "component",
+        "error_count",
+        "errors",
+        "finalize_timeout",
+        "handle",
+        "init_timeout",
+        "last_error",
+        "name",
+        "options",
+        "reload_timeout",
+        "restarts",
+        "shutdown_timeout",
+        "start_timeout",
+        "timings",
     )
 
     def __init__(
@@ -113,8 +126,22 @@ class RunHandle:
     """
 
     __slots__ = (
-        "_lock", "abandoned", "began", "countdown", "done", "entry", "finished", "fn", "host_scope", "is_async", "quiet",
-        "scope", "starting", "stop", "stop_timed_out", "stopping",
+        "_lock",
+        "abandoned",
+        "began",
+        "countdown",
+        "done",
+        "entry",
+        "finished",
+        "fn",
+        "host_scope",
+        "is_async",
+        "quiet",
+        "scope",
+        "starting",
+        "stop",
+        "stop_timed_out",
+        "stopping",
     )
 
     def __init__(self, entry: Entry, fn: Callable[[], Any], is_async: bool, stop: Callable[[], Any] | None) -> None:

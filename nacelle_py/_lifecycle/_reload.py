@@ -125,7 +125,8 @@ class Reloader:
             return list(self._reread())
         except ConfigError as exc:
             log.error(
-                "reload rejected: invalid configuration; the current settings stay", problems=len(exc.errors),
+                "reload rejected: invalid configuration; the current settings stay",
+                problems=len(exc.errors),
                 errors=[str(e) for e in exc.errors],
             )
         except Exception as exc:  # an unreadable env file or secrets directory, say

@@ -176,11 +176,15 @@ class Supervisor:
             history.popleft()
         if len(history) >= options.max_restarts:
             last = str(cause) if cause is not None else f"{entry.name}: run returned"
-            ctx.record(ComponentError(
-                entry.name, "restart", cause.cause if cause is not None else None,
-                f"restart intensity exceeded: {len(history)} restart(s) within {options.restart_window:g}s "
-                f"(max_restarts={options.max_restarts}); last error: {last}",
-            ))
+            ctx.record(
+                ComponentError(
+                    entry.name,
+                    "restart",
+                    cause.cause if cause is not None else None,
+                    f"restart intensity exceeded: {len(history)} restart(s) within {options.restart_window:g}s "
+                    f"(max_restarts={options.max_restarts}); last error: {last}",
+                )
+            )
             ctx.request_stop(f"{entry.name}: restart intensity exceeded")
             return
         history.append(now)
@@ -201,7 +205,7 @@ class Supervisor:
         started = [e for e in self._order if e.state is not State.REGISTERED or e is entry]
         if self._strategy == "one_for_all":
             return started
-        return started[started.index(entry):]  # rest_for_one: it and everything started after it
+        return started[started.index(entry) :]  # rest_for_one: it and everything started after it
 
     def _note(self, entry: Entry, error: ComponentError, *, log: bool = True) -> None:
         """An error the restart deals with: kept on the component's record, not the app's error list."""
@@ -244,10 +248,16 @@ class Supervisor:
         again = [e for e in affected if e is entry or e.kind == "initializer" or e.options.restart != "never"]
         delay = self._backoff(entry, restart.attempt)
         ctx.logger.warning(
-            "restarting component", component=entry.name, attempt=restart.attempt, backoff=round(delay, 3),
+            "restarting component",
+            component=entry.name,
+            attempt=restart.attempt,
+            backoff=round(delay, 3),
             error=str(restart.cause) if restart.cause is not None else "run returned",
-            **({"strategy": self._strategy, "with": [e.name for e in affected if e is not entry]}
-               if len(affected) > 1 else {}),
+            **(
+                {"strategy": self._strategy, "with": [e.name for e in affected if e is not entry]}
+                if len(affected) > 1
+                else {}
+            ),
         )
         async with self._boot.lock:
             await self._unwind.stop(affected, record=self._noted)
@@ -293,5 +303,3 @@ class Supervisor:
             self._ctx.record(error)
         else:
             self._note(entry, error)
-
-

@@ -26,8 +26,8 @@ from .._signals import DUMP_SIGNAL, RELOAD_SIGNAL
 from ._boot import Boot
 from ._context import Context
 from ._dump import dump
-from ._record import Entry
 from ._preflight import Preflight
+from ._record import Entry
 from ._reload import Reloader
 from ._report import Errors, Phases
 from ._restart import Strategy, Supervisor
@@ -70,8 +70,16 @@ class Runner:
             app_name=app_name, logger=logger, record=record.record, tell=self._phases.tell, hard_exit=hard_exit
         )
         self._ctx = Context(
-            app_name=app_name, entries=entries, by_name=by_name, injector=injector, health=health, logger=logger,
-            errors=record, phases=self._phases, shutdown=self._shutdown, release=release,
+            app_name=app_name,
+            entries=entries,
+            by_name=by_name,
+            injector=injector,
+            health=health,
+            logger=logger,
+            errors=record,
+            phases=self._phases,
+            shutdown=self._shutdown,
+            release=release,
         )
         self._unwind = Unwind(self._ctx)
         self._preflight = Preflight(self._ctx)
@@ -178,7 +186,9 @@ class Runner:
             if ctx.stopping:
                 return False
             ctx.logger.info(
-                "priority group started", priority=priority, components=len(group),
+                "priority group started",
+                priority=priority,
+                components=len(group),
                 ms=round((anyio.current_time() - started) * 1000, 3),
             )
         return True
@@ -219,5 +229,3 @@ class Runner:
         # serve(), structured concurrency leaves no choice but to wait for the run.
         self._shutdown.arm_watchdog(0.0, "a run ignored cancellation")
         ctx.logger.error("waiting for runs that ignore cancellation", hard_exit=self._shutdown.hard_exit)
-
-

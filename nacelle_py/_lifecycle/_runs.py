@@ -179,7 +179,8 @@ class Runs:
                 # A thread cannot be cancelled: the runner stops waiting, the function goes on.
                 log.warning(
                     "run abandoned: a plain def run() cannot be cancelled; give the process a stop()",
-                    component=entry.name, ms=ms(started),
+                    component=entry.name,
+                    ms=ms(started),
                 )
             else:  # expected when stopping a process without stop(): debug; otherwise news
                 (log.debug if handle.stopping else log.info)("run cancelled", component=entry.name, ms=ms(started))

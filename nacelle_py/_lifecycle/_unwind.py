@@ -106,9 +106,11 @@ class Unwind:
             handle.cancel()
             return
         if scope.cancelled_caught:
-            record(ComponentTimeoutError(
-                entry.name, "stop", timeout or 0, f"stop() did not return within {timeout:g}s; run cancelled"
-            ))
+            record(
+                ComponentTimeoutError(
+                    entry.name, "stop", timeout or 0, f"stop() did not return within {timeout:g}s; run cancelled"
+                )
+            )
             handle.stop_timed_out = True  # one timeout, reported once
             handle.cancel()
 
@@ -117,12 +119,19 @@ class Unwind:
         timeout = entry.shutdown_timeout
         if not await handle.wait(deadline(started, timeout)):
             if not handle.stop_timed_out:
-                record(ComponentTimeoutError(
-                    entry.name, "stop", timeout or 0, f"run() did not return within {timeout:g}s of stop(); cancelled"
-                ))
+                record(
+                    ComponentTimeoutError(
+                        entry.name,
+                        "stop",
+                        timeout or 0,
+                        f"run() did not return within {timeout:g}s of stop(); cancelled",
+                    )
+                )
             handle.cancel()
             if not await handle.wait(anyio.current_time() + CANCEL_GRACE):
-                self._ctx.logger.warning("run ignored cancellation; abandoned", component=entry.name, grace=CANCEL_GRACE)
+                self._ctx.logger.warning(
+                    "run ignored cancellation; abandoned", component=entry.name, grace=CANCEL_GRACE
+                )
 
     # -- finalize -------------------------------------------------------------------
 
@@ -156,9 +165,11 @@ class Unwind:
                 entry.move(State.FINALIZED)
             return
         if anyio.current_time() >= shutdown.forced_deadline:
-            record(ComponentTimeoutError(
-                entry.name, "finalize", FORCED_FINALIZE_BUDGET, "skipped: the forced shutdown budget was spent"
-            ))
+            record(
+                ComponentTimeoutError(
+                    entry.name, "finalize", FORCED_FINALIZE_BUDGET, "skipped: the forced shutdown budget was spent"
+                )
+            )
             return
         ctx.logger.info("finalize starting", component=entry.name)
         started = time.perf_counter()

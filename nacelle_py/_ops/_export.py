@@ -56,8 +56,9 @@ def _field(families: Families, plan: FieldPlan, item: Any, labels: dict[str, str
     elif isinstance(item, enum.Enum):
         label = label_name(plan.state_label, labels)
         for member in type(item):
-            families.number(origin, plan.base, "gauge", plan.help, {**labels, label: member.name.lower()},
-                            member is item)
+            families.number(
+                origin, plan.base, "gauge", plan.help, {**labels, label: member.name.lower()}, member is item
+            )
     elif isinstance(item, (int, float)):  # bools too: 1 or 0
         kind = "counter" if plan.kind == "counter" else "gauge"
         families.number(origin, plan.base, kind, plan.help, labels, item * plan.scale)

@@ -22,6 +22,7 @@ __all__ = ["Families"]
 
 LabelSet = tuple[tuple[str, str], ...]
 
+
 class Families:
     """Collects the samples of one scrape, in the order families first appear."""
 
@@ -50,15 +51,23 @@ class Families:
         seen.add(key)
         return metric
 
-    def number(self, origin: Hashable, name: str, kind: str, help: str, labels: Mapping[str, str],
-               value: float) -> None:
+    def number(
+        self, origin: Hashable, name: str, kind: str, help: str, labels: Mapping[str, str], value: float
+    ) -> None:
         """One counter or gauge sample (``name`` is the family's: a counter's sample adds ``_total``)."""
         metric = self._fresh(origin, name, kind, help, labels)
         if metric is not None:
             metric.add_sample(metric.name + ("_total" if kind == "counter" else ""), dict(labels), float(value))
 
-    def histogram(self, origin: Hashable, name: str, help: str, labels: Mapping[str, str],
-                  snapshot: HistogramSnapshot, scale: float = 1.0) -> None:
+    def histogram(
+        self,
+        origin: Hashable,
+        name: str,
+        help: str,
+        labels: Mapping[str, str],
+        snapshot: HistogramSnapshot,
+        scale: float = 1.0,
+    ) -> None:
         """The ``_bucket`` (one per bound and ``+Inf``), ``_count`` and ``_sum`` samples of one reading."""
         metric = self._fresh(origin, name, "histogram", help, labels)
         if metric is None:

@@ -67,7 +67,10 @@ class Operations:
 
     @asynccontextmanager
     async def running(
-        self, runner: Runner, health: Health, machine_stats: Callable[[], Iterable[tuple[str, Any]]],
+        self,
+        runner: Runner,
+        health: Health,
+        machine_stats: Callable[[], Iterable[tuple[str, Any]]],
         loop_blocked: Callable[[], int] = lambda: 0,
     ) -> AsyncIterator[None]:
         """Serve the ops endpoint and send systemd notifications for the length of the block."""
@@ -161,4 +164,3 @@ def _summary(runner: Runner, health: Health) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
-

@@ -31,8 +31,9 @@ class OpsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPS_", env_parse_none_str="none")
 
     addr: str | None = Field(
-        None, description="host:port of the ops endpoint (/livez, /readyz, /metrics, /debug/components); "
-        "unset: the App's ops_addr if the code gives one, else off; off: off."
+        None,
+        description="host:port of the ops endpoint (/livez, /readyz, /metrics, /debug/components); "
+        "unset: the App's ops_addr if the code gives one, else off; off: off.",
     )
     metrics: bool = Field(True, description="Serve /metrics (needs nacelle-py[metrics]); false: probes only.")
 

@@ -52,8 +52,9 @@ def shape_of(cls: type, keys: tuple[str, ...]) -> Shape:
         if note.kind != "omit":  # an omitted field takes no name from the others
             base = unique(metric_base(kind, name, counter=note.kind == "counter", unit=note.unit), taken)
             taken.add(base)
-        fields.append(FieldPlan(key, base, note.kind, note.help or f"{key} of {cls.__name__}.", note.scale,
-                                label_name(name)))
+        fields.append(
+            FieldPlan(key, base, note.kind, note.help or f"{key} of {cls.__name__}.", note.scale, label_name(name))
+        )
     return Shape(kind, label_name(kind), tuple(fields))
 
 

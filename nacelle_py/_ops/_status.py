@@ -24,7 +24,10 @@ class Status:
     """Readings of one serving app: readiness, each component, and every ``stats()`` it can find."""
 
     def __init__(
-        self, runner: Runner, health: Health, machine_stats: Callable[[], Iterable[tuple[str, Any]]],
+        self,
+        runner: Runner,
+        health: Health,
+        machine_stats: Callable[[], Iterable[tuple[str, Any]]],
         loop_blocked: Callable[[], int] = lambda: 0,
     ) -> None:
         self.runner = runner

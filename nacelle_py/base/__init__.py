@@ -90,6 +90,7 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
+    from ._asgi_services import service, services_of
     from ._dispatcher import (
         DeadLetter,
         Dispatcher,
@@ -100,7 +101,6 @@ if TYPE_CHECKING:
         TaskFailed,
     )
     from ._grpc import GRPCServer, GRPCSettings
-    from ._asgi_services import service, services_of
     from ._http import HTTPServer, HTTPSettings, HTTPStats
     from ._machine import (
         Machine,
@@ -117,8 +117,8 @@ if TYPE_CHECKING:
         retry,
         timeout,
     )
-    from ._redis import RedisSettings
     from ._pipeline import Message, Pipeline, PipelineError, PipelineSettings, Stage, StageStats
+    from ._redis import RedisSettings
     from ._worker import Worker, WorkerSettings, WorkerStats
 
 

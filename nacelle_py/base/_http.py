@@ -18,8 +18,8 @@ from .._extras import require
 from .._health import Health, HealthComponent
 from .._inject import Inject
 from .._metric import Metric
-from .._serving import ASGIApp, ASGIServing, check_tls, format_address, listen
 from .._services import ServiceContainer
+from .._serving import ASGIApp, ASGIServing, check_tls, format_address, listen
 from .._validate import positive_setting
 
 __all__ = ["HTTPServer", "HTTPSettings", "HTTPStats"]
@@ -40,7 +40,9 @@ class HTTPSettings(BaseSettings):
         5.0, description="Seconds requests in flight get to finish once the listener closed; then they are cut off."
     )
     drain_delay: float = Field(
-        0.5, ge=0, description="Seconds between readiness turning false and the listener closing (load balancers "
+        0.5,
+        ge=0,
+        description="Seconds between readiness turning false and the listener closing (load balancers "
         "stop sending meanwhile); 0: close at once.",
     )
     access_log: bool = Field(False, description="Log every request (method, path, status, ms) at info level.")
@@ -152,8 +154,13 @@ class HTTPServer(Process):
             check_tls(settings.cert_file, settings.key_file, settings.env("cert_file", "key_file"))
         sock = listen(settings.host, settings.port, settings=settings.env("host", "port"))
         self._serving = ASGIServing(
-            self.asgi_app, sock, graceful_timeout=settings.shutdown_timeout, logger=self._log(),
-            cert_file=settings.cert_file, key_file=settings.key_file, access_log=settings.access_log,
+            self.asgi_app,
+            sock,
+            graceful_timeout=settings.shutdown_timeout,
+            logger=self._log(),
+            cert_file=settings.cert_file,
+            key_file=settings.key_file,
+            access_log=settings.access_log,
             state={"services": services} if (services := vars(self).get("services")) is not None else None,
         )
         self._log().info("http server listening", address=format_address(*self._serving.address), url=self._serving.url)

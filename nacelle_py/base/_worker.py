@@ -73,8 +73,9 @@ class Worker(Process):
     logger: Any = Inject("logger", optional=True)
     settings: WorkerSettings = Inject()
 
-    def __init__(self, tick: Tick | None = None, *, interval: float = 1.0, strict: bool = False,
-                 tolerate_errors: bool = False) -> None:
+    def __init__(
+        self, tick: Tick | None = None, *, interval: float = 1.0, strict: bool = False, tolerate_errors: bool = False
+    ) -> None:
         if tick is not None and not callable(tick):
             raise RegistrationError(f"Worker: tick must be callable, got {tick!r}")
         if tick is None and type(self).tick is Worker.tick:

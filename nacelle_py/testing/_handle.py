@@ -12,8 +12,8 @@ from .._components import Initializer
 from .._config import Config
 from .._errors import ComponentError
 from .._health import Health
-from .._serving import format_address
 from .._services import ServiceContainer
+from .._serving import format_address
 from ._access import phase, states
 
 __all__ = ["RunningApp"]
@@ -122,7 +122,8 @@ class RunningApp:
             going = ", ".join(name for name, state in self.states.items() if state == "running")
             raise TimeoutError(
                 f"app {self.app.name!r} still serving after {limit:g}s (phase {self.phase}"
-                + (f"; running: {going}" if going else "") + "); call shutdown() to end it"
+                + (f"; running: {going}" if going else "")
+                + "); call shutdown() to end it"
             )
         if self._status is None:
             raise RuntimeError(f"app {self.app.name!r}: serve() was abandoned after a forced shutdown; no exit status")

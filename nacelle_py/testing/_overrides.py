@@ -86,8 +86,11 @@ def _validate(app: App, targets: list[Target], values: dict[str, Any]) -> None:
             app.config.build(model)
         except ConfigError as exc:
             problems.extend(
-                problem._replace(message=f"{problem.message}; given as override_settings({overridden[problem.field]}=...)")
-                for problem in exc.errors if problem.field in overridden
+                problem._replace(
+                    message=f"{problem.message}; given as override_settings({overridden[problem.field]}=...)"
+                )
+                for problem in exc.errors
+                if problem.field in overridden
             )
     if problems:
         error = ConfigError(problems)

@@ -122,7 +122,9 @@ class _Session:
             f"health key {s.key!r} (registered by {s.component or 'the app'})" + (f": {s.reason}" if s.reason else "")
             for s in self.app.health.unhealthy()
         ]
-        busy = [f"{name} ({state})" for name, state in self.handle.states.items() if state in ("initializing", "restarting")]
+        busy = [
+            f"{name} ({state})" for name, state in self.handle.states.items() if state in ("initializing", "restarting")
+        ]
         parts = [f"phase {phase(self.app)}"]
         if keys:
             parts.append("waiting on " + "; ".join(keys))

@@ -59,10 +59,14 @@ def resolve(
             continue
         for model, field in pairs:
             if (model, field) in reached:
-                problems.append(SettingError(
-                    env, f"set twice, as {reached[model, field]}= and {keyword}=; give it once",
-                    model.__name__, field,
-                ))
+                problems.append(
+                    SettingError(
+                        env,
+                        f"set twice, as {reached[model, field]}= and {keyword}=; give it once",
+                        model.__name__,
+                        field,
+                    )
+                )
                 break
             reached[model, field] = keyword
         else:
@@ -95,13 +99,17 @@ def _unknown(
     if fields:  # a field name several models have
         options = ", ".join(sorted({f"{env_names(model, field)[0]} ({model.__name__})" for model, field in fields}))
         return SettingError(
-            keyword, f"several settings models have a field {keyword!r}: name one by its env variable: {options}",
-            "override_settings", keyword,
+            keyword,
+            f"several settings models have a field {keyword!r}: name one by its env variable: {options}",
+            "override_settings",
+            keyword,
         )
     close = difflib.get_close_matches(keyword.upper(), list(dict.fromkeys(candidates)), n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return SettingError(
-        keyword, f"no setting of this app is read from it{hint} (a model a component loads itself with "
+        keyword,
+        f"no setting of this app is read from it{hint} (a model a component loads itself with "
         "config.load() is known once passed: override_settings(app, Model, ...))",
-        "override_settings", keyword,
+        "override_settings",
+        keyword,
     )

@@ -51,13 +51,19 @@ _FAILED = pytest.StashKey[bool]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nacelle_py")
     group.addoption(
-        "--nacelle-backends", dest="nacelle_backends", nargs="?", const=",".join(BACKENDS), default=None,
+        "--nacelle-backends",
+        dest="nacelle_backends",
+        nargs="?",
+        const=",".join(BACKENDS),
+        default=None,
         metavar="BACKENDS",
         help="run every anyio test on each of these anyio backends (comma-separated; default: asyncio,trio). "
         "A project's own anyio_backend fixture wins.",
     )
     parser.addini(
-        "nacelle_backends", type="args", default=[],
+        "nacelle_backends",
+        type="args",
+        default=[],
         help="anyio backends every anyio test runs on (e.g. 'asyncio trio'); empty: leave anyio's default.",
     )
 
@@ -85,7 +91,9 @@ def _chosen_backends(config: pytest.Config) -> tuple[str, ...]:
         raise pytest.UsageError(f"{source}: backends are {' and '.join(BACKENDS)}, got {', '.join(names) or 'none'}")
     missing = [name for name in names if name != "asyncio" and importlib.util.find_spec(name) is None]
     if missing:
-        raise pytest.UsageError(f"{source} names {', '.join(missing)}, which is not installed: pip install {' '.join(missing)}")
+        raise pytest.UsageError(
+            f"{source} names {', '.join(missing)}, which is not installed: pip install {' '.join(missing)}"
+        )
     return tuple(dict.fromkeys(names))
 
 

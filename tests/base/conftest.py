@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-
 # Every setting a built-in reads: the machine's own values (with any app prefix) must not steer a test.
 BUILTIN_SETTINGS = (
     "PIPELINE_ENGINE",

@@ -19,12 +19,12 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from _support import Boom, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nacelle_py import RegistrationError
 from nacelle_py.base import Dispatcher, DispatcherError, DispatcherStats, DispatcherStatus
-from _support import Boom, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -696,14 +696,23 @@ async def test_task_kinds() -> None:
     async def with_arg(name: str) -> None:
         where[name] = threading.get_ident()
 
-    tasks = [async_function, plain_function, AsyncExecute(), SyncExecute(), AsyncCallable(),
-             functools.partial(with_arg, "async partial")]
+    tasks = [
+        async_function,
+        plain_function,
+        AsyncExecute(),
+        SyncExecute(),
+        AsyncCallable(),
+        functools.partial(with_arg, "async partial"),
+    ]
     async with running(d):
         assert all(d.dispatch(t) for t in tasks)
         await d.quit()
     assert d.stats().completed == len(tasks)
     assert {k for k, v in where.items() if v == loop_thread} == {
-        "async function", "async execute", "async callable", "async partial"
+        "async function",
+        "async execute",
+        "async callable",
+        "async partial",
     }
     assert {k for k, v in where.items() if v != loop_thread} == {"plain function", "sync execute"}
 
@@ -742,9 +751,7 @@ async def test_dispatch_from_another_thread_through_from_thread() -> None:
     d = Dispatcher(min_workers=1, max_workers=1)
     done: list[str] = []
     async with running(d):
-        accepted = await anyio.to_thread.run_sync(
-            lambda: anyio.from_thread.run_sync(d.dispatch, recorder(done, "x"))
-        )
+        accepted = await anyio.to_thread.run_sync(lambda: anyio.from_thread.run_sync(d.dispatch, recorder(done, "x")))
         assert accepted
         await wait_until(lambda: done == ["x"])
         await d.quit()
@@ -907,11 +914,13 @@ def test_int_options_are_positive_ints_or_rejected(option: str, value: object) -
             Dispatcher(**kwargs)
 
 
-@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3), st.booleans(), st.text(max_size=2)))
-def test_task_timeout_is_positive_finite_or_rejected(value: object) -> None:
-    valid = (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+@given(
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 3), st.booleans(), st.text(max_size=2)
     )
+)
+def test_task_timeout_is_positive_finite_or_rejected(value: object) -> None:
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
     if valid:
         assert Dispatcher(task_timeout=value).task_timeout == value  # type: ignore[arg-type]
     else:

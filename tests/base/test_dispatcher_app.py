@@ -8,11 +8,11 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from _support import serving, wait_until
 
 from nacelle_py import ComponentTimeoutError, Process
 from nacelle_py.base import Dispatcher, DispatcherStatus
 from nacelle_py.testing import test_app
-from _support import serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -90,7 +90,12 @@ async def test_unwind_past_shutdown_timeout_hands_back_running_and_queued() -> N
     assert sorted(d.handed_back, key=tasks.index) == tasks  # the running one too, each once
     s = d.stats()
     assert (s.status, s.accepted, s.handed_back, s.completed, s.running, s.queued) == (
-        DispatcherStatus.STOPPED, 4, 4, 0, 0, 0
+        DispatcherStatus.STOPPED,
+        4,
+        4,
+        0,
+        0,
+        0,
     )
     assert started == ["0"]
     assert any(e["event"] == "dispatcher unwound with tasks not run" for e in logs)

@@ -24,18 +24,19 @@ from urllib.parse import urlsplit
 import anyio
 import pytest
 import structlog
+from _redis import command
+from _support import serving, wait_until
 from pydantic import BaseModel
 
 from nacelle_py import ConfigError, RegistrationError
 from nacelle_py.base import DeadLetter, Dispatcher, DispatcherStats, TaskFailed
 from nacelle_py.testing import test_app
-from _redis import command
-from _support import serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 GROUP = "nacelle"  # the consumer group every dispatcher joins (see _redis_loops.GROUP)
+
 
 @pytest.fixture(autouse=True)
 def quiet_logs() -> Iterator[None]:
@@ -562,7 +563,10 @@ async def test_dead_letters_and_retry_dead(backend: Backend) -> None:
         (letter,) = await jobs.dead_letters()
         assert isinstance(letter, DeadLetter)
         assert (letter.id, letter.task, letter.payload, letter.attempts) == (
-            task_id, "explode", {"to": "x@y.z", "subject": "s"}, 2
+            task_id,
+            "explode",
+            {"to": "x@y.z", "subject": "s"},
+            2,
         )
         assert "ValueError" in letter.error and "cannot send to x@y.z" in letter.error
         # Back into the queue: the old failure is dropped, so result() waits for the new outcome,
@@ -1074,8 +1078,9 @@ async def test_redis_an_unwind_leaves_the_running_task_to_be_reclaimed(redis_url
     stream = new_stream()
     runs = Runs()
     app = test_app("t")
-    a = app.register(redis_dispatcher(redis_url, stream, lease=0.3, task_timeout=None), name="jobs",
-                     shutdown_timeout=0.2)
+    a = app.register(
+        redis_dispatcher(redis_url, stream, lease=0.3, task_timeout=None), name="jobs", shutdown_timeout=0.2
+    )
     b = redis_dispatcher(redis_url, stream, lease=0.3)
 
     @a.task("long")
@@ -1194,16 +1199,19 @@ async def test_app_redis_keywords_override_settings(redis_url: str, monkeypatch:
     assert redis_command(redis_url, "EXISTS", ignored) == 0
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("DISPATCHER_BACKEND", "bogus"),
-    ("T_DISPATCHER_BACKEND", "bogus"),
-    ("DISPATCHER_LEASE", "0"),
-    ("DISPATCHER_MAX_DELIVERIES", "0"),
-    ("DISPATCHER_STREAM", "has space"),
-    ("DISPATCHER_CONSUME", "maybe"),
-    ("DISPATCHER_KEY_TTL", "-1"),
-    ("REDIS_URL", "http://127.0.0.1:6379"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DISPATCHER_BACKEND", "bogus"),
+        ("T_DISPATCHER_BACKEND", "bogus"),
+        ("DISPATCHER_LEASE", "0"),
+        ("DISPATCHER_MAX_DELIVERIES", "0"),
+        ("DISPATCHER_STREAM", "has space"),
+        ("DISPATCHER_CONSUME", "maybe"),
+        ("DISPATCHER_KEY_TTL", "-1"),
+        ("REDIS_URL", "http://127.0.0.1:6379"),
+    ],
+)
 async def test_a_bad_setting_fails_boot_naming_it(variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(variable, value)
     app = test_app("t")
@@ -1224,18 +1232,21 @@ async def test_a_bad_setting_fails_boot_naming_it(variable: str, value: str, mon
 # -- constructor and registration mistakes (no event loop needed) ------------------------------
 
 
-@pytest.mark.parametrize(("keyword", "value"), [
-    ("backend", "x"),
-    ("redis_url", "http://127.0.0.1:6379"),
-    ("stream", "has space"),
-    ("stream", ""),
-    ("lease", 0),
-    ("lease", -1.0),
-    ("max_deliveries", 0),
-    ("consume", "yes"),
-    ("key_ttl", 0),
-    ("max_processes", 0),
-])
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("backend", "x"),
+        ("redis_url", "http://127.0.0.1:6379"),
+        ("stream", "has space"),
+        ("stream", ""),
+        ("lease", 0),
+        ("lease", -1.0),
+        ("max_deliveries", 0),
+        ("consume", "yes"),
+        ("key_ttl", 0),
+        ("max_processes", 0),
+    ],
+)
 def test_bad_dispatcher_keywords_raise_registration_error_naming_them(keyword: str, value: Any) -> None:
     with pytest.raises(RegistrationError, match=keyword):
         Dispatcher(**{keyword: value})
@@ -1248,16 +1259,19 @@ async def _async_fn(email: Email) -> None: ...
 def _plain_fn(email: Email) -> None: ...
 
 
-@pytest.mark.parametrize(("name", "function", "options", "dispatcher"), [
-    ("two_args", _two_args, {}, {}),
-    ("int_arg", _int_arg, {}, {}),
-    ("bare_arg", _bare_arg, {}, {}),
-    ("negative_retries", _plain_fn, {"retries": -1}, {}),
-    ("bad_backoff", _plain_fn, {"backoff": (2.0, 1.0)}, {}),
-    ("bad_timeout", _plain_fn, {"timeout": 0}, {}),
-    ("no_processes", _plain_fn, {"process": True}, {}),
-    ("async_process", _async_fn, {"process": True}, {"max_processes": 1}),
-])
+@pytest.mark.parametrize(
+    ("name", "function", "options", "dispatcher"),
+    [
+        ("two_args", _two_args, {}, {}),
+        ("int_arg", _int_arg, {}, {}),
+        ("bare_arg", _bare_arg, {}, {}),
+        ("negative_retries", _plain_fn, {"retries": -1}, {}),
+        ("bad_backoff", _plain_fn, {"backoff": (2.0, 1.0)}, {}),
+        ("bad_timeout", _plain_fn, {"timeout": 0}, {}),
+        ("no_processes", _plain_fn, {"process": True}, {}),
+        ("async_process", _async_fn, {"process": True}, {"max_processes": 1}),
+    ],
+)
 def test_task_registration_mistakes_name_the_task(
     name: str, function: Any, options: dict[str, Any], dispatcher: dict[str, Any]
 ) -> None:

@@ -16,11 +16,11 @@ from typing import Any
 
 import anyio
 import pytest
+from _support import Boom, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nacelle_py.base import Dispatcher, DispatcherError, DispatcherStatus
-from _support import Boom, wait_until
 
 UNSET: Any = object()
 LIMIT = 10.0
@@ -221,7 +221,7 @@ async def scenario_run(sc: Scenario) -> None:
         assert not started & set(handed_ids), "a task both ran and was handed back"
     assert len(tracker.started) == len(started), "a task ran twice"
     # Everything not handed back ran (a thread may still be inside a timed-out task).
-    assert started | set(handed_ids) == set(accepted), (set(accepted) - started - set(handed_ids))
+    assert started | set(handed_ids) == set(accepted), set(accepted) - started - set(handed_ids)
     assert started <= set(accepted)
     assert s.completed <= len(returned)
 

@@ -39,13 +39,13 @@ import anyio
 import anyio.to_thread
 import pytest
 import structlog
+from _redis import _read_reply, command, free_port, require_redis_server
+from _support import serving, wait_until
 from pydantic import BaseModel
 
-from _redis import _read_reply, command, free_port, require_redis_server
 from nacelle_py import ConfigError, RegistrationError
 from nacelle_py.base import Dispatcher, DispatcherError, TaskFailed
 from nacelle_py.testing import test_app
-from _support import serving, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from harness import ROOT, AppProcess, clean_env  # noqa: E402
@@ -95,9 +95,27 @@ class AuthRedis:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--save", "", "--appendonly", "no", "--requirepass", PASSWORD, "--loglevel", "warning"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                PASSWORD,
+                "--loglevel",
+                "warning",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -133,7 +151,7 @@ def auth_redis(tmp_path: Path) -> Iterator[AuthRedis]:
 
 # -- an App subprocess -------------------------------------------------------------------------------
 
-APP_SCRIPT = textwrap.dedent('''
+APP_SCRIPT = textwrap.dedent("""
     import sys
     from pydantic import BaseModel
     from nacelle_py import App
@@ -151,13 +169,19 @@ APP_SCRIPT = textwrap.dedent('''
     app = App("qa")
     app.register(jobs, name="jobs", priority=1)
     raise SystemExit(app.boot(sys.argv[2:], backend=sys.argv[1]))
-''')
+""")
 
 
 def app_env(url: str, stream: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in clean_env().items() if not k.startswith(("DISPATCHER_", "REDIS_", "QA_"))}
-    env.update(QA_DISPATCHER_BACKEND="redis", QA_REDIS_URL=url, QA_DISPATCHER_STREAM=stream,
-               QA_DISPATCHER_LEASE="5", QA_OPS_ADDR="127.0.0.1:0", **extra)
+    env.update(
+        QA_DISPATCHER_BACKEND="redis",
+        QA_REDIS_URL=url,
+        QA_DISPATCHER_STREAM=stream,
+        QA_DISPATCHER_LEASE="5",
+        QA_OPS_ADDR="127.0.0.1:0",
+        **extra,
+    )
     return env
 
 
@@ -188,12 +212,20 @@ def test_app_on_a_password_redis_help_metrics_health_and_no_password_anywhere(
     env = app_env(auth_redis.url, stream)
 
     # --help: every setting listed, exit 0, the password nowhere.
-    helped = subprocess.run([sys.executable, str(script), loop, "--help"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=30)
+    helped = subprocess.run(
+        [sys.executable, str(script), loop, "--help"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert helped.returncode == 0, helped.stderr
     help_text = helped.stdout + helped.stderr
-    for setting in ("DISPATCHER_BACKEND", "REDIS_URL", "DISPATCHER_STREAM", "DISPATCHER_LEASE",
-                    "DISPATCHER_MAX_DELIVERIES", "DISPATCHER_CONSUME", "DISPATCHER_KEY_TTL"):
+    for setting in (
+        "DISPATCHER_BACKEND",
+        "REDIS_URL",
+        "DISPATCHER_STREAM",
+        "DISPATCHER_LEASE",
+        "DISPATCHER_MAX_DELIVERIES",
+        "DISPATCHER_CONSUME",
+        "DISPATCHER_KEY_TTL",
+    ):
         assert setting in help_text, f"{setting} missing from --help:\n{help_text}"
     assert PASSWORD not in help_text, help_text
 
@@ -216,8 +248,17 @@ def test_app_on_a_password_redis_help_metrics_health_and_no_password_anywhere(
         assert status == 200, body
         # Redis counts refresh once a second: wait for the fields to show up.
         deadline = time.monotonic() + 5
-        fields = ("stream_length", "pending", "lag", "scheduled", "retried_total", "reclaimed_total",
-                  "dead_lettered_total", "handed_back_total", "completed_total")
+        fields = (
+            "stream_length",
+            "pending",
+            "lag",
+            "scheduled",
+            "retried_total",
+            "reclaimed_total",
+            "dead_lettered_total",
+            "handed_back_total",
+            "completed_total",
+        )
         while True:
             status, metrics = http_get(f"{base}/metrics")
             missing = [f for f in fields if f'nacelle_dispatcher_{f}{{component="jobs"}}' not in metrics]
@@ -307,8 +348,12 @@ def pid_call() -> int:
 @pytest.fixture(params=["memory", "redis"])
 def kind(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "redis":
-        return {"backend": "redis", "redis_url": request.getfixturevalue("redis_url"),
-                "stream": f"qa:{uuid.uuid4().hex}", "lease": 2.0}
+        return {
+            "backend": "redis",
+            "redis_url": request.getfixturevalue("redis_url"),
+            "stream": f"qa:{uuid.uuid4().hex}",
+            "lease": 2.0,
+        }
     return {"backend": "memory"}
 
 
@@ -380,7 +425,7 @@ async def test_two_apps_in_one_process_keep_to_their_own_streams(
 
 # -- no coredis ---------------------------------------------------------------------------------------
 
-NO_COREDIS = textwrap.dedent('''
+NO_COREDIS = textwrap.dedent("""
     import sys, json, anyio
     sys.modules["coredis"] = None  # import coredis now fails
     import nacelle_py, nacelle_py.base
@@ -411,7 +456,7 @@ NO_COREDIS = textwrap.dedent('''
     app.register(Dispatcher(), name="jobs", priority=1)
     out["app_status"] = app.boot([])
     print("RESULT " + json.dumps(out))
-''')
+""")
 
 
 def test_redis_backend_without_coredis_is_a_missing_extra_error(tmp_path: Path) -> None:
@@ -419,8 +464,7 @@ def test_redis_backend_without_coredis_is_a_missing_extra_error(tmp_path: Path) 
     script.write_text(NO_COREDIS)
     env = {k: v for k, v in clean_env().items() if not k.startswith(("DISPATCHER_", "REDIS_", "NC_"))}
     env.update(DISPATCHER_BACKEND="redis", REDIS_URL=f"redis://:{PASSWORD}@127.0.0.1:1/0")
-    done = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([sys.executable, str(script)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, done.stdout + done.stderr
     out = json.loads(lines[-1].removeprefix("RESULT "))
@@ -437,14 +481,17 @@ def test_redis_backend_without_coredis_is_a_missing_extra_error(tmp_path: Path) 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("value", [
-    "http://x",
-    "redis://127.0.0.1:notaport/0",
-    f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
-    "redis://127.0.0.1:99999/0",
-    "redis://",
-    "",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://x",
+        "redis://127.0.0.1:notaport/0",
+        f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
+        "redis://127.0.0.1:99999/0",
+        "redis://",
+        "",
+    ],
+)
 async def test_a_bad_redis_url_fails_boot_naming_the_variable_and_masking_the_password(
     value: str, monkeypatch: pytest.MonkeyPatch, quiet_logs: list[dict[str, Any]]
 ) -> None:
@@ -466,10 +513,13 @@ async def test_a_bad_redis_url_fails_boot_naming_the_variable_and_masking_the_pa
     assert PASSWORD not in json.dumps(quiet_logs, default=str)
 
 
-@pytest.mark.parametrize("value", [
-    f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
-    f"http://:{PASSWORD}@127.0.0.1:6379/0",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"redis://:{PASSWORD}@127.0.0.1:notaport/0",
+        f"http://:{PASSWORD}@127.0.0.1:6379/0",
+    ],
+)
 def test_a_bad_redis_url_keyword_is_a_registration_error_without_the_password(value: str) -> None:
     with pytest.raises(RegistrationError, match="redis_url") as info:
         Dispatcher(backend="redis", redis_url=value)

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 import pytest
+from _redis import RedisFactory, command, free_port
 from structlog.testing import capture_logs
 
-from _redis import RedisFactory, command, free_port
 from nacelle_py.base import Dispatcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -49,12 +49,15 @@ GROUP = "nacelle"
 def replica_env(url: str, *, lease: float, **extra: str) -> dict[str, str]:
     """The environment of a replica: JSON logs, the Redis backend, and nothing else of this machine's."""
     env = {
-        k: v for k, v in clean_env().items()
-        if not k.startswith(("DISPATCHER_", "REDIS_", "RC_", "SHUTDOWN_TIMEOUT"))
+        k: v for k, v in clean_env().items() if not k.startswith(("DISPATCHER_", "REDIS_", "RC_", "SHUTDOWN_TIMEOUT"))
     }
     env.update(
-        DISPATCHER_BACKEND="redis", REDIS_URL=url, DISPATCHER_STREAM=STREAM, DISPATCHER_LEASE=str(lease),
-        DISPATCHER_MAX_DELIVERIES="5", **extra,
+        DISPATCHER_BACKEND="redis",
+        REDIS_URL=url,
+        DISPATCHER_STREAM=STREAM,
+        DISPATCHER_LEASE=str(lease),
+        DISPATCHER_MAX_DELIVERIES="5",
+        **extra,
     )
     return env
 
@@ -62,14 +65,34 @@ def replica_env(url: str, *, lease: float, **extra: str) -> dict[str, str]:
 class Replica:
     """One consumer subprocess, its log of started tasks and its JSON log events."""
 
-    def __init__(self, name: str, backend: str, url: str, tmp: Path, *, lease: float, kind: str = "async",
-                 max_workers: int = 32, max_threads: int = 16) -> None:
+    def __init__(
+        self,
+        name: str,
+        backend: str,
+        url: str,
+        tmp: Path,
+        *,
+        lease: float,
+        kind: str = "async",
+        max_workers: int = 32,
+        max_threads: int = 16,
+    ) -> None:
         self.name = name
         self.backend = backend
         self.log = tmp / f"started-{name}.log"
         self.app = AppProcess(
-            [str(SCRIPT), backend, str(tmp / "rows.sqlite3"), str(self.log), "--kind", kind,
-             "--max-workers", str(max_workers), "--max-threads", str(max_threads)],
+            [
+                str(SCRIPT),
+                backend,
+                str(tmp / "rows.sqlite3"),
+                str(self.log),
+                "--kind",
+                kind,
+                "--max-workers",
+                str(max_workers),
+                "--max-threads",
+                str(max_threads),
+            ],
             replica_env(url, lease=lease),
         )
 
@@ -250,8 +273,10 @@ async def test_a_killed_consumer_loses_nothing_and_only_its_tasks_run_twice(
         survivor.app.send(signal.SIGTERM)
     for survivor in survivors:
         assert await anyio.to_thread.run_sync(survivor.app.wait, 15.0) == 0, survivor.app.dump()
-    print(f"\n[crash/{anyio_backend}] all rows {took:.1f} s after the kill; the victim held "
-          f"{victim_held} entries at the kill; {len(twice)} duplicates (victim started {len(victim_started)})")
+    print(
+        f"\n[crash/{anyio_backend}] all rows {took:.1f} s after the kill; the victim held "
+        f"{victim_held} entries at the kill; {len(twice)} duplicates (victim started {len(victim_started)})"
+    )
 
 
 # -- 2. Redis restarted mid-run ---------------------------------------------------------------------
@@ -275,9 +300,7 @@ async def test_redis_restarted_mid_run_loses_nothing(
 
     async with producer(url) as jobs:
         ids = await jobs.enqueue_many("record", [Item(n=n, sleep=0.01) for n in range(total)])
-        ids += await jobs.enqueue_many(
-            "record", [Item(n=n) for n in range(total, total + scheduled)], delay=2.0
-        )
+        ids += await jobs.enqueue_many("record", [Item(n=n) for n in range(total, total + scheduled)], delay=2.0)
         await eventually(lambda: len(rows(tmp_path)) >= 500, 30, "500 rows before the outage")
         server.stop() if how == "stop" else server.kill()
         down_at = len(rows(tmp_path))
@@ -316,8 +339,10 @@ async def test_redis_restarted_mid_run_loses_nothing(
     # A read whose reply the outage swallowed leaves entries in a live replica's pending list,
     # unknown to it: they run only once idle for a lease (reclaimed, by it or the other one).
     orphans = sum(int(e.get("entries", 0)) for replica in group for e in replica.events("reclaimed"))
-    print(f"\n[restart-{how}/{anyio_backend}] {down_at} rows at the outage; all {everything} "
-          f"{took:.1f} s after Redis came back; {len(twice)} ran twice; {orphans} waited for the lease")
+    print(
+        f"\n[restart-{how}/{anyio_backend}] {down_at} rows at the outage; all {everything} "
+        f"{took:.1f} s after Redis came back; {len(twice)} ran twice; {orphans} waited for the lease"
+    )
 
 
 @pytest.mark.anyio
@@ -337,7 +362,8 @@ async def test_a_redis_restarted_empty_is_consumed_again(
     await replica.wait_for("redis unreachable", 10.0)
     server.start()  # empty: no stream, no group
     await eventually(
-        lambda: replica.app.proc.poll() is not None or bool(replica.events("reachable again")), 10,
+        lambda: replica.app.proc.poll() is not None or bool(replica.events("reachable again")),
+        10,
         "the replica reconnects (or dies)",
     )
     await anyio.sleep(1.5)  # its loops (read, renew, count) have met the empty Redis by now
@@ -506,7 +532,7 @@ def test_sigterm_hands_back_tasks_read_but_not_started(
     sent = time.monotonic()
     holder.app.send(signal.SIGTERM)
     status = holder.app.wait(15.0)
-    after_signal = holder.started()[len(started_at_signal):]
+    after_signal = holder.started()[len(started_at_signal) :]
     assert after_signal == [], (
         f"the stopping holder started {len(after_signal)} of the tasks it held after SIGTERM "
         f"instead of handing them back (exit status {status})"
@@ -527,9 +553,11 @@ def test_sigterm_hands_back_tasks_read_but_not_started(
     assert duplicates(found) == {}
     assert sorted(holder.started() + taker.started()) == list(range(total))
     assert dead_count(redis_url) == 0
-    print(f"\n[sigterm/{kind}] holder held {held_at_signal} (running {running}) at SIGTERM; "
-          f"holder ran {len(holder.started())}, taker {len(taker.started())}; "
-          f"all done {took:.1f} s after SIGTERM")
+    print(
+        f"\n[sigterm/{kind}] holder held {held_at_signal} (running {running}) at SIGTERM; "
+        f"holder ran {len(holder.started())}, taker {len(taker.started())}; "
+        f"all done {took:.1f} s after SIGTERM"
+    )
 
 
 # -- 6. Redis unreachable at boot -------------------------------------------------------------------

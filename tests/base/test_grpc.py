@@ -16,13 +16,13 @@ import anyio
 import grpc
 import pytest
 import structlog
+from _support import Boom, serving, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic_settings import SettingsConfigDict
 
-from nacelle_py import ConfigError, Health, HealthComponent, Inject, Initializer, Process, RegistrationError
+from nacelle_py import ConfigError, Health, HealthComponent, Initializer, Inject, Process, RegistrationError
 from nacelle_py.base import GRPCServer, GRPCSettings
 from nacelle_py.testing import test_app
-from _support import Boom, serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -465,8 +465,15 @@ async def test_a_failed_boot_releases_the_port(any_port: None) -> None:
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("GRPC_PORT", "70000"), ("GRPC_PORT", "-1"), ("GRPC_PORT", "http"), ("GRPC_GRACE_PERIOD", "-1"),
-     ("GRPC_GRACE_PERIOD", "0"), ("GRPC_GRACE_PERIOD", "inf"), ("GRPC_HOST", "  ")],
+    [
+        ("GRPC_PORT", "70000"),
+        ("GRPC_PORT", "-1"),
+        ("GRPC_PORT", "http"),
+        ("GRPC_GRACE_PERIOD", "-1"),
+        ("GRPC_GRACE_PERIOD", "0"),
+        ("GRPC_GRACE_PERIOD", "inf"),
+        ("GRPC_HOST", "  "),
+    ],
 )
 async def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)

@@ -22,14 +22,14 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from _support import Boom, serving, wait_until
+from _tls import self_signed
 from pydantic_settings import SettingsConfigDict
 from structlog.testing import capture_logs
 
 from nacelle_py import ConfigError, Inject, RegistrationError
 from nacelle_py.base import HTTPServer, HTTPSettings
 from nacelle_py.testing import Trace, test_app
-from _support import Boom, serving, wait_until
-from _tls import self_signed
 
 pytestmark = pytest.mark.anyio
 
@@ -51,11 +51,13 @@ async def read_body(receive: Receive) -> bytes:
 
 
 async def respond(send: Send, body: bytes, status: int = 200) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -266,12 +268,15 @@ async def test_a_lifespan_startup_that_raises_fails_boot() -> None:
 @pytest.mark.parametrize(
     "anyio_backend",
     [
-        pytest.param("asyncio", marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG (Hypercorn): on asyncio its lifespan task is a task of its own, outside anything serve() "
-            "can cancel: a lifespan shutdown that overruns the bound is abandoned (serve() returns, the warning "
-            "is logged) but goes on in the background",
-        )),
+        pytest.param(
+            "asyncio",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG (Hypercorn): on asyncio its lifespan task is a task of its own, outside anything serve() "
+                "can cancel: a lifespan shutdown that overruns the bound is abandoned (serve() returns, the warning "
+                "is logged) but goes on in the background",
+            ),
+        ),
         "trio",
     ],
 )
@@ -583,7 +588,9 @@ async def test_a_drain_longer_than_the_apps_shutdown_timeout_is_a_stop_error(
 # -- bind errors ----------------------------------------------------------------------------------
 
 
-async def test_a_taken_port_fails_the_preflight_naming_the_address(monkeypatch: pytest.MonkeyPatch, taken_port: int) -> None:
+async def test_a_taken_port_fails_the_preflight_naming_the_address(
+    monkeypatch: pytest.MonkeyPatch, taken_port: int
+) -> None:
     monkeypatch.setenv("HTTP_PORT", str(taken_port))
     trace = Trace()
     app = test_app("t")
@@ -682,8 +689,15 @@ def test_help_lists_the_settings_of_a_registered_server() -> None:
     app.register(HTTPServer(echo_app), name="web")
     text = app.describe()
     assert "HTTPSettings (used by web)" in text
-    for variable in ("HTTP_HOST", "HTTP_PORT", "HTTP_CERT_FILE", "HTTP_KEY_FILE", "HTTP_SHUTDOWN_TIMEOUT",
-                     "HTTP_DRAIN_DELAY", "HTTP_ACCESS_LOG"):
+    for variable in (
+        "HTTP_HOST",
+        "HTTP_PORT",
+        "HTTP_CERT_FILE",
+        "HTTP_KEY_FILE",
+        "HTTP_SHUTDOWN_TIMEOUT",
+        "HTTP_DRAIN_DELAY",
+        "HTTP_ACCESS_LOG",
+    ):
         assert f"T_{variable}" in text, variable
 
 
@@ -752,7 +766,8 @@ class SyncCall:
 
 
 @pytest.mark.parametrize(
-    "bad", [42, None, "app", Greeter, plain_function, SyncCall(), lambda scope, receive, send: None],
+    "bad",
+    [42, None, "app", Greeter, plain_function, SyncCall(), lambda scope, receive, send: None],
     ids=["int", "None", "str", "a class", "a plain function", "a sync __call__", "a lambda"],
 )
 def test_a_non_asgi_argument_is_a_registration_error(bad: Any) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _support import serving
 from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -15,7 +16,6 @@ from starlette.routing import Route
 from nacelle_py import Initializer, Inject, RegistrationError, ServiceContainer
 from nacelle_py.base import HTTPServer, service, services_of
 from nacelle_py.testing import test_app
-from _support import serving
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("port0")]
 

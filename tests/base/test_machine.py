@@ -18,6 +18,7 @@ import anyio
 import pytest
 import structlog
 import structlog.testing
+from _support import Boom, wait_until
 
 from nacelle_py.base import (
     Machine,
@@ -34,7 +35,6 @@ from nacelle_py.base import (
     retry,
     timeout,
 )
-from _support import Boom, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -86,7 +86,15 @@ async def test_the_public_names_and_their_shapes() -> None:
     assert issubclass(MachineError, RuntimeError)
     assert issubclass(MachineOverflowError, Exception)
     assert set(MachineStats._fields) >= {
-        "name", "active", "total", "waiting", "max_routines", "errors", "recovered", "routines", "subs",
+        "name",
+        "active",
+        "total",
+        "waiting",
+        "max_routines",
+        "errors",
+        "recovered",
+        "routines",
+        "subs",
         "subscriptions",
     }
     assert RoutineInfo._fields == ("id", "tags", "age", "state")
@@ -94,7 +102,13 @@ async def test_the_public_names_and_their_shapes() -> None:
         s = m.stats()
         assert isinstance(s, MachineStats)
         assert (s.name, s.active, s.total, s.waiting, s.max_routines, s.errors, s.recovered) == (
-            "jobs", 0, 0, 0, 2, 0, 0
+            "jobs",
+            0,
+            0,
+            0,
+            2,
+            0,
+            0,
         )
         assert s.routines == () and s.subs == {} and s.subscriptions == 0
         r = await m.go(forever)
@@ -802,8 +816,9 @@ async def two_args(a: Any, b: Any) -> None:
     """An async function that takes more than the routine."""
 
 
-@pytest.mark.parametrize("fn", [plain, lambda: None, 42, None, "fn", two_args],
-                         ids=["def", "lambda", "int", "none", "str", "two-args"])
+@pytest.mark.parametrize(
+    "fn", [plain, lambda: None, 42, None, "fn", two_args], ids=["def", "lambda", "int", "none", "str", "two-args"]
+)
 async def test_a_plain_or_non_callable_fn_is_a_type_error_at_go(fn: Any) -> None:
     async with Machine(max_routines=1) as m:
         with pytest.raises(TypeError):

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import anyio
 import pytest
 import structlog
+from _support import Boom, serving, wait_until
 
 from nacelle_py import ConfigError, Initializer, Inject, Process
 from nacelle_py.base import Machine, MachineOverflowError, Routine
 from nacelle_py.testing import Trace, test_app
-from _support import Boom, serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -166,8 +165,9 @@ async def test_a_routine_error_is_logged_and_does_not_fail_the_app() -> None:
     assert app.errors == ()
     entries = [e for e in logs if e.get("log_level") == "error" and any("bad-one" in str(v) for v in e.values())]
     assert entries, logs
-    assert any(isinstance(e.get("exc_info"), Boom) or e.get("exc_info") is True or "routine failed" in str(e)
-               for e in entries), entries
+    assert any(
+        isinstance(e.get("exc_info"), Boom) or e.get("exc_info") is True or "routine failed" in str(e) for e in entries
+    ), entries
 
 
 # -- settings -----------------------------------------------------------------------------

@@ -17,11 +17,11 @@ from typing import Any
 
 import anyio
 import pytest
+from _support import Boom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nacelle_py.base import Machine, MachineError, MachineStats, Routine
-from _support import Boom
 
 LIMIT = 10.0
 PARENT = {1: 0, 2: 0, 3: 1}  # 0 root, 1 root.a, 2 root.b, 3 root.a.aa

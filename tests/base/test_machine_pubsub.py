@@ -14,9 +14,9 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from _support import Boom, wait_until
 
 from nacelle_py.base import Machine, MachineOverflowError, Routine, Subscription, every
-from _support import Boom, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -291,8 +291,9 @@ async def test_a_handler_error_ends_its_subscription_is_logged_and_collected(log
             await wait_until(lambda: other == [1, 2, 3])
     assert leaves(info.value) == [boom]
     assert got == [1, 2]
-    assert any(e.get("log_level") == "error" and (e.get("exc_info") in (boom, True) or "handler" in str(e))
-               for e in logs), logs
+    assert any(
+        e.get("log_level") == "error" and (e.get("exc_info") in (boom, True) or "handler" in str(e)) for e in logs
+    ), logs
 
 
 async def test_wait_raises_a_handler_error_of_a_sub_machine() -> None:
@@ -571,8 +572,7 @@ async def test_the_seed_scenario_a_timed_publisher_and_a_timed_subscriber() -> N
         async with Machine(max_routines=10) as m:
             routines["subscriber"] = await m.go(subscriber, id="subscriber", tags=("subscribe",), timeout=0.15)
             await wait_until(lambda: len(subs) == 1)
-            publisher = await m.go(publish, id="publisher", tags=("publish",), timeout=0.3,
-                                   middlewares=[every(0.01)])
+            publisher = await m.go(publish, id="publisher", tags=("publish",), timeout=0.3, middlewares=[every(0.01)])
             info = {i.id: i for i in m.stats().routines}
             assert info["publisher"].tags == ("publish",) and info["subscriber"].tags == ("subscribe",)
     assert publisher.state == "timed_out" and routines["subscriber"].state == "timed_out"

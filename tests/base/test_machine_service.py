@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from _support import Boom, wait_until
 
 from nacelle_py._machines import MachineService
 from nacelle_py.base import Machine, MachineError, MachineSettings, MachineStats, Routine
-from _support import Boom, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -30,8 +30,18 @@ async def opened(**settings: Any) -> AsyncIterator[MachineService]:
 
 
 def fresh(name: str, max_routines: int | None = None) -> MachineStats:
-    return MachineStats(name=name, active=0, total=0, waiting=0, max_routines=max_routines, errors=0, recovered=0,
-                        routines=(), subs={}, subscriptions=0)
+    return MachineStats(
+        name=name,
+        active=0,
+        total=0,
+        waiting=0,
+        max_routines=max_routines,
+        errors=0,
+        recovered=0,
+        routines=(),
+        subs={},
+        subscriptions=0,
+    )
 
 
 async def forever() -> None:

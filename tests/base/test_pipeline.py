@@ -9,10 +9,10 @@ from typing import Any
 
 import anyio
 import pytest
+from _support import Boom, counting_root, wait_until
 
 from nacelle_py import RegistrationError
 from nacelle_py.base import Pipeline, PipelineError, Stage, StageStats
-from _support import Boom, counting_root, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -115,8 +115,19 @@ async def test_stats_after_a_completed_run_are_consistent(engine: str) -> None:
         assert isinstance(s, StageStats) and s.name == name
         assert s.queue_depth == 0 and s.errors == 0 and s.dropped == 0, s
         assert isinstance(s.busy, float) and s.busy >= 0, s
-    assert StageStats._fields == ("name", "messages_in", "messages_out", "errors", "queue_depth", "busy", "dropped",
-                                  "lag", "pending", "reclaimed", "dead_lettered")
+    assert StageStats._fields == (
+        "name",
+        "messages_in",
+        "messages_out",
+        "errors",
+        "queue_depth",
+        "busy",
+        "dropped",
+        "lag",
+        "pending",
+        "reclaimed",
+        "dead_lettered",
+    )
     assert stats["numbers"].messages_out == 20
     assert stats["orphan"].messages_out == 7
     assert stats["evens"].messages_in == stats["slow"].messages_in == 20
@@ -131,8 +142,9 @@ async def test_stats_before_a_run_are_zero(engine: str) -> None:
     p = make_pipeline([Stage("numbers", counting_root(3), [Stage("sink", lambda m: None)])], engine)
     stats = p.stats()
     assert set(stats) == {"numbers", "sink"}
-    assert all((s.messages_in, s.messages_out, s.errors, s.queue_depth, s.dropped) == (0, 0, 0, 0, 0)
-               for s in stats.values())
+    assert all(
+        (s.messages_in, s.messages_out, s.errors, s.queue_depth, s.dropped) == (0, 0, 0, 0, 0) for s in stats.values()
+    )
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -140,8 +152,9 @@ async def test_stats_before_a_run_are_zero(engine: str) -> None:
 FAIL_AT = 13
 
 
-def failing_pipeline(where: str, kind: str, engine: str, abort: threading.Event, raised: list[BaseException],
-                     batches: list[list[int]]) -> tuple[Pipeline, str]:
+def failing_pipeline(
+    where: str, kind: str, engine: str, abort: threading.Event, raised: list[BaseException], batches: list[list[int]]
+) -> tuple[Pipeline, str]:
     """A pipeline with an endless root (unless the root is what fails) and one stage that raises.
 
     ``where``: root, inner or leaf; ``kind``: async, plain or batch. Messages are 0, 1, 2, ...
@@ -214,8 +227,11 @@ def failing_pipeline(where: str, kind: str, engine: str, abort: threading.Event,
     if where == "inner":
         tree = Stage("producer", root_fn, [Stage(name, inner_fn, [Stage("sink", a_leaf)], batch=batch)])
     else:
-        tree = Stage("producer", root_fn, [Stage("middle", a_pass if kind != "batch" else _one_by_one,
-                                                 [Stage(name, leaf_fn, batch=batch)])])
+        tree = Stage(
+            "producer",
+            root_fn,
+            [Stage("middle", a_pass if kind != "batch" else _one_by_one, [Stage(name, leaf_fn, batch=batch)])],
+        )
     return make_pipeline([tree], engine), name
 
 
@@ -223,7 +239,9 @@ async def _one_by_one(msg: Any, emit: Any) -> None:
     await emit(msg)
 
 
-ERROR_CASES = [(w, k) for w in ("root", "inner", "leaf") for k in ("async", "plain", "batch") if (w, k) != ("root", "batch")]
+ERROR_CASES = [
+    (w, k) for w in ("root", "inner", "leaf") for k in ("async", "plain", "batch") if (w, k) != ("root", "batch")
+]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -321,8 +339,13 @@ async def test_stop_ends_an_endless_root_and_drains(engine: str, plain: bool, ab
         await anyio.sleep(0)
 
     p = make_pipeline(
-        [Stage("source", endless_root(plain, abort, emitted), [Stage("double", double, [Stage("sink", leaf)],
-                                                                      buffer=4)])],
+        [
+            Stage(
+                "source",
+                endless_root(plain, abort, emitted),
+                [Stage("double", double, [Stage("sink", leaf)], buffer=4)],
+            )
+        ],
         engine,
     )
     outcome: list[str] = []
@@ -424,8 +447,7 @@ async def test_stop_cuts_off_a_stuck_leaf_after_the_shutdown_timeout(engine: str
             await emit(i)
             i += 1
 
-    p = make_pipeline([Stage("source", root, [Stage("stuck", stuck, buffer=8)])], engine,
-                 shutdown_timeout=timeout)
+    p = make_pipeline([Stage("source", root, [Stage("stuck", stuck, buffer=8)])], engine, shutdown_timeout=timeout)
     outcome: list[str] = []
 
     async def runner() -> None:
@@ -556,8 +578,11 @@ async def test_workers_4_runs_four_messages_at_once(engine: str, role: str) -> N
     async def leaf(msg: int) -> None:
         await enter()
 
-    pool = (Stage("pool", inner, [Stage("sink", lambda m: None)], workers=4) if role == "inner"
-            else Stage("pool", leaf, workers=4))
+    pool = (
+        Stage("pool", inner, [Stage("sink", lambda m: None)], workers=4)
+        if role == "inner"
+        else Stage("pool", leaf, workers=4)
+    )
     p = make_pipeline([Stage("source", counting_root(20), [pool])], engine)
     await run(p)
     assert peak == 4
@@ -842,8 +867,9 @@ async def test_pipeline_shutdown_timeout_env_overrides_the_constructor(monkeypat
         started.set()
         await anyio.sleep_forever()
 
-    p = Pipeline([Stage("source", endless_root(False, threading.Event()), [Stage("stuck", stuck)])],
-                 shutdown_timeout=60)
+    p = Pipeline(
+        [Stage("source", endless_root(False, threading.Event()), [Stage("stuck", stuck)])], shutdown_timeout=60
+    )
     with anyio.fail_after(8):  # the constructor's 60 s would trip this
         async with anyio.create_task_group() as tg:
             tg.start_soon(p.run)

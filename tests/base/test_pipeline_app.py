@@ -7,11 +7,11 @@ from typing import Any
 import anyio
 import pytest
 import structlog
+from _support import counting_root, serving, wait_until
 
 from nacelle_py import ComponentError, ConfigError, Process
 from nacelle_py.base import Pipeline, PipelineError, Stage
 from nacelle_py.testing import test_app
-from _support import counting_root, serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -55,8 +55,7 @@ async def test_a_finite_pipeline_runs_and_its_return_ends_the_app(engine: str) -
         got.append(msg)
 
     p = app.register(
-        make_pipeline([Stage("numbers", counting_root(30), [Stage("square", square, [Stage("sink", sink)])])],
-                 engine),
+        make_pipeline([Stage("numbers", counting_root(30), [Stage("square", square, [Stage("sink", sink)])])], engine),
         name="pipeline",
         priority=2,
     )
@@ -81,13 +80,20 @@ async def test_a_finite_pipeline_with_silent_exit_lets_the_app_keep_running() ->
             done.set()
 
     waiter = app.register(Waiter(), name="waiter", priority=1)
-    p = app.register(Pipeline([Stage("numbers", counting_root(10), [Stage("sink", sink)])]),
-                     name="pipeline", priority=2, silent_exit=True)
+    p = app.register(
+        Pipeline([Stage("numbers", counting_root(10), [Stage("sink", sink)])]),
+        name="pipeline",
+        priority=2,
+        silent_exit=True,
+    )
     with structlog.testing.capture_logs() as logs:
         async with serving(app) as served:
             await done.wait()
-            await wait_until(lambda: any(e["event"] == "run finished; silent exit" and e.get("component") == "pipeline"
-                                         for e in logs))
+            await wait_until(
+                lambda: any(
+                    e["event"] == "run finished; silent exit" and e.get("component") == "pipeline" for e in logs
+                )
+            )
             assert served.status is None  # the app is still serving after the pipeline returned
             assert not waiter.stopped
     assert served.status == 0, app.errors
@@ -115,8 +121,10 @@ async def test_app_shutdown_stops_an_endless_pipeline_and_drains(engine: str) ->
         await anyio.sleep(0)
 
     p = app.register(
-        make_pipeline([Stage("source", endless_root, [Stage("double", double, [Stage("sink", sink, buffer=4)],
-                                                       buffer=4)])], engine),
+        make_pipeline(
+            [Stage("source", endless_root, [Stage("double", double, [Stage("sink", sink, buffer=4)], buffer=4)])],
+            engine,
+        ),
         name="pipeline",
         priority=2,
     )
@@ -201,8 +209,9 @@ async def test_the_health_key_is_healthy_while_running(engine: str) -> None:
             moving.set()
         await anyio.sleep(0)
 
-    app.register(make_pipeline([Stage("source", endless_root, [Stage("sink", sink)])], engine),
-                 name="pipeline", priority=2)
+    app.register(
+        make_pipeline([Stage("source", endless_root, [Stage("sink", sink)])], engine), name="pipeline", priority=2
+    )
     async with serving(app) as served:
         flag = app.health.get("pipeline")  # the health key is the registered name
         assert flag.component == "pipeline"
@@ -255,8 +264,9 @@ async def test_the_app_prefixed_engine_setting_picks_serial(monkeypatch: pytest.
     async def sink(msg: int) -> None:
         trace.append(("sink", msg))
 
-    p = app.register(Pipeline([Stage("source", root, [Stage("sink", sink)])], engine="parallel"),
-                     name="pipeline", priority=2)
+    p = app.register(
+        Pipeline([Stage("source", root, [Stage("sink", sink)])], engine="parallel"), name="pipeline", priority=2
+    )
     with anyio.fail_after(10):
         status = await app.serve()
     assert status == 0, app.errors

@@ -48,6 +48,7 @@ def make_pipeline(roots: list[Stage], engine: str | None = None, **options: Any)
         options.setdefault("namespace", f"test:{uuid.uuid4().hex[:12]}")
     return Pipeline(roots, engine=engine, **options)
 
+
 RUN_LIMIT = 10.0
 
 
@@ -343,8 +344,7 @@ def batches(rec: Recorder) -> Shape:
 
 def workers_ordered(rec: Recorder) -> Shape:
     w = stage(rec, "w", [stage(rec, "wleaf")], out=lambda x: [x * x], workers=4, delay=jitter(1, 0.002))
-    wp = stage(rec, "wp", [stage(rec, "wpleaf")], out=lambda x: [x + 1], workers=4, plain=True,
-               delay=jitter(2, 0.001))
+    wp = stage(rec, "wp", [stage(rec, "wpleaf")], out=lambda x: [x + 1], workers=4, plain=True, delay=jitter(2, 0.001))
     wl = stage(rec, "wl", workers=4, delay=jitter(3, 0.001))
     roots = [Stage("root", async_root(lambda: range(40)), [w, wp, wl])]
     return Shape(
@@ -361,10 +361,25 @@ def workers_ordered(rec: Recorder) -> Shape:
 
 
 def workers_unordered(rec: Recorder) -> Shape:
-    u = stage(rec, "u", [stage(rec, "uleaf"), stage(rec, "uw", workers=3, ordered=False)],
-              out=lambda x: [x * x], workers=4, ordered=False, delay=jitter(4, 0.002))
-    up = stage(rec, "up", [stage(rec, "upleaf", plain=True)], out=lambda x: [x, x + 1000], workers=4,
-               ordered=False, plain=True, delay=jitter(5, 0.001))
+    u = stage(
+        rec,
+        "u",
+        [stage(rec, "uleaf"), stage(rec, "uw", workers=3, ordered=False)],
+        out=lambda x: [x * x],
+        workers=4,
+        ordered=False,
+        delay=jitter(4, 0.002),
+    )
+    up = stage(
+        rec,
+        "up",
+        [stage(rec, "upleaf", plain=True)],
+        out=lambda x: [x, x + 1000],
+        workers=4,
+        ordered=False,
+        plain=True,
+        delay=jitter(5, 0.001),
+    )
     roots = [Stage("root", plain_root(lambda: range(40)), [u, up])]
     return Shape(
         roots,
@@ -424,10 +439,17 @@ def small_buffers(rec: Recorder) -> Shape:
 
 
 def batch_workers(rec: Recorder) -> Shape:
-    bw = stage(rec, "bw", [stage(rec, "bwleaf", buffer=2)], out=lambda x: [x * 2], batch=3, workers=3, buffer=4,
-               delay=jitter(8, 0.001))
-    bp = stage(rec, "bp", [stage(rec, "bpleaf")], out=lambda x: [x, -x], batch=True, workers=2, plain=True,
-               many=True)
+    bw = stage(
+        rec,
+        "bw",
+        [stage(rec, "bwleaf", buffer=2)],
+        out=lambda x: [x * 2],
+        batch=3,
+        workers=3,
+        buffer=4,
+        delay=jitter(8, 0.001),
+    )
+    bp = stage(rec, "bp", [stage(rec, "bpleaf")], out=lambda x: [x, -x], batch=True, workers=2, plain=True, many=True)
     bu = stage(rec, "bu", [stage(rec, "buleaf")], batch=2, workers=4, ordered=False, delay=jitter(9, 0.001))
     roots = [Stage("root", async_root(lambda: range(31)), [bw, bp, bu])]
     return Shape(
@@ -505,7 +527,12 @@ async def run_shape(
     for parent, child in children_of(shape.roots):
         s = stats[child.name]
         assert s.messages_in == len(shape.expected[child.name]) == stats[parent.name].messages_out, (
-            engine, parent.name, child.name, s, stats[parent.name])
+            engine,
+            parent.name,
+            child.name,
+            s,
+            stats[parent.name],
+        )
         assert s.queue_depth == 0 and s.errors == 0 and s.dropped == 0, (engine, s)
     pairs = {name: sorted(rec.ids_of.get(name, []), key=key) for name in shape.expected} if ids else {}
     for name, seen in pairs.items():
@@ -643,8 +670,15 @@ def build_forest(roots: tuple[Root, ...], rec: Recorder) -> list[Stage]:
         def out(x: int) -> list[int]:
             return behave(node.behaviour, x)
 
-        return stage(rec, node.name, [make(c) for c in node.children], out=out, plain=node.plain,
-                     buffer=node.buffer, workers=node.workers)
+        return stage(
+            rec,
+            node.name,
+            [make(c) for c in node.children],
+            out=out,
+            plain=node.plain,
+            buffer=node.buffer,
+            workers=node.workers,
+        )
 
     def build_root(root: Root) -> Stage:
         def values() -> Iterable[int]:
@@ -656,8 +690,9 @@ def build_forest(roots: tuple[Root, ...], rec: Recorder) -> list[Stage]:
     return [build_root(root) for root in roots]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(forest=forests())
 async def test_random_trees_run_identically_on_every_engine(forest: tuple[Root, ...]) -> None:
     pooled = frozenset(name for name, workers in workers_of(forest).items() if workers > 1)

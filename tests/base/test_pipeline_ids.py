@@ -7,11 +7,10 @@ from typing import Any
 
 import anyio
 import pytest
+from test_pipeline_engines import ENGINES, _worker_based_redis, make_pipeline  # noqa: F401 (a fixture)
 
 from nacelle_py import RegistrationError
 from nacelle_py.base import Message, Pipeline, Stage
-
-from test_pipeline_engines import ENGINES, _worker_based_redis, make_pipeline  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.anyio
 
@@ -43,9 +42,7 @@ async def test_ids_name_the_root_the_sequence_and_each_hop(engine: str) -> None:
     await run([Stage("numbers", numbers, [Stage("split", split, [Stage("store", store, with_id=True)])])], engine)
     inputs = [0, 1, 2, 10, 11, 20]
     assert got == [
-        (f"numbers:{n}.{k}", value)
-        for n, x in enumerate(inputs)
-        for k, value in enumerate((x, -x, x * 100))
+        (f"numbers:{n}.{k}", value) for n, x in enumerate(inputs) for k, value in enumerate((x, -x, x * 100))
     ]
 
 
@@ -86,8 +83,9 @@ async def test_a_batch_stage_gets_messages_and_its_outputs_extend_the_first_id(e
     async def leaf(msg: Message[int]) -> None:
         out.append(msg.id)
 
-    await run([Stage("r", root, [Stage("sum", total, [Stage("leaf", leaf, with_id=True)], batch=4,
-                                       with_id=True)])], engine)
+    await run(
+        [Stage("r", root, [Stage("sum", total, [Stage("leaf", leaf, with_id=True)], batch=4, with_id=True)])], engine
+    )
     assert [i for batch in batches for i in batch] == [f"r:{n}" for n in range(6)]
     assert all(len(batch) <= 4 for batch in batches)
     assert out == [f"{batch[0]}.0" for batch in batches]
@@ -131,8 +129,9 @@ async def test_workers_keep_each_message_its_id(engine: str) -> None:
     async def leaf(msg: Message[int]) -> None:
         pairs.append((msg.id, msg.body))
 
-    await run([Stage("r", root, [Stage("w", slow, [Stage("leaf", leaf, with_id=True)], workers=4,
-                                       ordered=False)])], engine)
+    await run(
+        [Stage("r", root, [Stage("w", slow, [Stage("leaf", leaf, with_id=True)], workers=4, ordered=False)])], engine
+    )
     assert sorted(pairs) == sorted((f"r:{i}.0", i * 2) for i in range(40))
 
 

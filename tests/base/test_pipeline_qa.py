@@ -19,15 +19,16 @@ from typing import Any
 
 import anyio
 import pytest
+from _support import Boom, counting_root, serving, wait_until
 
 from nacelle_py import ConfigError, Process, RegistrationError
 from nacelle_py.base import Pipeline, PipelineError, Stage
 from nacelle_py.testing import test_app
-from _support import Boom, counting_root, serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
 from test_pipeline_engines import ENGINES, _worker_based_redis, make_pipeline  # noqa: F401 (a fixture)
+
 LIMIT = 10.0
 
 
@@ -42,8 +43,11 @@ async def run(p: Pipeline, limit: float = LIMIT) -> None:
 
 def pipeline_threads(baseline: set[threading.Thread] | None = None) -> list[str]:
     """Pipeline threads alive now that were not alive at ``baseline`` (threads leaked by other tests excluded)."""
-    return [t.name for t in threading.enumerate()
-            if t.name.startswith("nacelle pipeline") and (baseline is None or t not in baseline)]
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("nacelle pipeline") and (baseline is None or t not in baseline)
+    ]
 
 
 def thread_baseline() -> set[threading.Thread]:
@@ -97,9 +101,7 @@ def plain_mixed_root(emit: Any) -> None:
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("plain", [False, True], ids=["async", "plain"])
-async def test_buffer_1_fan_out_with_one_slow_child_delivers_everything_once_in_order(
-    engine: str, plain: bool
-) -> None:
+async def test_buffer_1_fan_out_with_one_slow_child_delivers_everything_once_in_order(engine: str, plain: bool) -> None:
     """Plain variant: plain root, plain slow child, plain inner stage."""
     fast: list[int] = []
     slow: list[int] = []
@@ -122,11 +124,17 @@ async def test_buffer_1_fan_out_with_one_slow_child_delivers_everything_once_in_
         emit(msg)
 
     p = make_pipeline(
-        [Stage("root", plain_mixed_root if plain else mixed_root, [
-            Stage("fast", recorder(fast), buffer=1),
-            Stage("slow", p_slow if plain else a_slow, buffer=1),
-            Stage("fwd", p_fwd if plain else a_fwd, [Stage("via", recorder(via), buffer=1)], buffer=1),
-        ])],
+        [
+            Stage(
+                "root",
+                plain_mixed_root if plain else mixed_root,
+                [
+                    Stage("fast", recorder(fast), buffer=1),
+                    Stage("slow", p_slow if plain else a_slow, buffer=1),
+                    Stage("fwd", p_fwd if plain else a_fwd, [Stage("via", recorder(via), buffer=1)], buffer=1),
+                ],
+            )
+        ],
         engine,
     )
     await run(p)
@@ -145,8 +153,10 @@ async def test_buffer_1_fan_out_with_one_slow_child_delivers_everything_once_in_
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_none_duplicates_and_unhashable_messages_pass_through_unchanged(engine: str) -> None:
     if engine == "worker-based":
-        pytest.skip("messages cross Redis as JSON: identity and non-JSON values are the in-memory engines' "
-                    "(test_pipeline_worker_based.py checks what JSON keeps and refuses)")
+        pytest.skip(
+            "messages cross Redis as JSON: identity and non-JSON values are the in-memory engines' "
+            "(test_pipeline_worker_based.py checks what JSON keeps and refuses)"
+        )
     shared: dict[str, Any] = {"k": [1]}
     items: list[Any] = [None, None, shared, shared, [], {}, set(), [None], float("nan"), 0, False, b"", object()]
     got: list[Any] = []
@@ -164,8 +174,9 @@ async def test_none_duplicates_and_unhashable_messages_pass_through_unchanged(en
         await emit(msg)
         await emit.many([])
 
-    p = make_pipeline([Stage("root", root, [Stage("fwd", fwd, [Stage("sink", recorder(got), buffer=1)], buffer=1)])],
-                 engine)
+    p = make_pipeline(
+        [Stage("root", root, [Stage("fwd", fwd, [Stage("sink", recorder(got), buffer=1)], buffer=1)])], engine
+    )
     await run(p)
     assert len(got) == len(items)
     assert all(a is b for a, b in zip(got, items, strict=True))  # the same objects, in order
@@ -244,9 +255,13 @@ async def test_ordered_workers_with_random_delays_keep_order_and_lose_nothing(en
     n = 120
     got: list[int] = []
     p = make_pipeline(
-        [Stage("root", counting_root(n), [
-            Stage("fan", fan_stage(plain, seed=1), [Stage("sink", recorder(got), buffer=1)], workers=6, buffer=2)
-        ])],
+        [
+            Stage(
+                "root",
+                counting_root(n),
+                [Stage("fan", fan_stage(plain, seed=1), [Stage("sink", recorder(got), buffer=1)], workers=6, buffer=2)],
+            )
+        ],
         engine,
     )
     await run(p)
@@ -258,15 +273,21 @@ async def test_ordered_workers_with_random_delays_keep_order_and_lose_nothing(en
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("plain", [False, True], ids=["async", "plain"])
-async def test_ordered_workers_error_names_the_index_and_output_is_an_in_order_prefix(
-    engine: str, plain: bool
-) -> None:
+async def test_ordered_workers_error_names_the_index_and_output_is_an_in_order_prefix(engine: str, plain: bool) -> None:
     n = 120
     got: list[int] = []
     p = make_pipeline(
-        [Stage("root", counting_root(n), [
-            Stage("fan", fan_stage(plain, seed=2, fail_at=37), [Stage("sink", recorder(got))], workers=5, buffer=3)
-        ])],
+        [
+            Stage(
+                "root",
+                counting_root(n),
+                [
+                    Stage(
+                        "fan", fan_stage(plain, seed=2, fail_at=37), [Stage("sink", recorder(got))], workers=5, buffer=3
+                    )
+                ],
+            )
+        ],
         engine,
     )
     with pytest.raises(PipelineError) as info:
@@ -287,10 +308,22 @@ async def test_unordered_workers_deliver_each_output_exactly_once(engine: str, p
     n = 150
     got: list[int] = []
     p = make_pipeline(
-        [Stage("root", counting_root(n), [
-            Stage("fan", fan_stage(plain, seed=3), [Stage("sink", recorder(got), buffer=1)],
-                  workers=7, ordered=False, buffer=1)
-        ])],
+        [
+            Stage(
+                "root",
+                counting_root(n),
+                [
+                    Stage(
+                        "fan",
+                        fan_stage(plain, seed=3),
+                        [Stage("sink", recorder(got), buffer=1)],
+                        workers=7,
+                        ordered=False,
+                        buffer=1,
+                    )
+                ],
+            )
+        ],
         engine,
     )
     await run(p)
@@ -311,8 +344,7 @@ async def test_batch_leaf_gets_every_message_once_in_order_in_bounded_lists(
         await anyio.sleep(0)
         batches.append(list(msgs))
 
-    p = make_pipeline([Stage("root", mixed_root, [Stage("sink", leaf, batch=size, workers=workers, buffer=5)])],
-                 engine)
+    p = make_pipeline([Stage("root", mixed_root, [Stage("sink", leaf, batch=size, workers=workers, buffer=5)])], engine)
     await run(p)
     assert all(batches), "an empty batch was delivered"
     if size is not True:
@@ -353,13 +385,30 @@ async def test_plain_functions_at_every_position(engine: str) -> None:
             got.append(msg)
 
     p = make_pipeline(
-        [Stage("root", root, [
-            Stage("double", double, [
-                Stage("pool", pool, [
-                    Stage("batcher", batcher, [Stage("sink", sink, buffer=2)], batch=4, buffer=3),
-                ], workers=3, buffer=2),
-            ], buffer=1),
-        ])],
+        [
+            Stage(
+                "root",
+                root,
+                [
+                    Stage(
+                        "double",
+                        double,
+                        [
+                            Stage(
+                                "pool",
+                                pool,
+                                [
+                                    Stage("batcher", batcher, [Stage("sink", sink, buffer=2)], batch=4, buffer=3),
+                                ],
+                                workers=3,
+                                buffer=2,
+                            ),
+                        ],
+                        buffer=1,
+                    ),
+                ],
+            )
+        ],
         engine,
     )
     await run(p)
@@ -513,8 +562,9 @@ async def test_a_chain_of_50_stages_and_a_fan_out_of_50_children(engine: str) ->
         chain = Stage(f"c{d}", fwd, [chain], buffer=1 + d % 3)
     wide = [[] for _ in range(50)]  # type: list[list[int]]
     children = [Stage(f"w{i}", recorder(wide[i]), buffer=1 + i % 4) for i in range(50)]
-    p = make_pipeline([Stage("chain_root", counting_root(40), [chain]),
-                  Stage("wide_root", counting_root(40), children)], engine)
+    p = make_pipeline(
+        [Stage("chain_root", counting_root(40), [chain]), Stage("wide_root", counting_root(40), children)], engine
+    )
     # 49 hops through Redis streams take about 6 s here: the bound leaves room for a busy machine.
     await run(p, limit=30 if engine == "worker-based" else LIMIT)
     assert end == [i + 48 for i in range(40)]
@@ -568,8 +618,7 @@ async def test_a_plain_root_blocked_forever_in_its_own_code_still_stops(engine: 
 
 @pytest.mark.parametrize(
     "engine",
-    ["serial",
-     "parallel"],
+    ["serial", "parallel"],
 )
 async def test_a_cut_off_with_a_plain_root_leaves_no_stage_running(engine: str, abort: threading.Event) -> None:
     state = {"running": 0, "finished": 0}
@@ -801,10 +850,19 @@ async def test_an_error_while_another_stage_is_blocked_on_backpressure_stops_pro
         if msg == 5:
             raise Boom("five")
 
-    p = make_pipeline([Stage("root", counting_root(10_000), [
-        Stage("fwd", fwd, [Stage("slow", slow, buffer=1)], buffer=1000),
-        Stage("failing", failing, buffer=1000),
-    ])], engine)
+    p = make_pipeline(
+        [
+            Stage(
+                "root",
+                counting_root(10_000),
+                [
+                    Stage("fwd", fwd, [Stage("slow", slow, buffer=1)], buffer=1000),
+                    Stage("failing", failing, buffer=1000),
+                ],
+            )
+        ],
+        engine,
+    )
     started = time.monotonic()
     with pytest.raises(PipelineError) as info:
         await run(p)
@@ -837,8 +895,9 @@ async def test_a_sibling_processes_what_is_on_its_edge_while_another_sibling_is_
             await anyio.sleep(0.05)
             release.set()
 
-    p = make_pipeline([Stage("root", root, [Stage("held", held, buffer=1), Stage("failing", failing, buffer=1)])],
-                 engine)
+    p = make_pipeline(
+        [Stage("root", root, [Stage("held", held, buffer=1), Stage("failing", failing, buffer=1)])], engine
+    )
     with anyio.fail_after(0.6):
         async with anyio.create_task_group() as tg:
             tg.start_soon(release_later)
@@ -861,8 +920,9 @@ async def test_a_parent_catching_exception_around_emit_does_not_hide_the_child_e
         if msg == 3:
             raise Boom("three")
 
-    p = make_pipeline([Stage("root", counting_root(50), [Stage("careless", careless, [Stage("child", child)])])],
-                 engine)
+    p = make_pipeline(
+        [Stage("root", counting_root(50), [Stage("careless", careless, [Stage("child", child)])])], engine
+    )
     with pytest.raises(PipelineError) as info:
         await run(p)
     assert (info.value.stage, info.value.index) == ("child", 3)
@@ -895,8 +955,7 @@ async def test_a_batch_stage_error_index_is_the_first_message_of_the_failed_batc
             failed.append(list(msgs))
             raise Boom(msgs)
 
-    p = make_pipeline([Stage("root", mixed_root, [Stage("leaf", leaf, batch=4, workers=workers, buffer=6)])],
-                 engine)
+    p = make_pipeline([Stage("root", mixed_root, [Stage("leaf", leaf, batch=4, workers=workers, buffer=6)])], engine)
     with pytest.raises(PipelineError) as info:
         await run(p)
     assert failed and info.value.index == failed[0][0], (info.value.index, failed)
@@ -937,8 +996,7 @@ async def test_run_twice_concurrently_is_refused_and_sequential_runs_reset_stats
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_after_a_failed_run_the_next_run_starts_clean(engine: str) -> None:
     if engine == "worker-based":
-        pytest.skip("durable edges: the next run goes on with what the failed one left "
-                    "(test_pipeline_worker_based.py)")
+        pytest.skip("durable edges: the next run goes on with what the failed one left (test_pipeline_worker_based.py)")
     fail = [True]
     got: list[int] = []
 
@@ -977,8 +1035,7 @@ async def test_cancelling_the_caller_leaves_nothing_running_and_a_later_run_work
             await emit(i)
             i += 1
 
-    p = make_pipeline([Stage("root", endless, [Stage("mid", plain_mid, [Stage("sink", sink)], buffer=4)])],
-                 engine)
+    p = make_pipeline([Stage("root", endless, [Stage("mid", plain_mid, [Stage("sink", sink)], buffer=4)])], engine)
     with anyio.fail_after(LIMIT):
         with anyio.move_on_after(0.2):
             await p.run()
@@ -989,8 +1046,7 @@ async def test_cancelling_the_caller_leaves_nothing_running_and_a_later_run_work
         await wait_until(lambda: pipeline_threads(baseline) == [], limit=2)
     # A later run works.
     seen.clear()
-    p2 = make_pipeline([Stage("root", counting_root(30), [Stage("mid", plain_mid, [Stage("sink", sink)])])],
-                  engine)
+    p2 = make_pipeline([Stage("root", counting_root(30), [Stage("mid", plain_mid, [Stage("sink", sink)])])], engine)
     await run(p2)
     assert seen == list(range(30))
 
@@ -1070,12 +1126,23 @@ async def test_stats_while_running_are_monotone_and_consistent_after(engine: str
             await anyio.sleep(0.0005)
 
     p = make_pipeline(
-        [Stage("root", counting_root(n), [
-            Stage("a", fwd, [
-                Stage("b", plain_fwd, [Stage("c", slow, batch=7, buffer=16)], buffer=8),
-                Stage("d", fwd, [Stage("e", recorder([]))], workers=3, buffer=4),
-            ], buffer=32),
-        ])],
+        [
+            Stage(
+                "root",
+                counting_root(n),
+                [
+                    Stage(
+                        "a",
+                        fwd,
+                        [
+                            Stage("b", plain_fwd, [Stage("c", slow, batch=7, buffer=16)], buffer=8),
+                            Stage("d", fwd, [Stage("e", recorder([]))], workers=3, buffer=4),
+                        ],
+                        buffer=32,
+                    ),
+                ],
+            )
+        ],
         engine,
     )
 
@@ -1115,8 +1182,11 @@ async def test_a_cut_off_counts_outputs_held_in_the_reorder_buffer_as_dropped() 
             await emit(i)
         await anyio.sleep_forever()
 
-    p = Pipeline([Stage("root", root, [Stage("pool", pool, [Stage("sink", recorder(got))], workers=4)])],
-                 engine="parallel", shutdown_timeout=0.2)
+    p = Pipeline(
+        [Stage("root", root, [Stage("pool", pool, [Stage("sink", recorder(got))], workers=4)])],
+        engine="parallel",
+        shutdown_timeout=0.2,
+    )
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
             tg.start_soon(p.run)
@@ -1157,8 +1227,11 @@ async def test_an_idle_stage_is_not_stalled(engine: str, workers: int) -> None:
     async def leaf(msg: int) -> None:
         pass
 
-    p = app.register(make_pipeline([Stage("root", root, [Stage("leaf", leaf, workers=workers)])], engine,
-                              stall_after=0.1), name="pipeline", priority=2)
+    p = app.register(
+        make_pipeline([Stage("root", root, [Stage("leaf", leaf, workers=workers)])], engine, stall_after=0.1),
+        name="pipeline",
+        priority=2,
+    )
     async with serving(app):
         flag = app.health.get("pipeline")
         await wait_until(lambda: p.stats()["leaf"].messages_in == 1)
@@ -1183,8 +1256,11 @@ async def test_stall_flips_health_and_recovers(engine: str) -> None:
             await emit(i)
         await anyio.sleep_forever()
 
-    app.register(make_pipeline([Stage("root", root, [Stage("slow", slow, buffer=2)])], engine, stall_after=0.15),
-                 name="pipeline", priority=2)
+    app.register(
+        make_pipeline([Stage("root", root, [Stage("slow", slow, buffer=2)])], engine, stall_after=0.15),
+        name="pipeline",
+        priority=2,
+    )
     try:
         async with serving(app):
             flag = app.health.get("pipeline")
@@ -1201,8 +1277,12 @@ async def test_stall_flips_health_and_recovers(engine: str) -> None:
 async def test_health_is_not_healthy_after_a_finite_run_returned(engine: str) -> None:
     app = test_app("t")
     app.register(Waiter(), name="waiter", priority=1)
-    p = app.register(make_pipeline([Stage("root", counting_root(3), [Stage("sink", recorder([]))])], engine),
-                     name="pipeline", priority=2, silent_exit=True)
+    p = app.register(
+        make_pipeline([Stage("root", counting_root(3), [Stage("sink", recorder([]))])], engine),
+        name="pipeline",
+        priority=2,
+        silent_exit=True,
+    )
     async with serving(app):
         flag = app.health.get("pipeline")
         await wait_until(lambda: not p.running and p.stats()["sink"].messages_in == 3)
@@ -1216,9 +1296,15 @@ async def test_health_is_not_healthy_after_a_finite_run_returned(engine: str) ->
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("PIPELINE_ENGINE", "bogus"), ("PIPELINE_ENGINE", ""), ("PIPELINE_SHUTDOWN_TIMEOUT", "abc"),
-     ("PIPELINE_SHUTDOWN_TIMEOUT", "0"), ("PIPELINE_SHUTDOWN_TIMEOUT", "-1"), ("PIPELINE_SHUTDOWN_TIMEOUT", "nan"),
-     ("PIPELINE_SHUTDOWN_TIMEOUT", "inf")],
+    [
+        ("PIPELINE_ENGINE", "bogus"),
+        ("PIPELINE_ENGINE", ""),
+        ("PIPELINE_SHUTDOWN_TIMEOUT", "abc"),
+        ("PIPELINE_SHUTDOWN_TIMEOUT", "0"),
+        ("PIPELINE_SHUTDOWN_TIMEOUT", "-1"),
+        ("PIPELINE_SHUTDOWN_TIMEOUT", "nan"),
+        ("PIPELINE_SHUTDOWN_TIMEOUT", "inf"),
+    ],
 )
 async def test_a_bad_setting_is_a_config_error_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, var: str, value: str
@@ -1235,15 +1321,17 @@ async def test_a_bad_setting_is_a_config_error_naming_the_variable(
 async def test_settings_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIPELINE_ENGINE", "  SeRiAl ")
     monkeypatch.setenv("PIPELINE_SHUTDOWN_TIMEOUT", "0.25")
-    p = Pipeline([Stage("root", counting_root(3), [Stage("sink", recorder([]))])], engine="parallel",
-                 shutdown_timeout=9)
+    p = Pipeline(
+        [Stage("root", counting_root(3), [Stage("sink", recorder([]))])], engine="parallel", shutdown_timeout=9
+    )
     await run(p)
     assert (p.engine, p.shutdown_timeout) == ("serial", 0.25)
 
 
 async def test_an_unset_setting_no_longer_overrides_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
-    p = Pipeline([Stage("root", counting_root(3), [Stage("sink", recorder([]))])], engine="parallel",
-                 shutdown_timeout=9)
+    p = Pipeline(
+        [Stage("root", counting_root(3), [Stage("sink", recorder([]))])], engine="parallel", shutdown_timeout=9
+    )
     monkeypatch.setenv("PIPELINE_ENGINE", "serial")
     monkeypatch.setenv("PIPELINE_SHUTDOWN_TIMEOUT", "0.25")
     await run(p)
@@ -1320,11 +1408,12 @@ def test_system_exit_or_keyboard_interrupt_in_a_stage_is_a_pipeline_error(backen
     script = tmp_path / "base_exit.py"
     script.write_text(BASE_EXIT_SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.endswith(("PIPELINE_ENGINE", "PIPELINE_SHUTDOWN_TIMEOUT"))}
-    done = subprocess.run([sys.executable, str(script), backend], capture_output=True, text=True, timeout=60,
-                          env=env, cwd=os.getcwd())
+    done = subprocess.run(
+        [sys.executable, str(script), backend], capture_output=True, text=True, timeout=60, env=env, cwd=os.getcwd()
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
     assert lines, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
-    results = json.loads(lines[-1][len("RESULTS "):])
+    results = json.loads(lines[-1][len("RESULTS ") :])
     assert len(results) == 16, results
     bad = [(case, outcome) for case, outcome in results if outcome != "PipelineError"]
     if bad:
@@ -1344,9 +1433,16 @@ async def test_concurrent_unordered_workers_leave_no_unawaited_coroutine() -> No
         warnings.simplefilter("always")
         for _ in range(3):
             got.clear()
-            p = Pipeline([Stage("root", counting_root(200), [
-                Stage("pool", work, [Stage("sink", recorder(got), buffer=1)], workers=8, ordered=False)])],
-                engine="parallel")
+            p = Pipeline(
+                [
+                    Stage(
+                        "root",
+                        counting_root(200),
+                        [Stage("pool", work, [Stage("sink", recorder(got), buffer=1)], workers=8, ordered=False)],
+                    )
+                ],
+                engine="parallel",
+            )
             await run(p)
             assert sorted(got) == sorted([m for i in range(200) for m in (i, -i - 1)])
         gc.collect()

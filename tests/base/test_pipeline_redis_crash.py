@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-
 from _redis import command, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -63,8 +62,13 @@ def replicas(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
     started: list[AppProcess] = []
 
     def start(stages: str, url: str, backend: str, delay: float = 0.004) -> AppProcess:
-        env = clean_env(PIPELINE_ENGINE="worker-based", PIPELINE_STAGES=stages, REDIS_URL=url,
-                        PIPELINE_NAMESPACE=NAMESPACE, PIPELINE_LEASE="2")
+        env = clean_env(
+            PIPELINE_ENGINE="worker-based",
+            PIPELINE_STAGES=stages,
+            REDIS_URL=url,
+            PIPELINE_NAMESPACE=NAMESPACE,
+            PIPELINE_LEASE="2",
+        )
         env = {k: v for k, v in env.items() if not k.startswith("PR_")}
         app = AppProcess([str(SCRIPT), backend, str(tmp_path / "store.sqlite3"), str(COUNT), str(delay)], env)
         started.append(app)
@@ -121,8 +125,9 @@ def test_a_replica_killed_mid_run_loses_nothing_and_the_leaf_stores_each_id_once
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_unreachable_redis_fails_the_boot_naming_the_masked_url(backend: str, tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    env = clean_env(PIPELINE_ENGINE="worker-based", PIPELINE_STAGES="square",
-                    REDIS_URL=f"redis://:s3cret@127.0.0.1:{port}/0")
+    env = clean_env(
+        PIPELINE_ENGINE="worker-based", PIPELINE_STAGES="square", REDIS_URL=f"redis://:s3cret@127.0.0.1:{port}/0"
+    )
     app = AppProcess([str(SCRIPT), backend, str(tmp_path / "store.sqlite3"), "10", "0"], env)
     with app:
         began = time.monotonic()

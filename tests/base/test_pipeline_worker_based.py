@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 
 import anyio
 import pytest
+from _redis import RedisFactory, command, free_port
+from _support import Boom, counting_root, wait_until
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from _redis import RedisFactory, command, free_port
-from _support import Boom, counting_root, wait_until
 from nacelle_py import RegistrationError
 from nacelle_py.base import Message, Pipeline, PipelineError, Stage
 from nacelle_py.testing import test_app
@@ -92,8 +92,12 @@ async def test_a_message_that_is_not_json_fails_at_emit_naming_the_stage(redis_u
 # -- placement: several replicas of one pipeline ---------------------------------------------------
 
 
-def tree(stored: list[tuple[str, Any]], count: int, square_delay: Callable[[int], float] = lambda n: 0.0,
-         fail: Callable[[int], bool] = lambda n: False) -> list[Stage]:
+def tree(
+    stored: list[tuple[str, Any]],
+    count: int,
+    square_delay: Callable[[int], float] = lambda n: 0.0,
+    fail: Callable[[int], bool] = lambda n: False,
+) -> list[Stage]:
     async def square(n: int, emit: Any) -> None:
         if fail(n):
             raise Boom(f"no square for {n}")
@@ -103,16 +107,22 @@ def tree(stored: list[tuple[str, Any]], count: int, square_delay: Callable[[int]
     async def store(msg: Message[int]) -> None:
         stored.append((msg.id, msg.body))
 
-    return [Stage("numbers", counting_root(count), [
-        Stage("square", square, [Stage("store", store, with_id=True)], workers=4, buffer=16)])]
+    return [
+        Stage(
+            "numbers",
+            counting_root(count),
+            [Stage("square", square, [Stage("store", store, with_id=True)], workers=4, buffer=16)],
+        )
+    ]
 
 
 async def test_stages_placed_on_separate_replicas_run_the_same_tree(redis_url: str) -> None:
     stored: list[tuple[str, Any]] = []
     ns = namespace()
     roots = tree(stored, 300)
-    replicas = [worker_based(roots, redis_url, ns, stages=stages)
-                for stages in (["numbers"], ["square"], ["square"], ["store"])]
+    replicas = [
+        worker_based(roots, redis_url, ns, stages=stages) for stages in (["numbers"], ["square"], ["square"], ["store"])
+    ]
     with anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
             for p in replicas:
@@ -306,7 +316,7 @@ async def test_placement_that_runs_no_stage_of_the_pipeline_is_a_registration_er
 
 
 async def test_worker_based_settings_on_another_engine_are_ignored_with_a_warning(
-    monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # One app's settings serve all its pipelines; a pipeline coded for another engine runs as coded.
     monkeypatch.setenv("PIPELINE_STAGES", "store")
@@ -368,7 +378,5 @@ def test_help_lists_the_worker_based_settings() -> None:
     app = test_app("shop")
     app.register(Pipeline(tree([], 1)), name="orders", priority=1)
     text = app.describe()
-    for variable in ("PIPELINE_STAGES", "PIPELINE_NAMESPACE", "PIPELINE_LEASE", "PIPELINE_MAX_DELIVERIES",
-                     "REDIS_URL"):
+    for variable in ("PIPELINE_STAGES", "PIPELINE_NAMESPACE", "PIPELINE_LEASE", "PIPELINE_MAX_DELIVERIES", "REDIS_URL"):
         assert variable in text, variable
-

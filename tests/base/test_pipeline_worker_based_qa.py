@@ -22,16 +22,16 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from pydantic import BaseModel
-from structlog.testing import capture_logs
-
 from _redis import RedisFactory
 from _support import Boom, counting_root, wait_until
+from pydantic import BaseModel
+from structlog.testing import capture_logs
+from test_pipeline_worker_based import namespace, redis
+from test_pipeline_worker_based import worker_based as wb
+
 from nacelle_py import ConfigError
 from nacelle_py.base import Message, Pipeline, PipelineError, Stage
 from nacelle_py.testing import test_app
-from test_pipeline_worker_based import namespace, redis
-from test_pipeline_worker_based import worker_based as wb
 
 pytestmark = pytest.mark.anyio
 
@@ -98,12 +98,26 @@ async def test_a_fan_out_split_over_three_replicas_gives_every_child_every_messa
         await emit(f"{msg.id}->{msg.body}")
         await emit(-msg.body)
 
-    roots = [Stage("numbers", counting_root(n), [
-        Stage("left", leaf("left"), with_id=True, buffer=8),
-        Stage("right", leaf("right"), with_id=True, buffer=64, workers=3),
-        Stage("middle", middle, [Stage("deep", leaf("deep"), with_id=True, buffer=4),
-                                 Stage("tail", leaf("tail"), with_id=True, buffer=32)], with_id=True, buffer=16),
-    ])]
+    roots = [
+        Stage(
+            "numbers",
+            counting_root(n),
+            [
+                Stage("left", leaf("left"), with_id=True, buffer=8),
+                Stage("right", leaf("right"), with_id=True, buffer=64, workers=3),
+                Stage(
+                    "middle",
+                    middle,
+                    [
+                        Stage("deep", leaf("deep"), with_id=True, buffer=4),
+                        Stage("tail", leaf("tail"), with_id=True, buffer=32),
+                    ],
+                    with_id=True,
+                    buffer=16,
+                ),
+            ],
+        )
+    ]
     ns = namespace()
     placements = (["numbers"], ["left"], ["right", "deep"], ["middle", "tail"])
     replicas = [wb(roots, redis_url, ns, stages=stages) for stages in placements]
@@ -139,8 +153,13 @@ async def test_one_ordered_worker_keeps_order_through_chunked_edges_across_repli
     async def sink(msg: int) -> None:
         seen.append(msg)
 
-    roots = [Stage("numbers", numbers, [
-        Stage("jitter", jitter, [Stage("sink", sink, buffer=64)], buffer=64, workers=1, ordered=True)])]
+    roots = [
+        Stage(
+            "numbers",
+            numbers,
+            [Stage("jitter", jitter, [Stage("sink", sink, buffer=64)], buffer=64, workers=1, ordered=True)],
+        )
+    ]
     ns = namespace()
     await run_all(*(wb(roots, redis_url, ns, stages=[s]) for s in ("numbers", "jitter", "sink")))
     assert seen == list(range(n))
@@ -159,8 +178,13 @@ async def test_emit_many_of_a_generator_numbers_each_output_across_replicas(redi
     async def store(msg: Message[str]) -> None:
         stored.append((msg.id, msg.body))
 
-    roots = [Stage("numbers", counting_root(100), [
-        Stage("explode", explode, [Stage("store", store, with_id=True, buffer=3)], buffer=5, workers=2)])]
+    roots = [
+        Stage(
+            "numbers",
+            counting_root(100),
+            [Stage("explode", explode, [Stage("store", store, with_id=True, buffer=3)], buffer=5, workers=2)],
+        )
+    ]
     ns = namespace()
     await run_all(*(wb(roots, redis_url, ns, stages=[s]) for s in ("numbers", "explode", "store")))
     expected = []
@@ -193,9 +217,22 @@ async def test_batch_and_plain_stages_each_on_their_own_replica(redis_url: str) 
             stored.append((msg.id, msg.body))
 
     n = 300
-    roots = [Stage("numbers", counting_root(n), [
-        Stage("summer", summer, [Stage("store", store, with_id=True, workers=3, buffer=12)],
-              batch=7, with_id=True, buffer=40)])]
+    roots = [
+        Stage(
+            "numbers",
+            counting_root(n),
+            [
+                Stage(
+                    "summer",
+                    summer,
+                    [Stage("store", store, with_id=True, workers=3, buffer=12)],
+                    batch=7,
+                    with_id=True,
+                    buffer=40,
+                )
+            ],
+        )
+    ]
     ns = namespace()
     await run_all(*(wb(roots, redis_url, ns, stages=[s]) for s in ("numbers", "summer", "store")))
     assert threading.main_thread().name not in threads
@@ -214,9 +251,7 @@ async def test_batch_and_plain_stages_each_on_their_own_replica(redis_url: str) 
 
 
 @pytest.mark.parametrize("buffer", [1, 2])
-async def test_a_tiny_buffer_bounds_the_edge_in_redis_while_a_remote_consumer_lags(
-    redis_url: str, buffer: int
-) -> None:
+async def test_a_tiny_buffer_bounds_the_edge_in_redis_while_a_remote_consumer_lags(redis_url: str, buffer: int) -> None:
     """Producer and a slow consumer on separate replicas: sampled all along, the edge's count key never
     passes ``buffer``, always equals the messages really on the stream, and everything arrives once."""
     n = 120
@@ -367,8 +402,13 @@ async def test_two_runs_of_split_replicas_in_one_namespace_each_deliver_everythi
     async def store(msg: Message[int]) -> None:
         stored[run_no[0]].append((msg.id, msg.body))
 
-    roots = [Stage("numbers", counting_root(150), [
-        Stage("square", square, [Stage("store", store, with_id=True, buffer=8)], workers=4, buffer=16)])]
+    roots = [
+        Stage(
+            "numbers",
+            counting_root(150),
+            [Stage("square", square, [Stage("store", store, with_id=True, buffer=8)], workers=4, buffer=16)],
+        )
+    ]
     ns = namespace()
     replicas = [wb(roots, redis_url, ns, stages=s) for s in (["store"], ["square"], ["square"], ["numbers"])]
     for i in range(2):  # the same replica objects, run again
@@ -443,8 +483,13 @@ async def test_stopping_the_root_replica_ends_every_downstream_replica_with_all_
     async def store(msg: Message[int]) -> None:
         stored.append((msg.id, msg.body))
 
-    roots = [Stage("numbers", numbers, [
-        Stage("square", square, [Stage("store", store, with_id=True, buffer=16)], workers=3, buffer=32)])]
+    roots = [
+        Stage(
+            "numbers",
+            numbers,
+            [Stage("square", square, [Stage("store", store, with_id=True, buffer=16)], workers=3, buffer=32)],
+        )
+    ]
     ns = namespace()
     root = wb(roots, redis_url, ns, stages=["numbers"])
     others = [wb(roots, redis_url, ns, stages=s) for s in (["square"], ["square", "store"])]
@@ -579,8 +624,7 @@ async def test_stop_while_redis_is_down_returns_within_the_bound(redis_factory: 
     async def leaf(msg: int) -> None:
         got.append(msg)
 
-    p = wb([Stage("numbers", numbers, [Stage("leaf", leaf, buffer=16)])], server.url, namespace(),
-           shutdown_timeout=0.5)
+    p = wb([Stage("numbers", numbers, [Stage("leaf", leaf, buffer=16)])], server.url, namespace(), shutdown_timeout=0.5)
     with capture_logs() as logs, anyio.fail_after(LIMIT):
         async with anyio.create_task_group() as tg:
             tg.start_soon(p.run)
@@ -617,8 +661,7 @@ async def test_a_message_that_kills_its_replica_is_dead_lettered_alone(redis_url
     async def store(msg: Message[int]) -> None:
         stored.append((msg.id, msg.body))
 
-    roots = [Stage("numbers", numbers, [
-        Stage("square", square, [Stage("store", store, with_id=True)], buffer=32)])]
+    roots = [Stage("numbers", numbers, [Stage("square", square, [Stage("store", store, with_id=True)], buffer=32)])]
     ns = namespace()
     crashes = 0
     with anyio.fail_after(LIMIT):
@@ -725,9 +768,17 @@ async def test_a_non_ascii_namespace_runs(redis_url: str) -> None:
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("PIPELINE_LEASE", "abc"), ("PIPELINE_LEASE", "nan"), ("PIPELINE_LEASE", "inf"),
-     ("PIPELINE_MAX_DELIVERIES", "2.5"), ("PIPELINE_MAX_DELIVERIES", "-3"), ("PIPELINE_STAGES", ""),
-     ("PIPELINE_STAGES", " , "), ("PIPELINE_NAMESPACE", ""), ("REDIS_URL", "http://u:s3cret@h:1")],
+    [
+        ("PIPELINE_LEASE", "abc"),
+        ("PIPELINE_LEASE", "nan"),
+        ("PIPELINE_LEASE", "inf"),
+        ("PIPELINE_MAX_DELIVERIES", "2.5"),
+        ("PIPELINE_MAX_DELIVERIES", "-3"),
+        ("PIPELINE_STAGES", ""),
+        ("PIPELINE_STAGES", " , "),
+        ("PIPELINE_NAMESPACE", ""),
+        ("REDIS_URL", "http://u:s3cret@h:1"),
+    ],
 )
 async def test_a_bad_worker_based_setting_standalone_is_a_config_error_naming_it(
     monkeypatch: pytest.MonkeyPatch, var: str, value: str
@@ -748,8 +799,9 @@ async def test_a_bad_worker_based_setting_standalone_is_a_config_error_naming_it
     assert got == [] and not p.running
 
 
-@pytest.mark.parametrize(("var", "value"), [("PIPELINE_NAMESPACE", "qa:x"), ("PIPELINE_LEASE", "5"),
-                                            ("PIPELINE_MAX_DELIVERIES", "3")])
+@pytest.mark.parametrize(
+    ("var", "value"), [("PIPELINE_NAMESPACE", "qa:x"), ("PIPELINE_LEASE", "5"), ("PIPELINE_MAX_DELIVERIES", "3")]
+)
 async def test_a_worker_based_setting_with_another_engine_is_ignored_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, var: str, value: str
 ) -> None:
@@ -777,8 +829,13 @@ async def test_an_app_replica_placed_by_prefixed_settings_finishes_with_a_standa
         stored.append((msg.id, msg.body))
 
     def tree() -> list[Stage]:
-        return [Stage("numbers", counting_root(80), [
-            Stage("square", square, [Stage("store", store, with_id=True)], workers=2, buffer=8)])]
+        return [
+            Stage(
+                "numbers",
+                counting_root(80),
+                [Stage("square", square, [Stage("store", store, with_id=True)], workers=2, buffer=8)],
+            )
+        ]
 
     ns = namespace()
     monkeypatch.setenv("REDIS_URL", redis_url)
@@ -811,8 +868,9 @@ async def test_an_app_replica_that_runs_no_stage_fails_its_boot_saying_so(
     monkeypatch.setenv("REDIS_URL", redis_url)
     monkeypatch.setenv("PIPELINE_STAGES", "fetch,parse")
     app = test_app("shop")
-    app.register(Pipeline([Stage("numbers", counting_root(3), [Stage("store", lambda m: None)])]), name="orders",
-                 priority=1)
+    app.register(
+        Pipeline([Stage("numbers", counting_root(3), [Stage("store", lambda m: None)])]), name="orders", priority=1
+    )
     with capture_logs() as logs, anyio.fail_after(LIMIT):
         assert await app.serve() == 1
     text = " ".join(f"{e.get('event')} {e.get('error', '')}" for e in logs)
@@ -845,8 +903,7 @@ async def test_under_an_app_metrics_show_the_edge_fields_and_the_redis_health_ke
     monkeypatch.setenv("PIPELINE_ENGINE", "worker-based")
     monkeypatch.setenv("REDIS_URL", server.url)
     app = test_app("shop")
-    p = app.register(Pipeline([Stage("numbers", numbers, [Stage("held", held, buffer=8)])]), name="orders",
-                     priority=1)
+    p = app.register(Pipeline([Stage("numbers", numbers, [Stage("held", held, buffer=8)])]), name="orders", priority=1)
     ready = anyio.Event()
     app.on_ready(ready.set)
     status: list[int] = []
@@ -868,8 +925,10 @@ async def test_under_an_app_metrics_show_the_edge_fields_and_the_redis_health_ke
             await wait_until(lambda: p.stats()["held"].pending >= 1, limit=5)
             lines = await scrape()
             for field in ("lag", "pending", "reclaimed_total", "dead_lettered_total"):
-                assert any(line.startswith(f"nacelle_stage_{field}{{") and 'stage="held"' in line
-                           for line in lines), (field, lines)
+                assert any(line.startswith(f"nacelle_stage_{field}{{") and 'stage="held"' in line for line in lines), (
+                    field,
+                    lines,
+                )
             (pending,) = [line for line in lines if line.startswith("nacelle_stage_pending{") and '"held"' in line]
             assert float(pending.rsplit(" ", 1)[1]) >= 1
             release.set()
@@ -880,8 +939,10 @@ async def test_under_an_app_metrics_show_the_edge_fields_and_the_redis_health_ke
             server.stop()
             await wait_until(lambda: not key.healthy, limit=LIMIT)
             assert f"127.0.0.1:{server.port}" in (key.reason or ""), key.reason
-            assert any(line.startswith("nacelle_health_healthy{") and 'key="orders.redis"' in line
-                       and line.endswith(" 0.0") for line in await scrape())
+            assert any(
+                line.startswith("nacelle_health_healthy{") and 'key="orders.redis"' in line and line.endswith(" 0.0")
+                for line in await scrape()
+            )
             server.start()
             await wait_until(lambda: key.healthy, limit=LIMIT)
             before = len(got)

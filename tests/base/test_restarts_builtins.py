@@ -42,21 +42,33 @@ import anyio
 import httpx
 import pytest
 import structlog
+from _support import Boom, Served, serving, wait_until
 from pydantic import BaseModel
 
 from nacelle_py import App, Inject, Process
 from nacelle_py.base import (
-    Dispatcher, DispatcherStatus, HTTPServer, Machine, Message, Pipeline, Routine, Stage, Worker,
+    Dispatcher,
+    DispatcherStatus,
+    HTTPServer,
+    Machine,
+    Message,
+    Pipeline,
+    Routine,
+    Stage,
+    Worker,
 )
 from nacelle_py.testing import Trace, test_app
-from _support import Boom, Served, serving, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("ops_on", "quick_http")]
 
 QUICK = (0.01, 0.02)
 """A backoff that keeps the restarts fast."""
 TRANSIENT: dict[str, Any] = {
-    "restart": "on_failure", "backoff": QUICK, "max_restarts": 3, "start_timeout": 5, "shutdown_timeout": 3,
+    "restart": "on_failure",
+    "backoff": QUICK,
+    "max_restarts": 3,
+    "start_timeout": 5,
+    "shutdown_timeout": 3,
 }
 """The registration of a built-in under test."""
 LIMIT = 10.0
@@ -357,7 +369,8 @@ async def test_dispatcher_restarted_after_a_crash_runs_new_tasks() -> None:
     app = test_app("t")
     jobs = app.register(
         with_double(CrashingDispatcher(min_workers=2, max_workers=4, trace=trace, label="jobs")),
-        name="jobs", **TRANSIENT,
+        name="jobs",
+        **TRANSIENT,
     )
     stuck = anyio.Event()
 
@@ -394,9 +407,13 @@ async def test_dispatcher_on_redis_restarted_after_a_crash_runs_new_tasks(redis_
     trace = Trace()
     app = test_app("t")
     jobs = app.register(
-        with_double(CrashingDispatcher(min_workers=2, max_workers=4, backend="redis", redis_url=redis_url,
-                                       trace=trace, label="jobs")),
-        name="jobs", **TRANSIENT,
+        with_double(
+            CrashingDispatcher(
+                min_workers=2, max_workers=4, backend="redis", redis_url=redis_url, trace=trace, label="jobs"
+            )
+        ),
+        name="jobs",
+        **TRANSIENT,
     )
     async with served(app) as result:
         assert await doubles(jobs, range(5)) == [0, 2, 4, 6, 8]
@@ -469,9 +486,16 @@ class Flow:
         self.stored: dict[int, list[int]] = {}
         self._poisoned = False
         self.pipeline = CountedPipeline(
-            [Stage("numbers", self.numbers, children=[Stage("square", self.square, children=[
-                Stage("store", self.store)])])],
-            engine=engine, trace=trace, label="pipeline",
+            [
+                Stage(
+                    "numbers",
+                    self.numbers,
+                    children=[Stage("square", self.square, children=[Stage("store", self.store)])],
+                )
+            ],
+            engine=engine,
+            trace=trace,
+            label="pipeline",
         )
 
     def poison(self) -> None:
@@ -544,9 +568,11 @@ async def test_pipeline_batch_with_restart_always_runs_again_after_each_finish(e
 
     app = test_app("t")
     pipeline = app.register(
-        CountedPipeline([Stage("numbers", numbers, children=[Stage("store", store)])], engine=engine,
-                        trace=trace, label="batch"),
-        name="batch", **{**TRANSIENT, "restart": "always"},
+        CountedPipeline(
+            [Stage("numbers", numbers, children=[Stage("store", store)])], engine=engine, trace=trace, label="batch"
+        ),
+        name="batch",
+        **{**TRANSIENT, "restart": "always"},
     )
     async with served(app) as result:
         found = await restarted(app, "batch", restarts=2)
@@ -586,9 +612,15 @@ async def test_worker_based_pipeline_restarted_after_a_stage_error_delivers_the_
 
     app = test_app("t")
     pipeline = app.register(
-        CountedPipeline([Stage("numbers", numbers, children=[Stage("store", store, with_id=True)])],
-                        engine="worker-based", redis_url=redis_url, trace=trace, label="pipeline"),
-        name="pipeline", **TRANSIENT,
+        CountedPipeline(
+            [Stage("numbers", numbers, children=[Stage("store", store, with_id=True)])],
+            engine="worker-based",
+            redis_url=redis_url,
+            trace=trace,
+            label="pipeline",
+        ),
+        name="pipeline",
+        **TRANSIENT,
     )
     async with served(app) as result:
         assert_restarted_once(await restarted(app, "pipeline"), "stage 'store' failed")
@@ -627,7 +659,8 @@ async def test_worker_restarted_after_a_tick_error_ticks_again(kind: str) -> Non
     app = test_app("t")
     worker = app.register(
         CountedWorker(count if kind == "plain" else tick, interval=0.002, trace=trace, label="ticker"),
-        name="ticker", **TRANSIENT,
+        name="ticker",
+        **TRANSIENT,
     )
     async with served(app) as result:
         await wait_until(lambda: ticks.get(1, 0) >= 3, LIMIT)
@@ -671,8 +704,13 @@ class Site:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         body = f"hello {scope['path']}".encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -694,7 +732,8 @@ async def answers(server: HTTPServer, path: str) -> None:
 
 @pytest.mark.parametrize("port", ["fixed", "any"])
 async def test_http_server_restarted_after_a_crash_binds_and_answers_again(
-    port: str, monkeypatch: pytest.MonkeyPatch,
+    port: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A crashed server released its socket; restarted, it binds again (the same fixed port) and answers.
 
@@ -732,7 +771,8 @@ async def test_http_server_restarted_after_a_crash_binds_and_answers_again(
 
 @pytest.mark.parametrize("port", ["fixed", "any"])
 async def test_http_server_whose_lifespan_startup_failed_binds_its_port_again(
-    port: str, monkeypatch: pytest.MonkeyPatch,
+    port: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The ASGI app's lifespan startup fails (its database is not up yet): run fails during boot.
 
@@ -801,20 +841,21 @@ async def test_one_for_all_stops_and_boots_every_built_in_again(monkeypatch: pyt
     trace = Trace()
     app = test_app("t", restart_strategy="one_for_all")
     ticking = app.register(Ticking(trace), name="ticking", **TRANSIENT)
-    jobs = app.register(CountedDispatcher(min_workers=2, trace=trace, label="jobs"), name="jobs", priority=1,
-                        **TRANSIENT)
+    jobs = app.register(
+        CountedDispatcher(min_workers=2, trace=trace, label="jobs"), name="jobs", priority=1, **TRANSIENT
+    )
     ticks: dict[int, int] = {}
 
     async def tick() -> None:
         ticks[worker.inits] = ticks.get(worker.inits, 0) + 1
 
-    worker = app.register(CountedWorker(tick, interval=0.002, trace=trace, label="ticker"), name="ticker",
-                          priority=2, **TRANSIENT)
+    worker = app.register(
+        CountedWorker(tick, interval=0.002, trace=trace, label="ticker"), name="ticker", priority=2, **TRANSIENT
+    )
     flow = Flow(trace, "parallel")
     pipeline = app.register(flow.pipeline, name="pipeline", priority=2, **TRANSIENT)
     site = Site()
-    server = app.register(CountedHTTPServer(site, trace=trace, label="web"), name="web", priority=3,
-                          **TRANSIENT)
+    server = app.register(CountedHTTPServer(site, trace=trace, label="web"), name="web", priority=3, **TRANSIENT)
     trigger = app.register(Once(), name="trigger", priority=4, **TRANSIENT)
 
     async with served(app) as result:

@@ -8,11 +8,11 @@ from typing import Any
 
 import anyio
 import pytest
+from _support import Boom, serving, wait_until
 
 from nacelle_py import ConfigError, RegistrationError
 from nacelle_py.base import Worker
 from nacelle_py.testing import test_app
-from _support import Boom, serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -123,8 +123,14 @@ async def test_a_subclass_overrides_tick() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"interval": 0}, "interval"), ({"interval": -1}, "interval"), ({"interval": "1"}, "interval"),
-     ({"interval": float("nan")}, "interval"), ({"strict": 1}, "strict"), ({"tolerate_errors": "yes"}, "tolerate")],
+    [
+        ({"interval": 0}, "interval"),
+        ({"interval": -1}, "interval"),
+        ({"interval": "1"}, "interval"),
+        ({"interval": float("nan")}, "interval"),
+        ({"strict": 1}, "strict"),
+        ({"tolerate_errors": "yes"}, "tolerate"),
+    ],
 )
 def test_bad_options_are_registration_errors(kwargs: dict[str, Any], needle: str) -> None:
     async def tick() -> None:

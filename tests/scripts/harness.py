@@ -27,9 +27,24 @@ Event = dict[str, Any]
 def clean_env(**extra: str) -> dict[str, str]:
     """The current environment minus anything the apps under test read, plus JSON logs and ``extra``."""
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith(("EXAMPLE_", "SCRIPT_", "LOG_", "DB_", "HTTP_", "OPS_", "WORKER_", "MACHINE_", "PIPELINE_"))
-        and k not in {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "TICK", "API_TOKEN", "START_TIMEOUT", "SHUTDOWN_TIMEOUT", "INIT_TIMEOUT", "FINALIZE_TIMEOUT", "BACKEND", "RELOAD_TIMEOUT", "LOOP_BLOCK_WARN"}
+        and k
+        not in {
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "TICK",
+            "API_TOKEN",
+            "START_TIMEOUT",
+            "SHUTDOWN_TIMEOUT",
+            "INIT_TIMEOUT",
+            "FINALIZE_TIMEOUT",
+            "BACKEND",
+            "RELOAD_TIMEOUT",
+            "LOOP_BLOCK_WARN",
+        }
     }
     env["LOG_ENCODING"] = "json"
     env["PYTHONUNBUFFERED"] = "1"
@@ -42,8 +57,13 @@ class AppProcess:
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: Path = ROOT) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, *args], cwd=cwd, env=dict(env),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, *args],
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             start_new_session=True,  # a Ctrl-C in the terminal running pytest does not reach the child
         )
         self._cond = threading.Condition()
@@ -67,7 +87,9 @@ class AppProcess:
                         parsed = json.loads(line)
                     except ValueError:
                         parsed = None
-                    self.events.append(parsed if isinstance(parsed, dict) else {"event": line.rstrip("\n"), "raw": True})
+                    self.events.append(
+                        parsed if isinstance(parsed, dict) else {"event": line.rstrip("\n"), "raw": True}
+                    )
                 else:
                     self.stdout_lines.append(line)
                 self._cond.notify_all()
@@ -106,13 +128,15 @@ class AppProcess:
         """Wait for a log line whose ``event`` is ``event`` (and, if given, whose component matches)."""
         return self.wait_for(
             lambda e: e.get("event") == event and (component is None or e.get("component") == component),
-            timeout, f"{event!r}" + (f" from {component}" if component else ""),
+            timeout,
+            f"{event!r}" + (f" from {component}" if component else ""),
         )
 
     def count(self, event: str, component: str | None = None) -> int:
         with self._cond:
             return sum(
-                1 for e in self.events
+                1
+                for e in self.events
                 if e.get("event") == event and (component is None or e.get("component") == component)
             )
 

@@ -63,9 +63,17 @@ def build(db: str, count: int, delay: float) -> Pipeline:
             conn.execute("INSERT INTO deliveries (id) VALUES (?)", (msg.id,))
             conn.execute("INSERT OR IGNORE INTO stored (id, value) VALUES (?, ?)", (msg.id, msg.body))
 
-    return Pipeline([Stage("numbers", numbers, [
-        Stage("square", square, [Stage("store", store, with_id=True)], workers=8, buffer=256),
-    ])])
+    return Pipeline(
+        [
+            Stage(
+                "numbers",
+                numbers,
+                [
+                    Stage("square", square, [Stage("store", store, with_id=True)], workers=8, buffer=256),
+                ],
+            )
+        ]
+    )
 
 
 def main() -> None:

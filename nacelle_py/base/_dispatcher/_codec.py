@@ -23,12 +23,12 @@ __all__ = ["decode_letter", "decode_result", "encode_entry", "encode_failure", "
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def encode_entry(task_id: str, task_json: str, attempts: int, keep_result: float, enqueued_at: float,
-                 payload_json: str) -> str:
+def encode_entry(
+    task_id: str, task_json: str, attempts: int, keep_result: float, enqueued_at: float, payload_json: str
+) -> str:
     """One entry; ``task_json`` and ``payload_json`` are JSON already (the name is encoded once per batch)."""
     return (
-        f'{{"i":"{task_id}","t":{task_json},"a":{attempts},"k":{keep_result!r},'
-        f'"e":{enqueued_at!r},"p":{payload_json}}}'
+        f'{{"i":"{task_id}","t":{task_json},"a":{attempts},"k":{keep_result!r},"e":{enqueued_at!r},"p":{payload_json}}}'
     )
 
 
@@ -57,8 +57,16 @@ def decode_result(raw: bytes | str) -> tuple[str, bool, Any]:
 
 def encode_letter(entry: dict[str, Any], attempts: int, failure: Failure, failed_at: float) -> str:
     """A dead letter: the entry and why it died."""
-    return _dumps({**entry, "a": attempts, "et": failure.error_type, "m": failure.message,
-                   "tb": failure.traceback, "f": failed_at})
+    return _dumps(
+        {
+            **entry,
+            "a": attempts,
+            "et": failure.error_type,
+            "m": failure.message,
+            "tb": failure.traceback,
+            "f": failed_at,
+        }
+    )
 
 
 def decode_letter(raw: bytes | str) -> tuple[DeadLetter, dict[str, Any]]:
@@ -66,9 +74,15 @@ def decode_letter(raw: bytes | str) -> tuple[DeadLetter, dict[str, Any]]:
     data = from_json(raw)
     failure = Failure(data.get("et", "Error"), data.get("m", ""), data.get("tb", ""), False)
     letter = DeadLetter(
-        id=str(data.get("i", "")), task=str(data.get("t", "")), payload=data.get("p"), error=failure.error(),
-        attempts=int(data.get("a", 0)), error_type=failure.error_type, traceback=failure.traceback,
-        enqueued_at=float(data.get("e", 0.0)), failed_at=float(data.get("f", 0.0)),
+        id=str(data.get("i", "")),
+        task=str(data.get("t", "")),
+        payload=data.get("p"),
+        error=failure.error(),
+        attempts=int(data.get("a", 0)),
+        error_type=failure.error_type,
+        traceback=failure.traceback,
+        enqueued_at=float(data.get("e", 0.0)),
+        failed_at=float(data.get("f", 0.0)),
     )
     entry = {k: data[k] for k in ("i", "t", "a", "k", "e", "p") if k in data}
     return letter, entry

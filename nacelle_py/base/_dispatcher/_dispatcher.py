@@ -16,8 +16,8 @@ import anyio.lowlevel
 import structlog
 
 from ..._components import Process
-from ..._extras import require
 from ..._errors import RegistrationError
+from ..._extras import require
 from ..._health import Health, HealthComponent
 from ..._inject import Inject
 from ..._validate import positive
@@ -108,12 +108,18 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
         self.scale_down_after = _check_positive("scale_down_after", scale_down_after, integer=False)
         self.max_threads = _check_positive("max_threads", max_threads, integer=True)
         self.saturated_after = _check_positive("saturated_after", saturated_after, integer=False)
-        self.max_processes: int | None = _check_positive("max_processes", max_processes, integer=True,
-                                                         allow_none=True)
-        self._given = check_keywords(dict(
-            backend=backend, redis_url=redis_url, stream=stream, lease=lease, max_deliveries=max_deliveries,
-            consume=consume, key_ttl=key_ttl,
-        ))
+        self.max_processes: int | None = _check_positive("max_processes", max_processes, integer=True, allow_none=True)
+        self._given = check_keywords(
+            dict(
+                backend=backend,
+                redis_url=redis_url,
+                stream=stream,
+                lease=lease,
+                max_deliveries=max_deliveries,
+                consume=consume,
+                key_ttl=key_ttl,
+            )
+        )
         self._init_pool()
         self._stopped: anyio.Event | None = None
         self._health: HealthComponent | None = None

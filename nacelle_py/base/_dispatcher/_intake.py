@@ -119,7 +119,7 @@ class Intake(PoolState):
         room = self._room - len(queue)
         if room < len(tasks) and self._has_room():  # the exact check refreshes the room
             room = self._room - len(queue)
-        taken = tasks if room >= len(tasks) else tasks[:max(room, 0)]
+        taken = tasks if room >= len(tasks) else tasks[: max(room, 0)]
         if not taken:
             return 0
         if timeout is UNSET:
@@ -180,4 +180,3 @@ class Intake(PoolState):
                     "nothing makes room until run() is called again"
                 )
             await self._wait_changed(0.05)
-

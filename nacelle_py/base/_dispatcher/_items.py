@@ -47,7 +47,7 @@ def resolve(task: Any) -> tuple[Callable[[], Any], bool]:
     if code is not None:
         return function, bool(code.co_flags & _CO_COROUTINE)
     return function, inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-        getattr(function, "__call__", None)
+        getattr(function, "__call__", None)  # noqa: B004 - its __call__, not whether it has one
     )
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 import traceback as tb
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio

@@ -119,7 +119,8 @@ class MemoryBackend(Backend):
             if schedule:
                 self.pool._handed_back += len(schedule)
                 self.pool._log_event(
-                    "warning", "scheduled tasks dropped: the memory backend keeps nothing after the run",
+                    "warning",
+                    "scheduled tasks dropped: the memory backend keeps nothing after the run",
                     dropped=len(schedule),
                 )
                 schedule.clear()
@@ -148,10 +149,15 @@ class MemoryBackend(Backend):
             return
         self.dead_lettered += 1
         letter = DeadLetter(
-            id=job.id, task=job.spec.name,
+            id=job.id,
+            task=job.spec.name,
             payload=None if job.payload is None else job.payload.model_dump(mode="json"),
-            error=failure.error(), attempts=job.attempts, error_type=failure.error_type,
-            traceback=failure.traceback, enqueued_at=job.enqueued_at, failed_at=_now(),
+            error=failure.error(),
+            attempts=job.attempts,
+            error_type=failure.error_type,
+            traceback=failure.traceback,
+            enqueued_at=job.enqueued_at,
+            failed_at=_now(),
         )
         self._dead[job.id] = (letter, job)
         if job.keep_result > 0:
@@ -216,4 +222,3 @@ class MemoryBackend(Backend):
             "retried": self.retried,
             "dead_lettered": self.dead_lettered,
         }
-

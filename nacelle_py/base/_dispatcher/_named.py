@@ -87,7 +87,12 @@ class NamedTasks:
 
         def register(function: F) -> F:
             spec = registry.add(
-                name, function, retries=retries, timeout=timeout, backoff=backoff, process=process,
+                name,
+                function,
+                retries=retries,
+                timeout=timeout,
+                backoff=backoff,
+                process=process,
                 processes_available=self.max_processes is not None,
             )
             self._note_timeout(spec.timeout)

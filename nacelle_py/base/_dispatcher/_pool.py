@@ -192,6 +192,7 @@ class WorkerPool(Intake):
         as handed back without listing them (they are not lost: another
         replica runs them).
         """
+
         def mine(task: Any) -> bool:
             job = job_of(task)
             return job is not None and owned(job)

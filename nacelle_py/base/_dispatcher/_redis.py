@@ -31,8 +31,7 @@ from .._redis._client import LOST, describe_failure, make_client, ping
 from .._redis._retry import Reachability
 from .._redis._streams import StreamGroup
 from ._backend import Backend, Outcome, TaskIds
-from ._codec import decode_letter, decode_result, encode_entry, encode_failure, encode_letter, encode_ok
-from ._codec import reencode_entry
+from ._codec import decode_letter, decode_result, encode_entry, encode_failure, encode_letter, encode_ok, reencode_entry
 from ._jobs import DeadLetter, Failure, Job, log_failure, next_step
 from ._redis_loops import GROUP, Loops
 from ._redis_scripts import ENQUEUE, RETRY_DEAD
@@ -85,8 +84,9 @@ class RedisBackend(Backend):
         async with client:
             self.client = client
             self.group = StreamGroup(client, self.stream, GROUP, self.loops.consumer)
-            self._scripts = {name: client.register_script(src) for name, src in (
-                ("enqueue", ENQUEUE), ("retry_dead", RETRY_DEAD))}
+            self._scripts = {
+                name: client.register_script(src) for name, src in (("enqueue", ENQUEUE), ("retry_dead", RETRY_DEAD))
+            }
             try:
                 await self.loops.prepare()
                 task_status.started()
@@ -162,7 +162,7 @@ class RedisBackend(Backend):
         key_name = f"{self.stream}:key:{key}" if key is not None else f"{self.stream}:key:"
         ttl = "" if key is None else str(max(1, int(self.options.key_ttl * 1000)))
         for start in range(0, len(entries), CHUNK):
-            chunk = entries[start:start + CHUNK]
+            chunk = entries[start : start + CHUNK]
 
             mark = f"{self.stream}:sent:{ids[start]}"
 
@@ -195,8 +195,9 @@ class RedisBackend(Backend):
     def handed_back(self, job: Job) -> None:
         self.loops.settle(("back", job.entry, job.id, reencode_entry(job.raw, job.attempts), "", 0.0))
 
-    def dead(self, entry_id: bytes, entry: dict[str, Any], attempts: int, failure: Failure, keep: float,
-             *, kind: str) -> None:
+    def dead(
+        self, entry_id: bytes, entry: dict[str, Any], attempts: int, failure: Failure, keep: float, *, kind: str
+    ) -> None:
         """Settle an entry as a dead letter (a failure for good, too many deliveries, or poison)."""
         self.dead_lettered += 1
         letter = encode_letter(entry, attempts, failure, time.time())
@@ -245,5 +246,9 @@ class RedisBackend(Backend):
         return bool(moved)
 
     def extra_stats(self) -> dict[str, Any]:
-        return {**self.polled, "retried": self.retried, "reclaimed": self.reclaimed,
-                "dead_lettered": self.dead_lettered}
+        return {
+            **self.polled,
+            "retried": self.retried,
+            "reclaimed": self.reclaimed,
+            "dead_lettered": self.dead_lettered,
+        }

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic_core import from_json
 
-from .._redis._client import LOST, backoff, consumer_name
+from .._redis._client import LOST, consumer_name
 from .._redis._retry import until_done
 from ._jobs import Failure, Job
 from ._redis_scripts import MOVE, SETTLE
@@ -75,8 +75,12 @@ class Loops:
             await backend.group.ensure()
 
         return await until_done(
-            call, lost=lost, connected=backend.connected, regroup=regroup,
-            give_up=(lambda: self.stopping) if stoppable else None, within=within,
+            call,
+            lost=lost,
+            connected=backend.connected,
+            regroup=regroup,
+            give_up=(lambda: self.stopping) if stoppable else None,
+            within=within,
         )
 
     # -- the run --------------------------------------------------------------------------
@@ -178,8 +182,9 @@ class Loops:
         backend.reclaimed += len(claimed)
         await self.deliver(claimed)
         if claimed:
-            backend.pool._log_event("info", "reclaimed idle entries (their consumer died, or lost track of them)",
-                                    entries=len(claimed))
+            backend.pool._log_event(
+                "info", "reclaimed idle entries (their consumer died, or lost track of them)", entries=len(claimed)
+            )
 
     async def deliver(self, entries: list[tuple[bytes, bytes | None, int]]) -> None:
         """Hand the pool a job per entry (id, message, deliveries); settle the ones that cannot run."""
@@ -192,7 +197,7 @@ class Loops:
         while runners:  # runs of one timeout, taken together (usually the whole batch)
             timeout = runners[0][1]
             run = [runner for runner, _ in itertools.takewhile(lambda r: r[1] == timeout, runners)]
-            del runners[:len(run)]
+            del runners[: len(run)]
             taken = pool._offer_many(run, timeout)
             for runner in run[taken:]:  # the pool's buffer is full: wait for room
                 await pool._put(runner, timeout)
@@ -225,8 +230,13 @@ class Loops:
             self._refuse(entry_id, entry, attempts if numbers else 0, failure, keep if numbers else 0.0, "dead")
             return None
         if deliveries > backend.options.max_deliveries:
-            failure = Failure("DeliveryError", f"delivered {deliveries} times (max_deliveries="
-                              f"{backend.options.max_deliveries}): it keeps killing its worker", "", False)
+            failure = Failure(
+                "DeliveryError",
+                f"delivered {deliveries} times (max_deliveries="
+                f"{backend.options.max_deliveries}): it keeps killing its worker",
+                "",
+                False,
+            )
             self._refuse(entry_id, entry, attempts, failure, keep, "dead")
             return None
         if entry_id in backend.held:  # reclaimed our own entry after a lapse: it runs here already
@@ -236,11 +246,17 @@ class Loops:
         self.active += 1
         return job.runner(backend.processes, backend.pool._token), spec.pool_timeout
 
-    def _refuse(self, entry_id: bytes, entry: dict[str, Any], attempts: int, failure: Failure, keep: float,
-                kind: str) -> None:
+    def _refuse(
+        self, entry_id: bytes, entry: dict[str, Any], attempts: int, failure: Failure, keep: float, kind: str
+    ) -> None:
         """Dead-letter an entry that cannot run (poison, too many deliveries), with one log line saying why."""
-        self.backend.pool._log_event("error", "task dead-lettered without running", task=entry.get("t"),
-                                     task_id=entry.get("i"), error=failure.error())
+        self.backend.pool._log_event(
+            "error",
+            "task dead-lettered without running",
+            task=entry.get("t"),
+            task_id=entry.get("i"),
+            error=failure.error(),
+        )
         self.backend.dead(entry_id, entry, attempts, failure, keep, kind=kind)
 
     def _pass_on(self, entry_id: bytes, entry: dict[str, Any]) -> bool:
@@ -249,8 +265,13 @@ class Loops:
         hops = int(entry.get("u", 0)) + 1
         if hops > self.backend.options.max_deliveries:
             return False
-        self.backend.pool._log_event("warning", "task unknown here: passed on to another replica",
-                                     task=entry.get("t"), task_id=entry.get("i"), times=hops)
+        self.backend.pool._log_event(
+            "warning",
+            "task unknown here: passed on to another replica",
+            task=entry.get("t"),
+            task_id=entry.get("i"),
+            times=hops,
+        )
         again = json.dumps({**entry, "u": hops}, separators=(",", ":"))
         self.settle(("retry", entry_id, str(entry.get("i", "")), again, "", time.time() + 1.0))
         return True
@@ -266,15 +287,21 @@ class Loops:
             await anyio.sleep(backend.options.lease / 4)
             held = list(backend.held)
             for start in range(0, len(held), 500):
-                chunk = held[start:start + 500]
+                chunk = held[start : start + 500]
                 lost = await self._until_done(lambda: group.renew(chunk))
                 # Settled meanwhile (its acknowledgement raced the renewal) is not lost.
-                lost = [i for i in lost if (job := backend.held.get(i)) is not None and not job.settled
-                        and i not in self._reported]
+                lost = [
+                    i
+                    for i in lost
+                    if (job := backend.held.get(i)) is not None and not job.settled and i not in self._reported
+                ]
                 self._reported.update(lost)
                 if lost:
-                    backend.pool._log_event("warning", "lease lost: another consumer reclaimed entries held "
-                                            "here (they may run twice)", entries=len(lost))
+                    backend.pool._log_event(
+                        "warning",
+                        "lease lost: another consumer reclaimed entries held here (they may run twice)",
+                        entries=len(lost),
+                    )
 
     # -- settling -----------------------------------------------------------------------
 
@@ -330,11 +357,21 @@ class Loops:
             args: list[Any] = [GROUP, repr(time.time()), backend.result_prefix]
             retried = False
             for kind, entry_id, task_id, data, result, number in batch:
-                args.append(b"\x1f".join((kind.encode(), entry_id, task_id.encode(), repr(float(number)).encode(),
-                                         data.encode(), result.encode())))
+                args.append(
+                    b"\x1f".join(
+                        (
+                            kind.encode(),
+                            entry_id,
+                            task_id.encode(),
+                            repr(float(number)).encode(),
+                            data.encode(),
+                            result.encode(),
+                        )
+                    )
+                )
                 retried = retried or kind == "retry"
             await self._until_done(lambda: self._settle(keys=keys, args=args))
-            del backend.outbox[:len(batch)]
+            del backend.outbox[: len(batch)]
             for record in batch:
                 backend.held.pop(record[1], None)
                 self._reported.discard(record[1])
@@ -375,4 +412,3 @@ class Loops:
             else:
                 backend.polled.update(stream_length=length, pending=pending, lag=lag, scheduled=int(scheduled))
             await anyio.sleep(COUNT_EVERY)
-

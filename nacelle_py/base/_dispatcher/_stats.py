@@ -30,15 +30,20 @@ class DispatcherStats(NamedTuple):
 
     status: Annotated[DispatcherStatus, Metric.gauge("The dispatcher's status: 1 for the current one.")]
     accepted: Annotated[int, Metric.counter("Tasks the dispatcher accepted.")]
-    rejected: Annotated[int, Metric.counter("Tasks the dispatcher refused: its buffer was full, or it was draining or stopped.")]
+    rejected: Annotated[
+        int, Metric.counter("Tasks the dispatcher refused: its buffer was full, or it was draining or stopped.")
+    ]
     queued: Annotated[int, Metric.gauge("Tasks accepted and not started yet.")]
     running: Annotated[int, Metric.gauge("Tasks running now.")]
     completed: Annotated[int, Metric.counter("Tasks that finished without an error.")]
     failed: Annotated[int, Metric.counter("Tasks that raised.")]
     timed_out: Annotated[int, Metric.counter("Tasks cut off by their timeout.")]
-    handed_back: Annotated[int, Metric.counter(
-        "Tasks accepted and not finished here: queued or cut off when a stop ran out of time, or given back to the stream.",
-    )]
+    handed_back: Annotated[
+        int,
+        Metric.counter(
+            "Tasks accepted and not finished here: queued or cut off when a stop ran out of time, or given back to the stream.",
+        ),
+    ]
     workers: Annotated[int, Metric.gauge("Worker tasks in the pool now.")]
     threads: Annotated[int, Metric.gauge("Threads running plain (non-async) tasks now.")]
     scale_ups: Annotated[int, Metric.counter("Workers the pool added for waiting work.")]
@@ -51,15 +56,29 @@ class DispatcherStats(NamedTuple):
     # not acknowledged (whole group), not yet delivered, waiting for their time, retried, reclaimed
     # from dead consumers, dead-lettered. The memory backend counts scheduled, retried, dead_lettered.
     stream_length: Annotated[int | None, Metric.gauge("Entries in the named tasks' Redis stream.")] = None
-    pending: Annotated[int | None, Metric.gauge("Named tasks delivered to the consumer group and not acknowledged.")] = None
-    lag: Annotated[int | None, Metric.gauge("Named tasks in the stream not delivered to the consumer group yet.")] = None
-    scheduled: Annotated[int | None, Metric.gauge("Named tasks waiting for their time (a retry's backoff, a delay).")] = None
+    pending: Annotated[
+        int | None, Metric.gauge("Named tasks delivered to the consumer group and not acknowledged.")
+    ] = None
+    lag: Annotated[int | None, Metric.gauge("Named tasks in the stream not delivered to the consumer group yet.")] = (
+        None
+    )
+    scheduled: Annotated[
+        int | None, Metric.gauge("Named tasks waiting for their time (a retry's backoff, a delay).")
+    ] = None
     retried: Annotated[int | None, Metric.counter("Named task attempts that failed and were scheduled again.")] = None
-    reclaimed: Annotated[int | None, Metric.counter("Named tasks reclaimed from consumers that stopped renewing their lease.")] = None
-    dead_lettered: Annotated[int | None, Metric.counter("Named tasks moved to the dead letters after their last attempt.")] = None
-    latency: Annotated[HistogramSnapshot | None, Metric.histogram(
-        "Seconds from dispatch to start, of one task in 16 and of every task with its own timeout.", unit="seconds",
-    )] = None
+    reclaimed: Annotated[
+        int | None, Metric.counter("Named tasks reclaimed from consumers that stopped renewing their lease.")
+    ] = None
+    dead_lettered: Annotated[
+        int | None, Metric.counter("Named tasks moved to the dead letters after their last attempt.")
+    ] = None
+    latency: Annotated[
+        HistogramSnapshot | None,
+        Metric.histogram(
+            "Seconds from dispatch to start, of one task in 16 and of every task with its own timeout.",
+            unit="seconds",
+        ),
+    ] = None
 
     @property
     def succeeded(self) -> int:

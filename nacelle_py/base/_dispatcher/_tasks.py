@@ -87,9 +87,7 @@ class TaskSpec:
 
 
 def _errors(exc: pydantic.ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(payload)'}: {err['msg']}" for err in exc.errors()[:5]
-    )
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(payload)'}: {err['msg']}" for err in exc.errors()[:5])
 
 
 def jsonable(value: Any) -> Any:
@@ -159,13 +157,22 @@ class TaskRegistry:
             raise RegistrationError(f"{where}: process must be True or False, got {process!r}")
         asynchronous = is_async(function)
         if process and asynchronous:
-            raise RegistrationError(f"{where}: process=True runs plain functions in worker processes; "
-                                    "this one is async def")
+            raise RegistrationError(
+                f"{where}: process=True runs plain functions in worker processes; this one is async def"
+            )
         if process and not processes_available:
             raise RegistrationError(f"{where}: process=True needs Dispatcher(max_processes=N)")
         model, returns = _signature(where, function)
         spec = TaskSpec(
-            name, function, model, retries, checked_timeout, (first, cap), process, asynchronous, returns,
+            name,
+            function,
+            model,
+            retries,
+            checked_timeout,
+            (first, cap),
+            process,
+            asynchronous,
+            returns,
             json.dumps(name),
         )
         self.tasks[name] = spec
@@ -181,9 +188,7 @@ def _check_backoff(where: str, backoff: object) -> tuple[float, float]:
         raise RegistrationError(f"{where}: backoff is (first_delay, max_delay) in seconds, got {backoff!r}")
     first, cap = float(backoff[0]), float(backoff[1])
     if not (0 <= first < math.inf and 0 <= cap < math.inf) or cap < first:
-        raise RegistrationError(
-            f"{where}: backoff needs 0 <= first_delay <= max_delay, both finite, got {backoff!r}"
-        )
+        raise RegistrationError(f"{where}: backoff needs 0 <= first_delay <= max_delay, both finite, got {backoff!r}")
     return first, cap
 
 
@@ -195,13 +200,13 @@ def _signature(where: str, function: Any) -> tuple[type[BaseModel] | None, TypeA
     except (TypeError, ValueError, NameError) as exc:
         raise RegistrationError(f"{where}: cannot read the function's signature: {exc}") from None
     params = [
-        p for p in signature.parameters.values()
+        p
+        for p in signature.parameters.values()
         if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     ]
     if len(params) > 1:
         raise RegistrationError(
-            f"{where}: a named task takes one pydantic model argument or none; "
-            f"{function.__name__} takes {len(params)}"
+            f"{where}: a named task takes one pydantic model argument or none; {function.__name__} takes {len(params)}"
         )
     model: type[BaseModel] | None = None
     if params:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 import anyio
 import sniffio
@@ -108,9 +108,7 @@ class GRPCServer(Process):
     @staticmethod
     def _check_options(options: object) -> tuple[tuple[str, Any], ...]:
         if isinstance(options, (str, bytes, dict)) or not isinstance(options, Sequence):
-            raise RegistrationError(
-                f"GRPCServer: options must be a sequence of (name, value) pairs, got {options!r}"
-            )
+            raise RegistrationError(f"GRPCServer: options must be a sequence of (name, value) pairs, got {options!r}")
         checked = []
         for pair in options:
             if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and pair[0]):
@@ -296,8 +294,9 @@ class GRPCServer(Process):
             self._log().warning("grpc server stop overran its bound; RPCs abandoned", **fields)
         elif took >= grace:
             # grpcio does not say whether it cancelled RPCs; only running out of grace makes it do so.
-            self._log().warning("grpc server stopped; the grace period ran out and RPCs in flight were cancelled",
-                                **fields)
+            self._log().warning(
+                "grpc server stopped; the grace period ran out and RPCs in flight were cancelled", **fields
+            )
         else:
             self._log().info("grpc server stopped", **fields)
         if done is not None:

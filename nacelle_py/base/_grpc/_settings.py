@@ -23,7 +23,9 @@ class GRPCSettings(BaseSettings):
         default=5.0, description="Seconds the RPCs in flight get to finish once a stop began; then they are cancelled."
     )
     drain_delay: float = Field(
-        default=0.5, ge=0, description="Seconds between the health service saying NOT_SERVING and the server "
+        default=0.5,
+        ge=0,
+        description="Seconds between the health service saying NOT_SERVING and the server "
         "refusing new RPCs (load balancers and probes notice meanwhile); 0: at once.",
     )
 

@@ -58,11 +58,37 @@ class Subscription:
     or its end discarded, ``delivered`` what its handler was called with.
     """
 
-    __slots__ = ("_closing", "_room", "_scope", "_task", "_wake", "active", "bus", "cap", "delivered", "dropped",
-                 "handler", "is_async", "items", "limit", "machine", "overflow", "owner", "pattern")
+    __slots__ = (
+        "_closing",
+        "_room",
+        "_scope",
+        "_task",
+        "_wake",
+        "active",
+        "bus",
+        "cap",
+        "delivered",
+        "dropped",
+        "handler",
+        "is_async",
+        "items",
+        "limit",
+        "machine",
+        "overflow",
+        "owner",
+        "pattern",
+    )
 
-    def __init__(self, bus: Bus, machine: Supervisor, pattern: str, handler: Handler, cap: int, overflow: Overflow,
-                 owner: Owner | None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        machine: Supervisor,
+        pattern: str,
+        handler: Handler,
+        cap: int,
+        overflow: Overflow,
+        owner: Owner | None,
+    ) -> None:
         self.bus = bus
         self.machine = machine
         self.pattern = pattern

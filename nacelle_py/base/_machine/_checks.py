@@ -86,8 +86,7 @@ def check_id(id: object, running: Container[str], owner: str) -> None:
         raise ValueError(f"Machine {owner!r}.go: a routine with id {id!r} is already running; ids are unique")
 
 
-def check_subscription(owner: str, pattern: str, handler: Any, overflow: str, buffer: int | None,
-                       default: int) -> int:
+def check_subscription(owner: str, pattern: str, handler: Any, overflow: str, buffer: int | None, default: int) -> int:
     """The buffer a ``subscribe()`` call gets (``default`` when None), once its arguments are checked."""
     check_pattern(pattern)
     if not callable(handler):
@@ -120,9 +119,7 @@ def _takes_one(fn: Any) -> bool:
     try:
         signature.bind(None)
     except TypeError:
-        raise TypeError(
-            f"go: {_label(fn)}{signature} must take no argument or one (the Routine)"
-        ) from None
+        raise TypeError(f"go: {_label(fn)}{signature} must take no argument or one (the Routine)") from None
     return True
 
 

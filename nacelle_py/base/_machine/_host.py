@@ -45,8 +45,16 @@ class Host:
         finally:
             self.tg = None
 
-    def subscribe(self, machine: Supervisor, owner: Owner | None, holder: Owned, pattern: str, handler: Handler,
-                  cap: int, overflow: Overflow) -> Subscription:
+    def subscribe(
+        self,
+        machine: Supervisor,
+        owner: Owner | None,
+        holder: Owned,
+        pattern: str,
+        handler: Handler,
+        cap: int,
+        overflow: Overflow,
+    ) -> Subscription:
         """A new subscription (its arguments checked by the caller), on the bus and in ``holder``, its task started.
 
         ``holder`` is its owner's (the routine ``owner``, else ``machine``'s own); it leaves it as its task ends.

@@ -49,13 +49,13 @@ class Machine:
     them); they are not part of the public API.
     """
 
-    def __init__(self, max_routines: int | None = None, *, name: str = "machine", buffer: int = 1024,
-                 logger: Any = None) -> None:
+    def __init__(
+        self, max_routines: int | None = None, *, name: str = "machine", buffer: int = 1024, logger: Any = None
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"Machine: name must be a non-empty string, got {name!r}")
         self.name = name
-        limit: int | None = positive(f"Machine {name!r}", "max_routines", max_routines, integer=True,
-                                     allow_none=True)
+        limit: int | None = positive(f"Machine {name!r}", "max_routines", max_routines, integer=True, allow_none=True)
         self.buffer: int = positive(f"Machine {name!r}", "buffer", buffer, integer=True)
         self.parent: Machine | None = None
         self._host = Host()  # the root's, shared by the tree
@@ -130,8 +130,9 @@ class Machine:
         await self.open()
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         assert self._host.tg is not None
         try:
             if exc is None:
@@ -198,8 +199,15 @@ class Machine:
 
     # -- starting routines -------------------------------------------------------------------
 
-    async def go(self, fn: Callable[..., Awaitable[Any]], *, id: str | None = None, tags: Iterable[str] = (),
-                 timeout: float | None = None, middlewares: Sequence[Middleware] = ()) -> Routine:
+    async def go(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        id: str | None = None,
+        tags: Iterable[str] = (),
+        timeout: float | None = None,
+        middlewares: Sequence[Middleware] = (),
+    ) -> Routine:
         """Start ``fn`` as a routine, waiting (oldest caller first) for a slot while a limit is reached.
 
         ``fn`` is an async callable taking nothing or the ``Routine``.
@@ -221,8 +229,15 @@ class Machine:
             slots.acquire()
         return self._start(*start)
 
-    def try_go(self, fn: Callable[..., Awaitable[Any]], *, id: str | None = None, tags: Iterable[str] = (),
-               timeout: float | None = None, middlewares: Sequence[Middleware] = ()) -> Routine | None:
+    def try_go(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *,
+        id: str | None = None,
+        tags: Iterable[str] = (),
+        timeout: float | None = None,
+        middlewares: Sequence[Middleware] = (),
+    ) -> Routine | None:
         """Start ``fn`` as a routine if a slot is free now; None otherwise (never waits)."""
         start = self._request(fn, id, tags, timeout, middlewares)
         if not self._slots.fits():
@@ -230,8 +245,9 @@ class Machine:
         self._slots.acquire()
         return self._start(*start)
 
-    def _request(self, fn: Any, id: str | None, tags: Iterable[str], timeout: float | None,
-                 middlewares: Sequence[Middleware]) -> tuple[Any, bool, str | None, tuple[str, ...], float]:
+    def _request(
+        self, fn: Any, id: str | None, tags: Iterable[str], timeout: float | None, middlewares: Sequence[Middleware]
+    ) -> tuple[Any, bool, str | None, tuple[str, ...], float]:
         """Check a go()/try_go() call before it takes a slot: the arguments of ``_start``."""
         call, takes = prepare(fn, middlewares, self._host.takes_routine, self.name)
         checked = check_tags(tags, self.name)
@@ -321,8 +337,9 @@ class Machine:
     def subscription_failed(self, sub: Subscription, exc: Exception) -> None:
         """Log and keep a handler's error, as a routine's. Internal to nacelle_py: the subscription's task calls it."""
         owner = sub.owner
-        self._errors.failed(exc, "subscription handler failed", pattern=sub.pattern,
-                            routine=owner.id if owner is not None else None)
+        self._errors.failed(
+            exc, "subscription handler failed", pattern=sub.pattern, routine=owner.id if owner is not None else None
+        )
 
     # -- pub/sub -----------------------------------------------------------------------------
 
@@ -351,8 +368,9 @@ class Machine:
             raise anyio.WouldBlock(f"publish to {channel!r}: a subscription with overflow='block' is full")
         return delivered
 
-    def subscribe(self, pattern: str, handler: Handler, *, buffer: int | None = None,
-                  overflow: Overflow = "block") -> Subscription:
+    def subscribe(
+        self, pattern: str, handler: Handler, *, buffer: int | None = None, overflow: Overflow = "block"
+    ) -> Subscription:
         """Call ``handler(msg)`` (async or plain) for each message published to a channel matching ``pattern``.
 
         Called inside a routine, the subscription ends with that routine;
@@ -365,8 +383,9 @@ class Machine:
             routine = None  # not a routine of this tree (or one that ended): the machine owns it
         return self.subscribe_for(routine, pattern, handler, buffer, overflow)
 
-    def subscribe_for(self, owner: Routine | None, pattern: str, handler: Handler, buffer: int | None,
-                      overflow: Overflow) -> Subscription:
+    def subscribe_for(
+        self, owner: Routine | None, pattern: str, handler: Handler, buffer: int | None, overflow: Overflow
+    ) -> Subscription:
         """``subscribe``, owned by the routine ``owner`` (None: by the machine).
 
         Internal to nacelle_py: ``subscribe`` and ``Routine.subscribe`` call it.

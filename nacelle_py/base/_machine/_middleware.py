@@ -72,10 +72,10 @@ def cron(expression: str) -> Middleware:
 
     def middleware(fn: RoutineFn) -> RoutineFn:
         async def scheduled(routine: Routine) -> None:
-            times = croniter(expression, datetime.datetime.now(datetime.timezone.utc))
+            times = croniter(expression, datetime.datetime.now(datetime.UTC))
             while True:
                 due: datetime.datetime = times.get_next(datetime.datetime)
-                wait = (due - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+                wait = (due - datetime.datetime.now(datetime.UTC)).total_seconds()
                 await anyio.sleep(max(0.0, wait))
                 await fn(routine)
 

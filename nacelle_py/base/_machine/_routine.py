@@ -16,6 +16,7 @@ from ._bus import Owned
 
 if TYPE_CHECKING:
     from ._bus import Subscription
+
     # For the annotation of ``Routine.machine`` only (documented, so typed as the Machine itself):
     # a Machine makes Routines, and a routine's machine is a Machine, so this is the one import
     # that points back up; nothing of ``_machine`` is used here at run time.
@@ -53,8 +54,19 @@ class Routine:
     the routine is the function's argument (when it takes one).
     """
 
-    __slots__ = ("_done", "_result", "_subscriptions", "cancel_requested", "error", "id", "machine", "scope",
-                 "started", "state", "tags")
+    __slots__ = (
+        "_done",
+        "_result",
+        "_subscriptions",
+        "cancel_requested",
+        "error",
+        "id",
+        "machine",
+        "scope",
+        "started",
+        "state",
+        "tags",
+    )
 
     def __init__(self, machine: Machine, id: str, tags: tuple[str, ...], deadline: float) -> None:
         self.machine = machine
@@ -94,8 +106,9 @@ class Routine:
         """``Machine.publish`` of the routine's machine."""
         return await self.machine.publish(channel, msg)
 
-    def subscribe(self, pattern: str, handler: Handler, *, buffer: int | None = None,
-                  overflow: Overflow = "block") -> Subscription:
+    def subscribe(
+        self, pattern: str, handler: Handler, *, buffer: int | None = None, overflow: Overflow = "block"
+    ) -> Subscription:
         """``Machine.subscribe`` owned by this routine: it ends when the routine ends."""
         return self.machine.subscribe_for(self, pattern, handler, buffer, overflow)
 

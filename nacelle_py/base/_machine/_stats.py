@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, NamedTuple
 
 from ..._metric import Metric
-
 from ._routine import RoutineInfo
 
 __all__ = ["MachineStats"]
@@ -21,7 +20,9 @@ class MachineStats(NamedTuple):
     total: Annotated[int, Metric.counter("Routines this machine started.", name="routines")]
     # go() calls queued for a slot of this machine
     waiting: Annotated[int, Metric.gauge("go() calls waiting for a free slot of this machine.")]
-    max_routines: Annotated[int | None, Metric.gauge("The machine's limit of routines running at once (absent: no limit).")]
+    max_routines: Annotated[
+        int | None, Metric.gauge("The machine's limit of routines running at once (absent: no limit).")
+    ]
     # routines and subscriptions that failed
     errors: Annotated[int, Metric.counter("Routines and subscription handlers of this machine that failed.")]
     # errors caught by recover()

@@ -166,7 +166,9 @@ class Engine:
             lanes.append(Lane(self.waker, f"nacelle pipeline {node.name}"))
         return lanes[worker]
 
-    async def run_plain_root(self, node: Node, outbox: Outbox, forward: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def run_plain_root(
+        self, node: Node, outbox: Outbox, forward: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
         """Run a plain root's function on its thread, emitting into ``outbox``, while ``forward`` hands on.
 
         ``stop()`` cancels the wait for the thread (which the outbox then ends at its
@@ -223,6 +225,4 @@ def check_result(node: Node, result: Any) -> None:
         close = getattr(result, "close", None)
         if close is not None:
             close()
-        raise TypeError(
-            f"stage {node.name!r}: the plain function returned an awaitable; declare it 'async def'"
-        )
+        raise TypeError(f"stage {node.name!r}: the plain function returned an awaitable; declare it 'async def'")

@@ -77,7 +77,10 @@ class Outbox:
     """
 
     def __init__(
-        self, waker: Waker, cap: int, backlog: Callable[[], int] = lambda: 0,
+        self,
+        waker: Waker,
+        cap: int,
+        backlog: Callable[[], int] = lambda: 0,
         blocked: Callable[[], None] | None = None,
     ) -> None:
         self._waker = waker

@@ -136,19 +136,34 @@ class StageStats(NamedTuple):
     messages_out: Annotated[int, Metric.counter("Messages the stage emitted (each child receives all of them).")]
     errors: Annotated[int, Metric.counter("Errors the stage raised.")]
     queue_depth: Annotated[int, Metric.gauge("Messages waiting for the stage: on its edge, and taken but not started.")]
-    busy: Annotated[float, Metric.counter(
-        "Seconds the stage spent working, waits for room downstream included (serial engine: its subtree's too).",
-        unit="seconds",
-    )]
-    dropped: Annotated[int, Metric.counter("Messages a cut-off (a drain past its timeout) or an error left unfinished.")]
-    lag: Annotated[int, Metric.gauge("Worker-based engine: entries on the stage's edge not delivered to any replica yet.")] = 0
-    pending: Annotated[int, Metric.gauge("Worker-based engine: entries delivered to a replica of the stage, not acknowledged.")] = 0
-    reclaimed: Annotated[int, Metric.counter(
-        "Worker-based engine: chunks this replica took over from one that stopped renewing their lease.",
-    )] = 0
-    dead_lettered: Annotated[int, Metric.counter(
-        "Worker-based engine: messages this replica moved to the stage's dead-letter stream.",
-    )] = 0
+    busy: Annotated[
+        float,
+        Metric.counter(
+            "Seconds the stage spent working, waits for room downstream included (serial engine: its subtree's too).",
+            unit="seconds",
+        ),
+    ]
+    dropped: Annotated[
+        int, Metric.counter("Messages a cut-off (a drain past its timeout) or an error left unfinished.")
+    ]
+    lag: Annotated[
+        int, Metric.gauge("Worker-based engine: entries on the stage's edge not delivered to any replica yet.")
+    ] = 0
+    pending: Annotated[
+        int, Metric.gauge("Worker-based engine: entries delivered to a replica of the stage, not acknowledged.")
+    ] = 0
+    reclaimed: Annotated[
+        int,
+        Metric.counter(
+            "Worker-based engine: chunks this replica took over from one that stopped renewing their lease.",
+        ),
+    ] = 0
+    dead_lettered: Annotated[
+        int,
+        Metric.counter(
+            "Worker-based engine: messages this replica moved to the stage's dead-letter stream.",
+        ),
+    ] = 0
 
 
 class Pipeline(Process):
@@ -188,12 +203,15 @@ class Pipeline(Process):
     ) -> None:
         if engine is not None and engine not in ENGINES:
             raise RegistrationError(
-                f"Pipeline: unknown engine {engine!r}; use one of: {', '.join(ENGINES)} "
-                "(or set PIPELINE_ENGINE)"
+                f"Pipeline: unknown engine {engine!r}; use one of: {', '.join(ENGINES)} (or set PIPELINE_ENGINE)"
             )
         self._nodes: list[Node] = build(roots, "Pipeline")
         self._placement = Placement.checked(
-            [n.name for n in self._nodes], redis_url=redis_url, namespace=namespace, stages=stages, lease=lease,
+            [n.name for n in self._nodes],
+            redis_url=redis_url,
+            namespace=namespace,
+            stages=stages,
+            lease=lease,
             max_deliveries=max_deliveries,
         )
         if engine is not None and engine != "worker-based" and self._placement.given():
@@ -292,8 +310,11 @@ class Pipeline(Process):
                 await self._placed.reach()
         self._log = vars(self).get("logger") or structlog.get_logger().bind(component="pipeline")
         if self._ignored:
-            self._log.warning("worker-based settings ignored: this pipeline's engine is not worker-based",
-                              engine=self._engine_name, settings=self._ignored)
+            self._log.warning(
+                "worker-based settings ignored: this pipeline's engine is not worker-based",
+                engine=self._engine_name,
+                settings=self._ignored,
+            )
         engine_class = engine_class_of(self._engine_name)
         engine_class.check(self._nodes, "Pipeline")
         log = vars(self).get("logger") or structlog.get_logger().bind(component="pipeline")

@@ -124,8 +124,11 @@ class Placement:
                 f"Pipeline: {', '.join(self.given())} apply to the worker-based engine only, and this pipeline "
                 f"runs on {engine!r}; set PIPELINE_ENGINE=worker-based (or engine='worker-based'), or drop them"
             )
-        ignored = [f"PIPELINE_{name.upper()}" for name in ("stages", "namespace", "lease", "max_deliveries")
-                   if settings is not None and getattr(settings, name) is not None]
+        ignored = [
+            f"PIPELINE_{name.upper()}"
+            for name in ("stages", "namespace", "lease", "max_deliveries")
+            if settings is not None and getattr(settings, name) is not None
+        ]
         return None, ignored
 
     async def reach(self) -> None:
@@ -153,8 +156,11 @@ class Placement:
 
     def given(self) -> list[str]:
         """The worker-based options the code gave (for the error when another engine runs)."""
-        return [name for name in ("redis_url", "namespace", "stages", "lease", "max_deliveries")
-                if getattr(self, name) is not None]
+        return [
+            name
+            for name in ("redis_url", "namespace", "stages", "lease", "max_deliveries")
+            if getattr(self, name) is not None
+        ]
 
     def shown_url(self) -> str:
         """The URL with its password masked."""

@@ -19,8 +19,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ._edge import Collector, pieces
 from ..._errors import RegistrationError
+from ._edge import Collector, pieces
 from ._engine import FAILURES, Engine, check_result
 from ._lanes import Outbox, Stopped
 from ._stage import Node

@@ -81,9 +81,30 @@ class Node:
     """A stage as the engines see it: its role, its resolved options and its counters."""
 
     __slots__ = (
-        "active", "base", "batch", "busy", "buffer", "children", "count", "cursor", "dropped", "errors", "fn",
-        "inbox", "is_async", "name", "ordered", "out", "parent", "role", "scope", "stage_fn", "taken", "unit",
-        "with_id", "workers",
+        "active",
+        "base",
+        "batch",
+        "busy",
+        "buffer",
+        "children",
+        "count",
+        "cursor",
+        "dropped",
+        "errors",
+        "fn",
+        "inbox",
+        "is_async",
+        "name",
+        "ordered",
+        "out",
+        "parent",
+        "role",
+        "scope",
+        "stage_fn",
+        "taken",
+        "unit",
+        "with_id",
+        "workers",
     )
 
     def __init__(self, stage: Stage, role: str, parent: Node | None) -> None:
@@ -231,16 +252,25 @@ def _check(node: Node, stage: Stage, owner: str) -> None:
 
 # (role, is the signature wrong for it? given (required, most) positional parameters, message)
 _SIGNATURE_RULES: tuple[tuple[str, Callable[[int, int], bool], str], ...] = (
-    ("root", lambda required, most: required >= 2,
-     "is a root and takes a message ({sig}); a root is fn(emit) and produces messages. "
-     "Make it a child of another stage, or drop the message parameter"),
+    (
+        "root",
+        lambda required, most: required >= 2,
+        "is a root and takes a message ({sig}); a root is fn(emit) and produces messages. "
+        "Make it a child of another stage, or drop the message parameter",
+    ),
     ("root", lambda required, most: most < 1, "is a root and must accept emit: fn(emit), got {sig}"),
-    ("inner", lambda required, most: most < 2,
-     "has children but does not accept emit ({sig}); an inner stage is fn(msg, emit). "
-     "Add the emit parameter, or remove its children"),
-    ("leaf", lambda required, most: required >= 2,
-     "is a leaf (no children) but takes emit ({sig}); what it emitted would go nowhere. "
-     "Give it children, or make it fn(msg)"),
+    (
+        "inner",
+        lambda required, most: most < 2,
+        "has children but does not accept emit ({sig}); an inner stage is fn(msg, emit). "
+        "Add the emit parameter, or remove its children",
+    ),
+    (
+        "leaf",
+        lambda required, most: required >= 2,
+        "is a leaf (no children) but takes emit ({sig}); what it emitted would go nowhere. "
+        "Give it children, or make it fn(msg)",
+    ),
     ("leaf", lambda required, most: most < 1, "is a leaf and must accept the message: fn(msg), got {sig}"),
 )
 

@@ -110,8 +110,10 @@ class StreamInbox:
         self._consumer: anyio.Event | None = None
         self.done: anyio.Event | None = None  # set when the reader has exited
         self._room: anyio.Event | None = None
-        self._scripts = {name: group.client.register_script(text)
-                         for name, text in (("finish", FINISH), ("explode", EXPLODE), ("dead", DEAD))}
+        self._scripts = {
+            name: group.client.register_script(text)
+            for name, text in (("finish", FINISH), ("explode", EXPLODE), ("dead", DEAD))
+        }
 
     # -- what the stage loops use (as the parallel engine's Inbox) --------------------------------
 
@@ -171,8 +173,9 @@ class StreamInbox:
                 if self.reread:
                     self.reread = False
                     own = await wiring.call(lambda: group.read_own(1000), self)
-                    await self._deliver([(eid, raw, 1) for eid, raw in own or () if eid not in self.held
-                                         and eid not in self.ends])
+                    await self._deliver(
+                        [(eid, raw, 1) for eid, raw in own or () if eid not in self.held and eid not in self.ends]
+                    )
                     continue
                 if time.monotonic() >= next_reclaim:
                     next_reclaim = time.monotonic() + max(lease / 2, 0.05)
@@ -181,8 +184,13 @@ class StreamInbox:
                         taken = sum(1 for _, raw, _ in found if raw is not None and raw[:1] != END)
                         if taken:
                             self.reclaimed += taken
-                            wiring.log("warning", "pipeline chunks reclaimed from a replica that stopped renewing "
-                                       "their lease", stage=node.name, entries=taken, lease=lease)
+                            wiring.log(
+                                "warning",
+                                "pipeline chunks reclaimed from a replica that stopped renewing their lease",
+                                stage=node.name,
+                                entries=taken,
+                                lease=lease,
+                            )
                         await self._deliver(found)
                         continue
                 if self.ends and not self._busy():
@@ -222,11 +230,19 @@ class StreamInbox:
         if self.ends:
             if self._busy():
                 return False
-            keys = [wiring.edge(node.name), wiring.end_key(node.name), wiring.run_key(node),
-                    *[wiring.edge(child.name) for child in node.children]]
+            keys = [
+                wiring.edge(node.name),
+                wiring.end_key(node.name),
+                wiring.run_key(node),
+                *[wiring.edge(child.name) for child in node.children],
+            ]
             for entry_id, end in list(self.ends.items()):
-                done = await wiring.call(lambda: self._scripts["finish"](
-                    keys=keys, args=[self.group.group, self.group.consumer, entry_id, end]), self)
+                done = await wiring.call(
+                    lambda: self._scripts["finish"](
+                        keys=keys, args=[self.group.group, self.group.consumer, entry_id, end]
+                    ),
+                    self,
+                )
                 if done == -1:  # an end of an earlier run of the root: dropped
                     self.ends.pop(entry_id, None)
                 elif done:
@@ -251,9 +267,12 @@ class StreamInbox:
             if raw[:1] == END:
                 if raw in self.ends.values() and entry_id not in self.ends:
                     # The same end twice (a flush sent again): one is enough; acknowledged and deleted.
-                    await wiring.call(lambda: self._scripts["explode"](
-                        keys=[wiring.edge(node.name), wiring.count(node.name)],
-                        args=[self.group.group, entry_id, 0]), self)
+                    await wiring.call(
+                        lambda: self._scripts["explode"](
+                            keys=[wiring.edge(node.name), wiring.count(node.name)], args=[self.group.group, entry_id, 0]
+                        ),
+                        self,
+                    )
                 else:
                     self.ends[entry_id] = raw  # FINISH tells a current end from an earlier run's
                 continue
@@ -264,15 +283,25 @@ class StreamInbox:
                 continue
             deliveries += before
             if deliveries > wiring.max_deliveries:
-                await self._dead(entry_id, raw, len(pairs), f"delivered {deliveries} times (PIPELINE_MAX_DELIVERIES="
-                                 f"{wiring.max_deliveries}): it keeps failing or killing its replica", deliveries)
+                await self._dead(
+                    entry_id,
+                    raw,
+                    len(pairs),
+                    f"delivered {deliveries} times (PIPELINE_MAX_DELIVERIES="
+                    f"{wiring.max_deliveries}): it keeps failing or killing its replica",
+                    deliveries,
+                )
                 continue
             if deliveries > 1 and len(pairs) > 1:
                 # Each message goes back alone, with the deliveries it had so far (this one ran nothing).
                 singles = [to_json({"d": deliveries - 1, "m": [pair]}) for pair in pairs]
-                await wiring.call(lambda: self._scripts["explode"](
-                    keys=[wiring.edge(node.name), wiring.count(node.name)],
-                    args=[self.group.group, entry_id, 0, *singles]), self)
+                await wiring.call(
+                    lambda: self._scripts["explode"](
+                        keys=[wiring.edge(node.name), wiring.count(node.name)],
+                        args=[self.group.group, entry_id, 0, *singles],
+                    ),
+                    self,
+                )
                 continue
             entry = Entry(entry_id, len(pairs), deliveries)
             try:
@@ -280,8 +309,9 @@ class StreamInbox:
                 if messages and type(messages[-1].id) is not str:
                     raise ValueError("an id that is not a string")
             except (ValueError, TypeError) as exc:
-                await self._dead(entry_id, raw, len(pairs), f"undecodable entry: not [id, body] pairs ({exc})",
-                                 deliveries)
+                await self._dead(
+                    entry_id, raw, len(pairs), f"undecodable entry: not [id, body] pairs ({exc})", deliveries
+                )
                 continue
             self.held[entry_id] = entry
             if deliveries > 1:
@@ -299,8 +329,11 @@ class StreamInbox:
         keys = [wiring.edge(self.node.name), wiring.count(self.node.name)]
         given = 0
         for entry in list(self.held.values()):
-            singles = [to_json({"d": entry.deliveries - (0 if msg.failed else 1), "m": [[msg.id, msg.body]]})
-                       for msg in entry.messages if not msg.done]
+            singles = [
+                to_json({"d": entry.deliveries - (0 if msg.failed else 1), "m": [[msg.id, msg.body]]})
+                for msg in entry.messages
+                if not msg.done
+            ]
             gone = entry.size - len(singles)
             if await wiring.call(lambda: script(keys=keys, args=[self.group.group, entry.id, gone, *singles]), self):
                 given += len(singles)
@@ -329,15 +362,35 @@ class StreamInbox:
             messages: Any = decode_chunk(raw)[0]
         except ValueError:
             messages = raw.decode("utf-8", "replace")
-        letter = json.dumps({"stage": name, "entry": entry_id.decode(), "messages": messages, "error": error,
-                             "deliveries": deliveries, "at": time.time()}, default=str)
-        moved = await wiring.call(lambda: self._scripts["dead"](
-            keys=[wiring.edge(name), wiring.count(name), wiring.dead(name)],
-            args=[self.group.group, entry_id, size, letter]), self)
+        letter = json.dumps(
+            {
+                "stage": name,
+                "entry": entry_id.decode(),
+                "messages": messages,
+                "error": error,
+                "deliveries": deliveries,
+                "at": time.time(),
+            },
+            default=str,
+        )
+        moved = await wiring.call(
+            lambda: self._scripts["dead"](
+                keys=[wiring.edge(name), wiring.count(name), wiring.dead(name)],
+                args=[self.group.group, entry_id, size, letter],
+            ),
+            self,
+        )
         if moved:
             self.dead_lettered += 1
-            wiring.log("error", "pipeline message dead-lettered", stage=name, entry=entry_id.decode(),
-                       deliveries=deliveries, error=error, dead_letters=wiring.dead(name))
+            wiring.log(
+                "error",
+                "pipeline message dead-lettered",
+                stage=name,
+                entry=entry_id.decode(),
+                deliveries=deliveries,
+                error=error,
+                dead_letters=wiring.dead(name),
+            )
 
     async def _nap(self) -> None:
         """Wait (at most a read's BLOCK) for the stage to take messages or a flush to acknowledge some."""

@@ -119,8 +119,9 @@ class Wiring:
             reach.lost(exc)
 
         regroup = inbox.group.ensure if inbox is not None else None
-        return await until_done(fn, lost=lost, connected=reach.connected, regroup=regroup,
-                                give_up=lambda: self.engine.halted)
+        return await until_done(
+            fn, lost=lost, connected=reach.connected, regroup=regroup, give_up=lambda: self.engine.halted
+        )
 
 
 class WorkerBasedEngine(ParallelEngine):
@@ -153,13 +154,17 @@ class WorkerBasedEngine(ParallelEngine):
         for node in self.nodes:
             node.reset()
         local_inputs = [node for node in self.local if node.role != "root"]
-        client = make_client(options.redis_url, name=f"nacelle pipeline {options.namespace}",
-                             max_connections=len(local_inputs) + 8)
+        client = make_client(
+            options.redis_url, name=f"nacelle pipeline {options.namespace}", max_connections=len(local_inputs) + 8
+        )
         async with client:
             wiring = self.wiring
             wiring.client = client
-            groups = {node.name: StreamGroup(client, wiring.edge(node.name), node.name, wiring.consumer)
-                      for node in self.nodes if node.role != "root"}
+            groups = {
+                node.name: StreamGroup(client, wiring.edge(node.name), node.name, wiring.consumer)
+                for node in self.nodes
+                if node.role != "root"
+            }
 
             async def prepare() -> dict[str, Any]:
                 for group in groups.values():  # every edge: a replica may emit into edges it does not read
@@ -209,8 +214,12 @@ class WorkerBasedEngine(ParallelEngine):
         for node in inputs:
             given = await node.inbox.hand_back()
             if given:
-                self.wiring.log("info", "pipeline messages given back to their edge for other replicas",
-                                stage=node.name, messages=given)
+                self.wiring.log(
+                    "info",
+                    "pipeline messages given back to their edge for other replicas",
+                    stage=node.name,
+                    messages=given,
+                )
 
     def halt(self) -> None:
         """Cancel the local stages only: the readers, the client and the hand-back outlive them."""
@@ -249,8 +258,12 @@ class WorkerBasedEngine(ParallelEngine):
                 lost = await wiring.call(functools.partial(inbox.group.renew, ids), inbox)
                 for entry_id in lost or ():
                     if inbox.held.pop(entry_id, None) is not None or inbox.ends.pop(entry_id, None) is not None:
-                        wiring.log("warning", "pipeline lease lost: another replica took the chunk over",
-                                   stage=node.name, entry=entry_id.decode())
+                        wiring.log(
+                            "warning",
+                            "pipeline lease lost: another replica took the chunk over",
+                            stage=node.name,
+                            entry=entry_id.decode(),
+                        )
 
     async def _counter(self) -> None:
         """The lag and pending counts of the local stages' edges, for stats (once a second)."""
@@ -309,7 +322,6 @@ class WorkerBasedEngine(ParallelEngine):
                 node.inbox.withhold()
                 self._withheld = True
 
-
     # -- stats -------------------------------------------------------------------------------------
 
     def depth(self, node: Node) -> int:
@@ -332,6 +344,9 @@ class WorkerBasedEngine(ParallelEngine):
         inbox = node.inbox
         if not isinstance(inbox, StreamInbox):
             return {}
-        return {"lag": inbox.lag, "pending": inbox.pending, "reclaimed": inbox.reclaimed,
-                "dead_lettered": inbox.dead_lettered}
-
+        return {
+            "lag": inbox.lag,
+            "pending": inbox.pending,
+            "reclaimed": inbox.reclaimed,
+            "dead_lettered": inbox.dead_lettered,
+        }

@@ -30,7 +30,16 @@ from coredis.retry import NoRetryPolicy
 from ..._config import mask_url
 from ..._errors import UnavailableError
 
-__all__ = ["LOST", "GroupGone", "RedisUnavailable", "backoff", "consumer_name", "describe_failure", "make_client", "ping"]
+__all__ = [
+    "LOST",
+    "GroupGone",
+    "RedisUnavailable",
+    "backoff",
+    "consumer_name",
+    "describe_failure",
+    "make_client",
+    "ping",
+]
 
 CONNECT_TIMEOUT = 5.0  # seconds for the TCP connect
 REPLY_TIMEOUT = 10.0  # seconds for any reply (blocking reads use a BLOCK far below this)

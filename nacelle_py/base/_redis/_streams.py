@@ -92,8 +92,9 @@ class StreamGroup:
         return await self._read("0", count)
 
     async def _read(self, start: str, count: int, **block: int) -> list[tuple[bytes, bytes | None]]:
-        reply = await self.client.xreadgroup(self.group, self.consumer, streams={self.stream: start}, count=count,
-                                             **block)
+        reply = await self.client.xreadgroup(
+            self.group, self.consumer, streams={self.stream: start}, count=count, **block
+        )
         if not reply:
             return []
         entries = next(iter(reply.values()))
