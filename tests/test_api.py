@@ -9,6 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import nacelle_py
 import nacelle_py.base
 import nacelle_py.testing
@@ -51,6 +53,17 @@ def test_package_is_typed_and_passes_strict_mypy() -> None:
         capture_output=True,
         text=True,
         timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [["check", "."], ["format", "--check", "."]], ids=["ruff check", "ruff format --check"]
+)
+def test_ruff_is_clean(command: list[str]) -> None:
+    # The rules are pyproject.toml's [tool.ruff]; `ruff check --fix . && ruff format .` makes it pass.
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", *command], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
