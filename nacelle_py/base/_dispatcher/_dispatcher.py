@@ -235,6 +235,7 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
         """On Redis: reach the server before any component of the app initialises (a wrong URL changes nothing)."""
         options = resolve(self._given, vars(self).get("settings"), vars(self).get("redis_settings"), "preflight")
         if options.backend == "redis":
+            require("coredis", "redis", "Dispatcher(backend='redis')")  # the extra's own error, not an ImportError
             from .._redis._client import ping
             from ._redis import CONNECT_WITHIN
 
