@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import MutableMapping
 from typing import Any
 
 import anyio
 import pytest
+from _serving import serving
 from structlog.testing import capture_logs
 
-from nacelle_py import App, Initializer, Process
+from nacelle_py import Initializer, Process
 from nacelle_py.testing import Trace, test_app
 
 pytestmark = pytest.mark.anyio
@@ -57,27 +57,6 @@ class Blocking(Process):
 
 class Ready(Initializer):
     pass
-
-
-@asynccontextmanager
-async def serving(app: App) -> AsyncIterator[list[int]]:
-    """Serve ``app`` in the background until the block ends (then shut it down); yields [status] after."""
-    status: list[int] = []
-    ready = anyio.Event()
-    app.on_ready(ready.set)
-
-    async def serve() -> None:
-        status.append(await app.serve())
-
-    with anyio.fail_after(15):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            with anyio.fail_after(5):
-                await ready.wait()
-            try:
-                yield status
-            finally:
-                app.shutdown()
 
 
 def only(logs: list[Log], event: str) -> Log:

@@ -11,18 +11,18 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from _serving import serving
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from structlog.testing import capture_logs
 
-from nacelle_py import App, Initializer, Inject, Process
+from nacelle_py import Initializer, Inject, Process
 from nacelle_py.testing import Trace, test_app
 
 pytestmark = pytest.mark.anyio
@@ -178,30 +178,6 @@ async def reloaded(logs: list[Log], n: int = 1) -> None:
         return sum(1 for e in logs if e.get("event") == "reloaded" or str(e.get("event")).startswith("reload rejected"))
 
     await until(lambda: ended() >= n, f"{n} reload(s) ended")
-
-
-@asynccontextmanager
-async def serving(app: App, limit: float = 15.0) -> AsyncIterator[list[int]]:
-    """Serve ``app`` in the background until the block ends (then shut it down); yields [status] after."""
-    status: list[int] = []
-    ready = anyio.Event()
-    app.on_ready(ready.set)
-
-    async def serve() -> None:
-        status.append(await app.serve())
-
-    with anyio.fail_after(limit):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            with anyio.fail_after(5):
-                await ready.wait()
-            try:
-                yield status
-            finally:
-                app.shutdown()
-
-
-# -- the reload itself ---------------------------------------------------------------------------
 
 
 async def test_valid_config_reloads_in_priority_order_with_fresh_settings(tmp_path: Path) -> None:
