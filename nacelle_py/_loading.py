@@ -39,7 +39,8 @@ class Loaded:
 
 
 def load(config: Config, models: Iterable[type[BaseSettings]]) -> Loaded:
-    """Load the framework's models and ``models`` (the components'); every problem of every model is kept."""
+    """Load the framework's models and ``models`` (the components'; the framework's among them are skipped);
+    every problem of every model is kept, once."""
     problems: list[SettingError] = []
     try:
         settings = config.load(AppSettings)
@@ -56,8 +57,9 @@ def load(config: Config, models: Iterable[type[BaseSettings]]) -> Loaded:
             config.load(model)
         except ConfigError as exc:
             problems.extend(exc.errors)
+    own = framework_models()
     try:
-        config.load_all(models)
+        config.load_all(model for model in models if model not in own)  # each problem once
     except ConfigError as exc:
         problems.extend(exc.errors)
     loaded.problems = problems

@@ -872,3 +872,11 @@ def test_overrides_nest_and_the_inner_one_wins() -> None:
         assert config.load(TickSettings).tick == 1
     with pytest.raises(ConfigError, match="T_TICK: required but not set"):
         config.load(TickSettings)
+
+
+async def test_an_invalid_framework_setting_is_reported_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("T_SHUTDOWN_TIMEOUT", "-1")
+    app = test_app("t")
+    app.register(TickUser([]), name="ticker")  # and a component's model with a problem of its own
+    assert await serve(app) == 1
+    assert sorted(e.env for e in config_error(app).errors) == ["T_SHUTDOWN_TIMEOUT", "T_TICK"]
