@@ -64,6 +64,7 @@ $(BENCH)/python:
 bench: $(BENCH)/python redis-server
 	$(BENCH)/python -m pip install --quiet -e '.[dev,all,bench]'
 	$(BENCH)/python bench/boot.py
+	$(BENCH)/python bench/boot_floor.py
 	$(BENCH)/python bench/import_time.py
 	$(BENCH)/python bench/dispatcher.py
 	$(BENCH)/python bench/pipeline.py
