@@ -212,6 +212,18 @@ def duplicates(found: dict[int, int]) -> dict[int, int]:
     return {n: runs for n, runs in found.items() if runs > 1}
 
 
+def explain(group: list[Replica], twice: dict[int, int]) -> str:
+    """For a failure's message: when each replica started and finished each task that ran twice, and
+    every warning the replicas logged (a lease lost, Redis unreachable), so that a rare duplicate
+    leaves the evidence needed to find its cause."""
+    lines = []
+    for replica in group:
+        for what in ("s", "d"):
+            lines += [f"  {replica.name} {what} {n} at {at:.6f}" for n, at in replica.marks(what) if n in twice]
+        lines += [f"  {replica.name} log: {e}" for e in replica.app.events if e.get("level") in ("warning", "error")]
+    return "\n".join(lines)
+
+
 # -- 1. a consumer killed mid-run ---------------------------------------------------------------
 
 TOTAL = 10_000
@@ -334,7 +346,7 @@ async def test_redis_restarted_mid_run_loses_nothing(
         # A replica that lost Redis did not crash: a task ran twice only if a reply was lost
         # with the connection (Redis SIGKILLed while a settle was in flight), never after a stop.
         if how == "stop":
-            assert twice == {}, f"tasks ran twice across a clean Redis restart: {twice}"
+            assert twice == {}, f"tasks ran twice across a clean Redis restart: {twice}\n" + explain(group, twice)
         assert len(twice) <= 64, f"{len(twice)} tasks ran twice"
     # A read whose reply the outage swallowed leaves entries in a live replica's pending list,
     # unknown to it: they run only once idle for a lease (reclaimed, by it or the other one).
