@@ -162,15 +162,23 @@ class Loops:
                     # A read or a reconnect failed: entries may have been delivered to this consumer
                     # in a reply that never arrived. Its own pending list has them.
                     self.reread = False
+                    # What is held when asking is ours whatever the reply says: the flusher may
+                    # settle (and forget) one of them while the reply is on its way, and the reply
+                    # still lists it as pending. Only entries we never knew of are lost replies.
+                    ours = set(backend.held)
                     own = await self._until_done(lambda: group.read_own(len(backend.held) + room), stoppable=True)
-                    await self.deliver([(i, m, 1) for i, m in own or () if i not in backend.held and m is not None])
+                    lost = [
+                        (i, m, 1) for i, m in own or () if i not in ours and i not in backend.held and m is not None
+                    ]
+                    await self.deliver(lost)
                     continue
                 if time.monotonic() >= reclaim_at:
                     # The dead's entries first: they are older than anything new, and a
                     # consumer kept busy by new entries would otherwise never take them.
                     reclaim_at = time.monotonic() + lease / 4
+                    ours = set(backend.held)  # as above: one of ours settled during the call is not idle
                     claimed = await self._until_done(lambda: group.reclaim(lease, room), stoppable=True)
-                    await self._deliver_reclaimed(claimed or [])
+                    await self._deliver_reclaimed([c for c in claimed or () if c[0] not in ours])
                     continue
                 entries = await self._until_done(lambda: group.read(room, BLOCK_MS), stoppable=True)
                 await self.deliver([(entry_id, message, 1) for entry_id, message in entries or ()])
