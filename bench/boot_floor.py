@@ -7,8 +7,8 @@ nothing else (no settings, injection, health keys, logging, error records or
 restart decisions): a record whose state moves through the lifecycle, the handle
 of its run, its start time and run/stop durations, a countdown per priority
 group to wait for its runs to begin and to end, and a stop by descending
-priority. The same 1,000 tasks in 10 steps as bench/boot.py's ``bare()``,
-alternating with it in one process, each the median of the repetitions.
+priority. Against bench/boot.py's own ``bare()`` (imported), alternating with
+it in one process, each the median of the repetitions.
 
     python bench/boot_floor.py [--backend asyncio|trio] [--repeat 15]
 """
@@ -21,28 +21,9 @@ import statistics
 import time
 
 import anyio
-
-N, P = 1000, 10
-
-
-async def bare():
-    per = N // P
-    async with anyio.create_task_group() as tg:
-        for _ in range(P):
-            started = 0
-            ev = anyio.Event()
-
-            async def task():
-                nonlocal started
-                started += 1
-                if started == per:
-                    ev.set()
-                await anyio.sleep_forever()
-
-            for _ in range(per):
-                tg.start_soon(task)
-            await ev.wait()
-        tg.cancel_scope.cancel()
+from boot import PRIORITIES as P
+from boot import PROCESSES as N
+from boot import bare  # the baseline itself, not a copy
 
 
 class Entry:

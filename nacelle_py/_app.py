@@ -268,7 +268,7 @@ class App:
     def _backend_setting(self) -> Backend:
         """The ``BACKEND`` setting; asyncio when the app's settings are invalid (``serve()`` then reports them)."""
         try:
-            return self.config.build(AppSettings).backend
+            return self.config.load(AppSettings).backend  # cached: serve() does not read it again
         except ConfigError:
             return "asyncio"
 

@@ -14,7 +14,6 @@ import json
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+from _tls import self_signed  # noqa: E402
 from harness import AppProcess, clean_env  # noqa: E402
 from test_example_app import BOOT_TIMEOUT, EXIT_TIMEOUT, boot, command  # noqa: E402
 
@@ -347,29 +347,9 @@ def test_half_a_tls_pair_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_a_mismatched_tls_pair_fails_boot(tmp_path: Path) -> None:
-    for name in ("a", "b"):  # two keys, and a certificate for the first only
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-days",
-                "1",
-                "-keyout",
-                str(tmp_path / f"{name}.key"),
-                "-out",
-                str(tmp_path / f"{name}.pem"),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-    env = {"EXAMPLE_HTTP_CERT_FILE": str(tmp_path / "a.pem"), "EXAMPLE_HTTP_KEY_FILE": str(tmp_path / "b.key")}
+    cert, _ = self_signed(tmp_path, "a")  # two keys, and a certificate for the first only
+    _, other_key = self_signed(tmp_path, "b")
+    env = {"EXAMPLE_HTTP_CERT_FILE": str(cert), "EXAMPLE_HTTP_KEY_FILE": str(other_key)}
     with run_to_exit(tmp_path, EXAMPLE_HTTP_PORT="0", EXAMPLE_OPS_ADDR="off", **env) as app:
         assert app.proc.returncode == 1, app.dump()
         assert "HTTP_CERT_FILE/HTTP_KEY_FILE" in errors(app), app.dump()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,24 +54,24 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _set_by(names: tuple[str, ...]) -> str | None:
-    upper = {key.upper(): key for key in os.environ}
-    for name in names:
-        if name.upper() in upper:
-            return name
-    return None
+def _environment() -> dict[str, str]:
+    """The environment by upper-case name (names are matched case-insensitively, as the settings do)."""
+    return {key.upper(): value for key, value in os.environ.items()}
 
 
-def _raw(name: str | None, secret: bool) -> Any:
+def _set_by(names: tuple[str, ...], environment: Mapping[str, str]) -> str | None:
+    return next((name for name in names if name.upper() in environment), None)
+
+
+def _raw(name: str | None, secret: bool, environment: Mapping[str, str]) -> Any:
     if name is None:
         return None
-    value = next((v for k, v in os.environ.items() if k.upper() == name.upper()), None)
-    if value is None:
-        return None
-    return MASK if secret else mask_url(value)
+    return MASK if secret else mask_url(environment[name.upper()])
 
 
-def _model_rows(app: App, model: type[BaseSettings], users: list[str]) -> list[SettingRow]:
+def _model_rows(
+    app: App, model: type[BaseSettings], users: list[str], environment: Mapping[str, str]
+) -> list[SettingRow]:
     errors: dict[str, str] = {}
     values: dict[str, Any] = {}
     try:
@@ -81,7 +82,7 @@ def _model_rows(app: App, model: type[BaseSettings], users: list[str]) -> list[S
     for name, field in model.model_fields.items():
         names = app.config.env_names(model, name)
         secret = is_secret(field)
-        set_by = _set_by(names)
+        set_by = _set_by(names, environment)
         rows.append(
             SettingRow(
                 env=names[0],
@@ -94,7 +95,7 @@ def _model_rows(app: App, model: type[BaseSettings], users: list[str]) -> list[S
                 required=field.is_required(),
                 secret=secret,
                 set_by=set_by,
-                value=values[name] if name in values else _raw(set_by, secret),
+                value=values[name] if name in values else _raw(set_by, secret, environment),
                 error=errors.get(name),
             )
         )
@@ -104,6 +105,7 @@ def _model_rows(app: App, model: type[BaseSettings], users: list[str]) -> list[S
 def settings_rows(app: App) -> list[SettingRow]:
     """Every setting the app reads, model by model (the framework's first), with its current value."""
     rows: list[SettingRow] = []
+    environment = _environment()  # read once for every row
     for model, users in app.settings_models().items():
-        rows.extend(_model_rows(app, model, users))
+        rows.extend(_model_rows(app, model, users, environment))
     return rows

@@ -11,7 +11,8 @@ succeeded, ``release()`` calls ``finalize`` for it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import anyio
 import anyio.to_thread
@@ -58,15 +59,11 @@ class Preflight:
 
     async def _one(self, entry: Entry, failed: list[ComponentError]) -> None:
         self._taken.append(entry)
-        timeout = entry.start_timeout
-        try:
-            with bounded(timeout) as scope:
-                await self._ctx.call(entry.component.preflight, entry, "preflight")
-        except Exception as exc:
-            failed.append(ComponentError(entry.name, "preflight", exc))
-            return
-        if scope.cancelled_caught:
-            failed.append(ComponentTimeoutError(entry.name, "preflight", timeout or 0))
+        call = self._ctx.call
+        preflight = entry.component.preflight
+        failed += await _attempt(
+            lambda: call(preflight, entry, "preflight"), entry.name, "preflight", entry.start_timeout
+        )
 
     def pending(self) -> list[Entry]:
         """The components whose preflight ran and whose ``init`` has not succeeded (read before the unwind)."""
@@ -83,17 +80,11 @@ class Preflight:
 
     async def _finalize(self, entry: Entry) -> None:
         finalize = overridden(entry.component, "finalize")
-        if finalize is None:
-            return
-        timeout = entry.finalize_timeout
-        try:
-            with bounded(timeout) as scope:
-                await self._ctx.call(finalize, entry, "finalize")
-        except Exception as exc:
-            self._ctx.record(ComponentError(entry.name, "finalize", exc))
-            return
-        if scope.cancelled_caught:
-            self._ctx.record(ComponentTimeoutError(entry.name, "finalize", timeout or 0))
+        if finalize is not None:
+            call = self._ctx.call
+            done = _attempt(lambda: call(finalize, entry, "finalize"), entry.name, "finalize", entry.finalize_timeout)
+            for error in await done:
+                self._ctx.record(error)
 
 
 async def preflight_all(
@@ -111,24 +102,28 @@ async def preflight_all(
             injector.inject_early(component, options.name)
             taken.append((component, options))
             timeout = resolved(options.start_timeout, settings.start_timeout)
-            problems += await _attempt(component.preflight, options.name, "preflight", timeout)
+            problems += await _attempt(partial(_direct, component.preflight), options.name, "preflight", timeout)
     for component, options in reversed(taken):
         timeout = resolved(options.finalize_timeout, settings.finalize_timeout)
-        problems += await _attempt(component.finalize, options.name, "finalize", timeout)
+        problems += await _attempt(partial(_direct, component.finalize), options.name, "finalize", timeout)
     return problems
 
 
+async def _direct(method: Callable[[], object]) -> None:
+    """A component's method without a runner: ``async def`` on the loop, plain ``def`` on a thread."""
+    if is_async(method):
+        await method()  # type: ignore[misc]
+    else:
+        await anyio.to_thread.run_sync(method, abandon_on_cancel=True)
+
+
 async def _attempt(
-    method: Callable[[], object], name: str, operation: str, timeout: float | None
+    call: Callable[[], Awaitable[None]], name: str, operation: str, timeout: float | None
 ) -> list[ComponentError]:
-    """Call a component's method as the runner would (``async def`` on the loop, plain ``def`` on a
-    thread), within ``timeout``; its error, if any, as a one-item list."""
+    """``call()`` within ``timeout``; the component's error, if any, as a one-item list."""
     try:
         with bounded(timeout) as scope:
-            if is_async(method):
-                await method()  # type: ignore[misc]
-            else:
-                await anyio.to_thread.run_sync(method, abandon_on_cancel=True)
+            await call()
     except Exception as exc:
         return [ComponentError(name, operation, exc)]
     return [ComponentTimeoutError(name, operation, timeout or 0)] if scope.cancelled_caught else []
