@@ -16,7 +16,8 @@ import structlog
 from pydantic_settings import BaseSettings
 
 from ._argv import BACKENDS, Backend, BootArgs, read_command_line
-from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption
+from ._boot_failure import BootFailureHook, report_boot_failure
+from ._components import DEFAULT, Initializer, Options, RestartPolicy, TimeoutOption, overridden
 from ._config import Config
 from ._describe import describe
 from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, UnavailableError
@@ -132,6 +133,8 @@ class App:
         self._hard_exit = False
         self._errors: list[ComponentError] = []
         self._ready_hooks: list[Callable[[], object]] = []
+        self._boot_failure_hooks: list[BootFailureHook] = []
+        self._reached_running = False
         self._operations: Operations | None = None
         self._settings = AppSettings.model_construct()  # until serve() loads them
         self._machine_settings: Any = None
@@ -207,6 +210,23 @@ class App:
         if not callable(hook):
             raise RegistrationError(f"on_ready() takes a callable, got {hook!r}")
         self._ready_hooks.append(hook)
+        return hook
+
+    def on_boot_failure(self, hook: BootFailureHook) -> BootFailureHook:
+        """Call ``hook(errors)`` once, after the unwind, when the boot fails; returns the hook.
+
+        A boot fails when ``serve()`` ends with errors before the app was
+        ever running: invalid settings, an injection, a preflight or an
+        ``init`` that failed, a start timeout (never a signal or
+        ``shutdown()`` during boot). ``errors`` is ``app.errors``. The hooks
+        run after the components' own ``boot_failed`` (in registration order),
+        in the order they were added; ``async def`` is awaited, plain ``def``
+        called on the loop thread, each bounded by ``SHUTDOWN_TIMEOUT``; one
+        that raises is logged. Usable as a decorator.
+        """
+        if not callable(hook):
+            raise RegistrationError(f"on_boot_failure() takes a callable, got {hook!r}")
+        self._boot_failure_hooks.append(hook)
         return hook
 
     # -- running --------------------------------------------------------------------
@@ -330,23 +350,46 @@ class App:
             raise RuntimeError(f"{self.name}: an App serves once; build a new App to serve again")
         self._state = "serving"
         try:
-            if not self._load_settings():
-                return 1
-            self.services.watch_undeclared(self._declared_services(), self._undeclared_service)
-            runner = self._build_runner()
-            operations = self._prepare_operations()
-            if operations is None:
-                return 1
-            if self._hard_exit and self._settings.gc_freeze:
-                runner.observe(_freeze_when_running)
-            started = anyio.current_time()
-            await self._run(runner, operations)
-            return self._exit_status(started)
+            status = await self._serve_steps()
+            if status and not self._reached_running:
+                await self._boot_failed()
+            return status
         finally:
             self.services.watch_undeclared(None)
             self._state = "done"
 
     # -- the steps of serve() ---------------------------------------------------------
+
+    async def _serve_steps(self) -> int:
+        """Settings, runner, ops endpoint, the lifecycle; the exit status."""
+        if not self._load_settings():
+            return 1
+        self.services.watch_undeclared(self._declared_services(), self._undeclared_service)
+        runner = self._build_runner()
+        runner.observe(self._observe_running)
+        operations = self._prepare_operations()
+        if operations is None:
+            return 1
+        if self._hard_exit and self._settings.gc_freeze:
+            runner.observe(_freeze_when_running)
+        started = anyio.current_time()
+        await self._run(runner, operations)
+        return self._exit_status(started)
+
+    def _observe_running(self, event: str, _detail: str) -> None:
+        if event == "running":
+            self._reached_running = True
+
+    async def _boot_failed(self) -> None:
+        """Tell the components' ``boot_failed`` and the ``on_boot_failure`` hooks, once (see ``_boot_failure``)."""
+        hooks: list[tuple[str, BootFailureHook]] = []
+        for component, options in self._registry.items:
+            method = overridden(component, "boot_failed")
+            if method is not None:
+                hooks.append((options.name, method))
+        hooks.extend((self.name, hook) for hook in self._boot_failure_hooks)
+        if hooks:
+            await report_boot_failure(hooks, self._errors, self._settings.shutdown_timeout, self.logger)
 
     def _declared_services(self) -> set[str]:
         """The keys set before serving and those the components declare in ``provides``."""

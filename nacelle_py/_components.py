@@ -9,12 +9,12 @@ without ``reload`` is left alone by a reload (SIGHUP).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Final, Literal, get_args
 
-from ._errors import RegistrationError
+from ._errors import ComponentError, RegistrationError
 from ._validate import positive
 
 __all__ = ["DEFAULT", "RESTART_POLICIES", "Initializer", "Options", "Process", "RestartPolicy", "declared_keys"]
@@ -44,7 +44,8 @@ class Initializer:
     ``def``; a plain ``def`` runs in a worker thread so it may block.
     ``init`` usually creates a service and puts it into the container;
     ``finalize`` releases it, in reverse order of successful ``init``;
-    ``reload`` applies settings re-read on SIGHUP (or ``App.reload()``).
+    ``reload`` applies settings re-read on SIGHUP (or ``App.reload()``);
+    ``boot_failed`` hears once of a boot that failed.
 
     ``provides`` names the service keys the component sets (``provides =
     ("db",)``), so that ``nacelle-py check`` can resolve every ``Inject`` key
@@ -79,6 +80,23 @@ class Initializer:
         serving are injected by then (nothing a component sets at ``init``).
         Raising fails the boot; ``nacelle-py check`` runs it too, then
         ``finalize``. Bounded by the component's ``start_timeout``.
+        """
+        return None
+
+    def boot_failed(self, errors: Sequence[ComponentError]) -> Awaitable[None] | None:
+        """Called once, after the unwind, when the app's boot failed; ``errors`` are the boot's errors.
+
+        A boot fails when the settings are invalid, an injection, a
+        ``preflight`` or an ``init`` fails, or a priority group is not healthy
+        in time (never when a signal or ``shutdown()`` ends the boot). Every
+        registered component that overrides it is called, in registration
+        order, including those never injected or initialised (so it must not
+        rely on what ``init`` does): a platform that wants start-up failures
+        reported (the Lambda Runtime API's ``init/error``) hears of them here.
+        ``async def`` is awaited, plain ``def`` is called on the loop thread;
+        each is bounded by the app's ``SHUTDOWN_TIMEOUT``; one that raises is
+        logged and the others still run. ``App.on_boot_failure`` adds such a
+        hook without a component.
         """
         return None
 

@@ -21,6 +21,10 @@ __all__ = [
     "HTTPServer",
     "HTTPSettings",
     "HTTPStats",
+    "LambdaContext",
+    "LambdaListener",
+    "LambdaSettings",
+    "LambdaStats",
     "Machine",
     "MachineError",
     "MachineOverflowError",
@@ -55,6 +59,10 @@ _WHERE = {
     "HTTPServer": "._http",
     "HTTPSettings": "._http",
     "HTTPStats": "._http",
+    "LambdaContext": "._lambda",
+    "LambdaListener": "._lambda",
+    "LambdaSettings": "._lambda",
+    "LambdaStats": "._lambda",
     "service": "._asgi_services",
     "services_of": "._asgi_services",
     "Worker": "._worker",
@@ -102,6 +110,7 @@ if TYPE_CHECKING:
     )
     from ._grpc import GRPCServer, GRPCSettings
     from ._http import HTTPServer, HTTPSettings, HTTPStats
+    from ._lambda import LambdaContext, LambdaListener, LambdaSettings, LambdaStats
     from ._machine import (
         Machine,
         MachineError,
