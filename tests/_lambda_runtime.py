@@ -60,7 +60,7 @@ class Invocation:
 class Outcome:
     """A response or an error the runtime posted for one invocation."""
 
-    kind: str  # "response" or "error"
+    kind: str  # "response" or "error" ("refused response" when ``refuse_answers`` refused it)
     request_id: str
     body: bytes
     headers: dict[str, str]
@@ -92,6 +92,7 @@ class _State:
     init_errors: list[InitError] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    refuse: list[int] = field(default_factory=list)  # statuses for the next answers posted, instead of 202
     polling: int = 0  # ``next`` requests waiting right now
     nexts: int = 0  # ``next`` requests received in all
     closed: bool = False
@@ -199,6 +200,13 @@ class _Handler(BaseHTTPRequestHandler):
         if invocation is None:
             state.violations.append(f"{kind} for an invocation never handed out: {request_id}")
             return 400, b'{"errorType":"InvalidRequestID"}'
+        if state.refuse:
+            status = state.refuse.pop(0)
+            state.outcomes.append(
+                Outcome(f"refused {kind}", request_id, body, headers, time.time(), invocation.deadline_ms)
+            )
+            state.cond.notify_all()
+            return status, b'{"errorType":"Runtime.Refused","errorMessage":"refused by the test"}'
         if request_id in state.answered:
             state.violations.append(f"second answer ({kind}) for {request_id}")
             return 400, b'{"errorType":"InvalidStateTransition"}'
@@ -278,6 +286,11 @@ class RuntimeAPI:
             for _ in range(count):
                 self._state.queue.append(Invocation(f"{next(self._ids):08d}", body, timeout))
             self._state.cond.notify_all()
+
+    def refuse_answers(self, *statuses: int) -> None:
+        """Answer the next posted responses or errors with these statuses (a 500 is the platform's "container error")."""
+        with self._state.cond:
+            self._state.refuse.extend(statuses)
 
     # -- reading -------------------------------------------------------------------
 

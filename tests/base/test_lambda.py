@@ -170,6 +170,28 @@ def test_an_event_that_is_not_a_json_object_still_reaches_handle(api: RuntimeAPI
         assert stop(app) == 0, app.dump()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_event_that_is_not_json_is_answered_with_an_error(api: RuntimeAPI, backend: str) -> None:
+    with start(api, backend) as app:
+        rid = api.invoke(None, raw=b"{not json")
+        body = error_body(api, rid)
+        assert body.get("errorType") and body.get("errorMessage"), body
+        after = api.invoke({"op": "echo", "value": 3})
+        assert api.outcome(after, ANSWER_TIMEOUT).json() == {"echo": 3}
+        assert stop(app) == 0, app.dump()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_container_error_from_the_platform_ends_the_runtime(api: RuntimeAPI, backend: str) -> None:
+    """The protocol: a 500 to a posted answer means the runtime must exit; the app exits 1 and says why."""
+    with start(api, backend) as app:
+        api.refuse_answers(500)
+        rid = api.invoke({"op": "echo", "value": 4})
+        assert api.outcome(rid, ANSWER_TIMEOUT).kind == "refused response"
+        assert app.wait(EXIT_TIMEOUT) == 1, app.dump()
+    assert "500" in app.stderr, app.dump()
+
+
 # -- deadline ---------------------------------------------------------------------
 
 
@@ -207,6 +229,19 @@ def test_a_handler_that_finishes_inside_the_margin_window_is_answered(api: Runti
         outcome = api.outcome(rid, ANSWER_TIMEOUT)
         assert outcome.kind == "response", outcome.body
         assert outcome.json()["slept"] == 0.2
+        assert stop(app) == 0, app.dump()
+
+
+@pytest.mark.parametrize("handler", ["async", "sync"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_invocation_already_past_its_deadline_is_answered_at_once(
+    api: RuntimeAPI, backend: str, handler: str
+) -> None:
+    """A deadline inside the margin when it arrives: a TimeoutError answer, not a 30 s sleep first."""
+    with start(api, backend, SCRIPT_HANDLER=handler, LAMBDA_DEADLINE_MARGIN="0.5") as app:
+        rid = api.invoke({"op": "sleep", "seconds": 30}, timeout=0.2)
+        body = error_body(api, rid)  # ANSWER_TIMEOUT (15 s) < the handler's 30 s
+        assert body["errorType"] == "TimeoutError", body
         assert stop(app) == 0, app.dump()
 
 
