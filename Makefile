@@ -72,6 +72,7 @@ bench: $(BENCH)/python redis-server
 	$(BENCH)/python bench/http_server.py
 	$(BENCH)/python bench/redis_dispatcher.py
 	$(BENCH)/python bench/restart.py
+	$(BENCH)/python bench/lambda.py
 
 docs: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[docs]'

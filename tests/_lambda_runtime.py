@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -225,6 +226,11 @@ class _Server(ThreadingHTTPServer):
         self.state = _State()
         self.poll_limit = poll_limit
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A runtime killed mid-poll resets its connection: that is its exit, not the server's error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class RuntimeAPI:
     """The fake platform: queue invocations, read back what the runtime answered.
@@ -242,8 +248,7 @@ class RuntimeAPI:
 
     @property
     def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host}:{port}"
+        return f"127.0.0.1:{self._server.server_port}"
 
     # -- driving -------------------------------------------------------------------
 
