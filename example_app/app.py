@@ -60,4 +60,11 @@ def build_app() -> App:
     # The HTTP API starts last (once everything it reads is up) and so stops first:
     # readiness goes false, the listener closes, requests in flight finish.
     app.register(ApiServer(), name="api", priority=3)
+    # As an AWS Lambda function (a container image whose entry point is `python -m example_app`,
+    # docs/lambda.md): the platform sets AWS_LAMBDA_RUNTIME_API, and the same app then also
+    # serves invocations, once everything else is up.
+    if os.environ.get("AWS_LAMBDA_RUNTIME_API"):
+        from .invocations import Invocations  # needs the extra nacelle-py[lambda] (httpx)
+
+        app.register(Invocations(), name="invocations", priority=4)
     return app

@@ -31,7 +31,7 @@ from ._settings import LambdaSettings
 
 __all__ = ["LambdaListener", "LambdaStats"]
 
-Handler = Callable[[Any, LambdaContext], "Awaitable[object] | object"]
+Handler = Callable[[Any, LambdaContext], Awaitable[object] | object]
 TRACE_ENV = "_X_AMZN_TRACE_ID"
 
 
