@@ -42,6 +42,7 @@ __all__ = [
     "WorkerStats",
     "cron",
     "every",
+    "flows",
     "recover",
     "retry",
     "service",
@@ -90,6 +91,7 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
+    from . import flows
     from ._asgi_services import service, services_of
     from ._dispatcher import (
         DeadLetter,
@@ -123,6 +125,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "flows":  # a module of its own: flows.Task, flows.linear, flows.run, ...
+        return importlib.import_module(".flows", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'nacelle_py.base' has no attribute {name!r}")
