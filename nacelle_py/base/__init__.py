@@ -16,6 +16,9 @@ __all__ = [
     "DispatcherSettings",
     "DispatcherStats",
     "DispatcherStatus",
+    "FlowRunner",
+    "FlowRunnerStats",
+    "FlowsSettings",
     "GRPCServer",
     "GRPCSettings",
     "HTTPServer",
@@ -82,6 +85,9 @@ _WHERE = {
     "RedisSettings": "._redis",
     "DispatcherStats": "._dispatcher",
     "DispatcherStatus": "._dispatcher",
+    "FlowRunner": "._flows._runner",
+    "FlowRunnerStats": "._flows._runner",
+    "FlowsSettings": "._flows._settings",
     "Message": "._pipeline",
     "Pipeline": "._pipeline",
     "PipelineError": "._pipeline",
@@ -102,6 +108,8 @@ if TYPE_CHECKING:
         DispatcherStatus,
         TaskFailed,
     )
+    from ._flows._runner import FlowRunner, FlowRunnerStats
+    from ._flows._settings import FlowsSettings
     from ._grpc import GRPCServer, GRPCSettings
     from ._http import HTTPServer, HTTPSettings, HTTPStats
     from ._machine import (

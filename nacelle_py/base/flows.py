@@ -14,9 +14,11 @@ from ._flows._persist import Persistence
 from ._flows._plan import FlowError
 from ._flows._retry import RETRY, REVERT, REVERT_ALL, Decision, ForEach, Retry, Times
 from ._flows._run import FlowEngine, load, resume, resumed, run
+from ._flows._runner import FlowRunner, FlowRunnerStats
 from ._flows._settings import ENGINES, FlowsSettings
 from ._flows._sqlite import SQLiteStore
 from ._flows._states import State
+from ._flows._workers import serve
 
 FAILED = State.FAILED
 FAILURE = State.FAILURE
@@ -49,6 +51,8 @@ __all__ = [
     "FlowEngine",
     "FlowError",
     "FlowFailed",
+    "FlowRunner",
+    "FlowRunnerStats",
     "FlowSuspended",
     "FlowsSettings",
     "ForEach",
@@ -66,5 +70,6 @@ __all__ = [
     "resume",
     "resumed",
     "run",
+    "serve",
     "unordered",
 ]

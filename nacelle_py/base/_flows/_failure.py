@@ -31,7 +31,14 @@ class Failure:
 
     @classmethod
     def of(cls, task: str, operation: str, error: BaseException) -> Failure:
-        """The failure that ``error``, raised by ``task``'s ``operation``, stands for."""
+        """The failure that ``error``, raised by ``task``'s ``operation``, stands for.
+
+        An error that carries a ``failure`` of its own (one raised in a worker)
+        is that failure: its remote type, message and traceback.
+        """
+        remote = getattr(error, "failure", None)
+        if isinstance(remote, Failure):
+            return cls(task, operation, remote.type, remote.message, remote.traceback, error)
         text = "".join(tb.format_exception(type(error), error, error.__traceback__))
         return cls(task, operation, type(error).__name__, str(error), text, error)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -24,6 +24,10 @@ from ._plan import FlowError, compile_flow
 from ._progress import Progress
 from ._settings import engine_name
 from ._states import State
+from ._workers import RemoteExecutor
+
+if TYPE_CHECKING:
+    from .._dispatcher import Dispatcher
 
 __all__ = ["FlowEngine", "load", "resume", "run"]
 
@@ -53,6 +57,7 @@ class FlowEngine:
         listeners: Iterable[Listener] | None = None,
         flow_id: str | None = None,
         concurrency: int | None = None,
+        dispatcher: Dispatcher | None = None,
         executor: Executor | None = None,
         resuming: bool = False,
     ) -> None:
@@ -74,11 +79,14 @@ class FlowEngine:
         self._progress = Progress(plan, self.flow_id, values, persistence, self._listeners)
         if executor is None:
             if self.engine == "worker-based":
-                raise TypeError(
-                    f"{where}: the worker-based engine runs atoms on a Dispatcher; "
-                    "run it through flows.run(..., dispatcher=...) or a FlowRunner"
-                )
-            executor = LocalExecutor()
+                if dispatcher is None:
+                    raise TypeError(
+                        f"{where}: the worker-based engine runs atoms as named tasks of a Dispatcher; "
+                        "pass dispatcher= (its backend redis, for replicas to share the work), or use a FlowRunner"
+                    )
+                executor = RemoteExecutor(dispatcher, flow)
+            else:
+                executor = LocalExecutor()
         self._scheduler = Scheduler(self._progress, executor, 1 if self.engine == "serial" else limit)
         if persistence is not None and not resuming:
             persistence.begin(self.flow_id, flow.name, self.engine, values)
@@ -130,6 +138,7 @@ def load(
     listeners: Iterable[Listener] | None = None,
     flow_id: str | None = None,
     concurrency: int | None = None,
+    dispatcher: Dispatcher | None = None,
     executor: Executor | None = None,
 ) -> FlowEngine:
     """A run of ``flow``, checked and ready: ``await engine.run()`` starts it."""
@@ -141,6 +150,7 @@ def load(
         listeners=listeners,
         flow_id=flow_id,
         concurrency=concurrency,
+        dispatcher=dispatcher,
         executor=executor,
     )
 
@@ -154,6 +164,7 @@ async def run(
     listeners: Iterable[Listener] | None = None,
     flow_id: str | None = None,
     concurrency: int | None = None,
+    dispatcher: Dispatcher | None = None,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run ``flow`` to its end: a dict of the store and every provided value.
@@ -169,6 +180,7 @@ async def run(
         listeners=listeners,
         flow_id=flow_id,
         concurrency=concurrency,
+        dispatcher=dispatcher,
         executor=executor,
     )
     return await loaded.run()
@@ -182,6 +194,7 @@ def resumed(
     engine: str | None = None,
     listeners: Iterable[Listener] | None = None,
     concurrency: int | None = None,
+    dispatcher: Dispatcher | None = None,
     executor: Executor | None = None,
 ) -> FlowEngine:
     """The run ``flow_id`` of ``flow`` as ``persistence`` recorded it, ready to carry on (``await .run()``)."""
@@ -201,6 +214,7 @@ def resumed(
         listeners=listeners,
         flow_id=flow_id,
         concurrency=concurrency,
+        dispatcher=dispatcher,
         executor=executor,
         resuming=True,
     )
@@ -222,6 +236,7 @@ async def resume(
     engine: str | None = None,
     listeners: Iterable[Listener] | None = None,
     concurrency: int | None = None,
+    dispatcher: Dispatcher | None = None,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Carry on the run ``flow_id`` of ``flow`` from ``persistence``: only what had not finished runs again.
@@ -236,6 +251,7 @@ async def resume(
         engine=engine,
         listeners=listeners,
         concurrency=concurrency,
+        dispatcher=dispatcher,
         executor=executor,
     )
     return await loaded.run()

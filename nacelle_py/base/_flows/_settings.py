@@ -24,19 +24,23 @@ class FlowsSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLOWS_")
 
-    engine: str = Field("serial", description=f"Engine that runs flows: {', '.join(ENGINES)}.")
+    engine: str | None = Field(
+        None, description=f"Engine that runs flows: {', '.join(ENGINES)} (overrides the code's choice; default serial)."
+    )
     concurrency: int | None = Field(
         None, description="parallel and worker-based engines: atoms of one flow running at once (default: no bound)."
     )
-    max_running: int = Field(16, description="FlowRunner: flows it runs at once (more wait their turn).")
+    max_running: int | None = Field(
+        None, description="FlowRunner: flows it runs at once, more wait their turn (overrides the code's; default 16)."
+    )
     store: str | None = Field(
-        None, description="FlowRunner: the SQLite file that keeps every flow's history (default: kept in memory)."
+        None, description="FlowRunner: the SQLite file that keeps every flow's history (overrides the code's choice)."
     )
 
     @field_validator("engine", mode="before")
     @classmethod
-    def _known(cls, value: object) -> str:
-        return engine_name(value, "FLOWS_ENGINE")
+    def _known(cls, value: object) -> str | None:
+        return None if value is None else engine_name(value, "FLOWS_ENGINE")
 
     @field_validator("concurrency", "max_running")
     @classmethod
