@@ -101,6 +101,7 @@ class Task:
             raise TypeError(f"{where}: {cls.__name__} must define execute()")
         self.provided = names_of(where, provides if provides is not None else cls.provides)
         self.time_limit = seconds_or_none(where, "timeout", timeout if timeout is not None else cls.timeout)
+        self.reverts = cls.revert is not Task.revert  # False: nothing to call (the move is recorded all the same)
         self.execute_signature = Signature(f"{where}.execute", self.execute)
         self.revert_signature = Signature(f"{where}.revert", self.revert)
         binds = dict(rebind or {})
@@ -117,11 +118,13 @@ class Task:
         self.required = tuple(binds.get(p, p) for p in self.execute_signature.required) + extra
         self.optional = tuple(binds.get(p, p) for p in self.execute_signature.optional)
 
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+    # Plain ``def`` here, returning Any, so that a subclass may override either with an
+    # ``async def`` or a plain ``def`` and type-check (an async override returns a coroutine).
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
         """Do the step; what it returns is stored under ``provides``. A plain ``def`` runs on a thread."""
         raise NotImplementedError
 
-    async def revert(self, *args: Any, **kwargs: Any) -> None:
+    def revert(self, *args: Any, **kwargs: Any) -> Any:
         """Undo the step (default: nothing to undo). Takes by name any requirement, ``result`` and ``failures``."""
 
     def arguments(self, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -243,11 +243,13 @@ class Scheduler:
         p = self.progress
         for node in p.completed_in(members):
             name = node.name
-            result = p.errors.get(name) if p.atoms[name] is S.FAILURE else p.results.get(name)
-            if p.atoms[name] is S.REVERTING:  # interrupted by a crash: its execute's outcome decides
-                result = p.errors[name] if name in p.errors else p.results.get(name)
-            kwargs = node.task.revert_arguments(p.values, result, p.failures_so_far())
             p.move(name, S.REVERTING)
+            if not node.task.reverts:
+                p.move(name, S.REVERTED)
+                continue
+            # The last execute's outcome: its failure while it stands, else what it returned.
+            result = p.errors[name] if name in p.errors else p.results.get(name)
+            kwargs = node.task.revert_arguments(p.values, result, p.failures_so_far())
             try:
                 await self.executor.revert(node, kwargs)
             except FAILURES as exc:

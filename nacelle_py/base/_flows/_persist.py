@@ -34,10 +34,10 @@ def dumps(where: str, value: Any) -> str:
 
 @dataclass
 class SavedAtom:
-    """An atom's last recorded state: its result (JSON data), its attempt (retry controllers), its order."""
+    """An atom's last recorded state: its result, its attempt (retry controllers), its order."""
 
     state: State
-    result: Any = None
+    result: tuple[Any] | None = None  # (JSON data,) while its last execute's success stands, else None
     attempt: int = 0
     seq: int = 0  # when it last completed (SUCCESS or FAILURE): the order reverts go back through
 
@@ -64,8 +64,10 @@ class Persistence(Protocol):
     def flow_moved(self, flow_id: str, state: State) -> None:
         """Record the flow's new state."""
 
-    def atom_moved(self, flow_id: str, atom: str, state: State, result: Any, attempt: int, seq: int) -> None:
-        """Record an atom's new state with its result (JSON data), attempt and completion order."""
+    def atom_moved(
+        self, flow_id: str, atom: str, state: State, result: tuple[Any] | None, attempt: int, seq: int
+    ) -> None:
+        """Record an atom's new state with its result (``(value,)`` while it stands), attempt and completion order."""
 
     def failed(self, flow_id: str, failure: Failure) -> None:
         """Record one failure (execute or revert), in order."""

@@ -65,6 +65,8 @@ class Progress:
             self.done[atom] = self.seq
         if result is not UNSET:
             self.results[atom] = result
+        if new is State.SUCCESS:
+            self.errors.pop(atom, None)  # a later success supersedes an earlier attempt's failure
         if failure is not None:
             self.failures.append(failure)
             if failure.operation == "execute":
@@ -73,7 +75,9 @@ class Progress:
                 self.persistence.failed(self.flow_id, failure)
         self.atoms[atom] = new
         if self.persistence is not None:
-            saved = self.results.get(atom) if new is State.SUCCESS else None
+            # The result goes with every move while it stands (a revert a crash interrupts needs it).
+            kept = atom in self.results and atom not in self.errors and new is not State.PENDING
+            saved = (self.results[atom],) if kept else None
             attempt = self.attempts.get(atom, 0)
             self.persistence.atom_moved(self.flow_id, atom, new, saved, attempt, self.done.get(atom, 0))
         if self.listeners.listeners:
@@ -139,9 +143,10 @@ class Progress:
                 self.done[name] = atom.seq
             if name in self.attempts and atom.attempt:
                 self.attempts[name] = atom.attempt
-            if atom.state is State.SUCCESS:
-                self.results[name] = atom.result
+            if atom.result is not None:  # its last execute succeeded: no earlier failure stands
+                self.results[name] = atom.result[0]
+                self.errors.pop(name, None)
         self.seq = max(self.done.values(), default=0)
         for node in sorted(self.plan.nodes, key=lambda n: self.done.get(n.name, 0)):
-            if self.atoms[node.name] is State.SUCCESS:
+            if self.atoms[node.name] is State.SUCCESS and node.name in self.results:
                 self.provide(node, self.results[node.name])
