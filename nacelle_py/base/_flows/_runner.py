@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple
 
 import anyio
@@ -67,7 +67,9 @@ class FlowRunner(Process):
     ``flows`` are the flows it knows by name (``submit("checkout", ...)``),
     and the ones it resumes from its store and, on the worker-based engine,
     serves on ``dispatcher``. ``FLOWS_ENGINE``, ``FLOWS_MAX_RUNNING``,
-    ``FLOWS_STORE`` and ``FLOWS_CONCURRENCY`` override the keywords. Health
+    ``FLOWS_STORE`` and ``FLOWS_CONCURRENCY`` override the keywords; ``store``
+    is an SQLite file's path, a store, or a function returning either, called
+    at init (to derive it from another setting). Health
     (the component's name) is healthy while it runs. ``stats()`` counts flows
     running, waiting, succeeded, reverted, failed, suspended and resumed.
     """
@@ -83,7 +85,7 @@ class FlowRunner(Process):
         flows: Iterable[Flow] = (),
         *,
         engine: str = "serial",
-        store: str | os.PathLike[str] | Persistence | None = None,
+        store: str | os.PathLike[str] | Persistence | Callable[[], str | os.PathLike[str] | Persistence] | None = None,
         max_running: int = 16,
         concurrency: int | None = None,
         dispatcher: Dispatcher | None = None,
@@ -150,6 +152,8 @@ class FlowRunner(Process):
             max_running = settings.max_running or max_running
             concurrency = settings.concurrency or concurrency
             store = settings.store or store
+        if callable(store) and not isinstance(store, SQLiteStore):
+            store = store()  # a store that depends on something only known at init (another setting)
         if engine == "worker-based" and self.dispatcher is None:
             raise RegistrationError(
                 "FlowRunner: the worker-based engine (FLOWS_ENGINE) runs atoms on a Dispatcher: "
