@@ -229,6 +229,10 @@ class Scheduler:
         if p.state is S.RETRYING:
             p.move_flow(S.RUNNING)
         self._controller(scope, S.RUNNING)
+        for inner in self.plan.scopes:  # _rewind set them back to PENDING: they start over with it
+            if inner is not scope and scope in inner.chain():
+                self._controller(inner, S.RUNNING)
+                self._provide_retry(inner)
 
     async def _revert_all(self) -> None:
         p = self.progress
