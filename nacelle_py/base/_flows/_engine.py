@@ -171,6 +171,7 @@ class Scheduler:
             p = self.progress
             if p.state is not S.REVERTING:
                 p.move_flow(S.REVERTING)
+            self._controllers(S.FAILURE)  # those still deciding end with the flow, not left RUNNING
             p.move_flow(S.FAILURE)
             return False
         return True
@@ -281,6 +282,9 @@ class Scheduler:
             elif new is S.REVERTED and state in (S.RUNNING, S.SUCCESS, S.RETRYING):
                 self.progress.move(scope.name, S.REVERTING)
                 self.progress.move(scope.name, S.REVERTED)
+            elif new is S.FAILURE and state in (S.RUNNING, S.RETRYING):
+                self.progress.move(scope.name, S.REVERTING)
+                self.progress.move(scope.name, S.FAILURE)
             if new is S.RUNNING:
                 self._provide_retry(scope)
 
