@@ -983,3 +983,133 @@ async def test_sqlite_refuses_a_result_that_is_not_json_as_the_tasks_failure(
     failure = caught.value.failures[0]
     assert (failure.task, failure.type) == ("Unstorable", "TypeError")
     assert "JSON" in failure.message
+
+
+# More shapes ---------------------------------------------------------------------------------------
+
+
+async def test_a_graph_orders_whole_subflows_by_their_data(flow_engine: EngineUnderTest) -> None:
+    trace: list[str] = []
+    flow = flows.graph(
+        "g",
+        flows.linear("use", Step("consume", trace, requires=("made",))),
+        flows.linear("make", Step("prepare", trace, provides="ready"), Step("build", trace, provides="made")),
+    )
+    with anyio.fail_after(LIMIT):
+        await flow_engine.run(flow)
+    assert trace == ["execute prepare", "execute build", "execute consume"]
+
+
+class SeesFailures(flows.Task):
+    def __init__(self, seen: list[dict[str, str]]) -> None:
+        super().__init__("watcher")
+        self.seen = seen
+
+    async def execute(self) -> str:
+        return "ok"
+
+    async def revert(self, failures: flows.Failures, result: str) -> None:
+        self.seen.append({name: str(failure) for name, failure in failures.items()} | {"result": result})
+
+
+async def test_revert_gets_the_failures_so_far(flow_engine: EngineUnderTest) -> None:
+    seen: list[dict[str, str]] = []
+    flow = flows.linear("f", SeesFailures(seen), Step("boom", [], fails=ALWAYS))
+    with anyio.fail_after(LIMIT), pytest.raises(flows.FlowFailed):
+        await flow_engine.run(flow)
+    assert seen == [{"boom": "boom.execute: ValueError: boom broke on run 1", "result": "ok"}]
+
+
+async def test_two_retry_scopes_failing_together_both_retry(flow_engine: EngineUnderTest) -> None:
+    trace: list[str] = []
+    left, right = Step("left", trace, fails=1), Step("right", trace, fails=1)
+    flow = flows.unordered(
+        "u",
+        flows.linear("l", left, retry=flows.Times(2)),
+        flows.linear("r", right, retry=flows.Times(2)),
+    )
+    with anyio.fail_after(LIMIT):
+        await flow_engine.run(flow)
+    assert (left.runs(), right.runs()) == (2, 2)
+
+
+async def test_suspend_during_a_backoff_then_resume(flow_engine: EngineUnderTest) -> None:
+    trace: list[str] = []
+    flaky = Step("flaky", trace, fails=1)
+    flow = flows.linear("f", flows.linear("sub", flaky, retry=flows.Times(2, backoff=0.01)), Step("after", trace))
+    engine = await flow_engine.load(flow)
+    engine.listen(lambda t: engine.suspend() if t.atom is None and t.new is flows.RETRYING else None)
+    with anyio.fail_after(LIMIT):
+        with pytest.raises(flows.FlowSuspended):
+            await engine.run()
+        assert flaky.runs() == 1
+        await engine.run()
+    assert trace[-2:] == ["execute flaky", "execute after"]
+    assert flaky.runs() == 2
+
+
+class Gate(flows.Task):
+    """Waits for ``open`` (bounded), counting its starts."""
+
+    def __init__(self, starts: list[int], open_: anyio.Event) -> None:
+        super().__init__("gate", provides="gate")
+        self.starts = starts
+        self.open = open_
+
+    async def execute(self) -> str:
+        self.starts.append(1)
+        with anyio.fail_after(5):
+            await self.open.wait()
+        return "opened"
+
+
+async def test_a_run_cancelled_from_outside_runs_again_from_where_it_was(flow_engine: EngineUnderTest) -> None:
+    trace: list[str] = []
+    starts: list[int] = []
+    open_ = anyio.Event()
+    flow = flows.linear("f", Step("a", trace), Gate(starts, open_), Step("b", trace))
+    engine = await flow_engine.load(flow)
+    with anyio.fail_after(LIMIT):
+        with anyio.move_on_after(0.05):
+            await engine.run()
+        assert starts == [1] and trace == ["execute a"]
+        open_.set()
+        values = await engine.run()
+    assert values["gate"] == "opened"
+    assert starts == [1, 1] and trace == ["execute a", "execute b"]
+
+
+async def test_sqlite_resume_of_a_run_suspended_between_for_each_attempts(
+    flow_engine: EngineUnderTest, tmp_path: Path
+) -> None:
+    tried: list[str] = []
+    trace: list[str] = []
+    path = tmp_path / "flows.db"
+
+    def build() -> flows.Flow:
+        return flows.linear(
+            "f",
+            Step("first", trace),
+            flows.linear("connect", Connect(tried, "c"), retry=flows.ForEach(["a", "b", "c"], provides="server")),
+            Step("last", trace, requires=("connection",), show=("connection",)),
+        )
+
+    store = flows.SQLiteStore(path)
+    try:
+        engine = await flow_engine.load(build(), persistence=store, flow_id="fe")
+        engine.listen(lambda t: engine.suspend() if t.atom is None and t.new is flows.RETRYING else None)
+        with anyio.fail_after(LIMIT), pytest.raises(flows.FlowSuspended):
+            await engine.run()
+        assert tried == ["a"]
+    finally:
+        store.close()
+    reopened = flows.SQLiteStore(path)
+    try:
+        with anyio.fail_after(LIMIT):
+            values = await flow_engine.resume(build(), "fe", persistence=reopened)
+        assert reopened.states("fe")["flow"] == "SUCCESS"
+    finally:
+        reopened.close()
+    assert tried == ["a", "b", "c"]
+    assert trace == ["execute first", "execute last connection='connected to c'"]
+    assert values["server"] == "c"

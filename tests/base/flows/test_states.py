@@ -210,3 +210,25 @@ async def test_an_ended_run_moves_no_more(flow_engine: EngineUnderTest) -> None:
             await engine.run()
     assert len(moves.seen) == seen
     assert again.value.state is S.REVERTED
+
+
+async def test_a_failed_revert_inside_a_retry_scope_leaves_no_controller_running(flow_engine: EngineUnderTest) -> None:
+    moves = Moves()
+    trace: list[str] = []
+    flow = flows.linear(
+        "f",
+        flows.linear(
+            "outer",
+            flows.linear(
+                "sub", Step("a", trace, revert_fails=True), Step("b", trace, fails=ALWAYS), retry=flows.Times(2)
+            ),
+            retry=flows.Times(2),
+        ),
+    )
+    engine = await flow_engine.load(flow, listeners=[moves])
+    with anyio.fail_after(LIMIT), pytest.raises(flows.FlowFailed):
+        await engine.run()
+    assert_legal(moves)
+    assert engine.state is flows.FAILED
+    assert engine.atom_states == {"a": S.FAILURE, "b": S.REVERTED, "sub.retry": S.FAILURE, "outer.retry": S.FAILURE}
+    assert moves.of("sub.retry") == ["PENDING", "RUNNING", "REVERTING", "FAILURE"]
