@@ -1113,3 +1113,36 @@ async def test_sqlite_resume_of_a_run_suspended_between_for_each_attempts(
     assert tried == ["a", "b", "c"]
     assert trace == ["execute first", "execute last connection='connected to c'"]
     assert values["server"] == "c"
+
+
+class Broken(flows.Retry):
+    def on_failure(self, failures: flows.Failures, attempt: int) -> flows.Decision:
+        raise KeyError("bug in the controller")
+
+
+async def test_a_raising_controller_is_logged_and_its_failure_goes_outward(flow_engine: EngineUnderTest) -> None:
+    trace: list[str] = []
+    flaky = Step("flaky", trace, fails=1)
+    flow = flows.linear("f", flows.linear("outer", flows.linear("inner", flaky, retry=Broken()), retry=flows.Times(2)))
+    with structlog.testing.capture_logs() as logs:
+        with anyio.fail_after(LIMIT):
+            await flow_engine.run(flow)
+    assert flaky.runs() == 2  # the outer controller retried
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [(e["controller"], e["error"]) for e in errors] == [("inner.retry", "KeyError: 'bug in the controller'")]
+
+
+class PlainUndoFails(flows.Task):
+    def execute(self) -> str:  # type: ignore[override]  # plain def: run on a thread
+        return "done"
+
+    def revert(self) -> None:  # type: ignore[override]
+        raise OSError("disk gone")
+
+
+async def test_a_plain_def_revert_that_raises_fails_the_flow(flow_engine: EngineUnderTest) -> None:
+    flow = flows.linear("f", PlainUndoFails(), Step("boom", [], fails=ALWAYS))
+    with anyio.fail_after(LIMIT), pytest.raises(flows.FlowFailed) as caught:
+        await flow_engine.run(flow)
+    assert caught.value.state is flows.FAILED
+    assert "PlainUndoFails.revert: OSError: disk gone" in str(caught.value)
