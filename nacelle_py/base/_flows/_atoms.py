@@ -149,8 +149,11 @@ class Task:
                 # its parameter is then neither a requirement of execute nor a value of the flow.
                 out[param] = None
         if sig.rest:
+            # A rebound value already went in under its parameter's name: not again under its own.
+            bound = {self.rebind[p] for p in sig.required + sig.optional if p in self.rebind}
             for key in self.required + self.optional:
-                out.setdefault(key, values.get(key))
+                if key not in bound:
+                    out.setdefault(key, values.get(key))
             for key, value in special.items():
                 out.setdefault(key, value)
         return out

@@ -171,6 +171,7 @@ class Scheduler:
             p = self.progress
             if p.state is not S.REVERTING:
                 p.move_flow(S.REVERTING)
+            self._controllers(S.FAILURE)  # those still deciding end with the flow, not left RUNNING
             p.move_flow(S.FAILURE)
             return False
         return True
@@ -229,6 +230,10 @@ class Scheduler:
         if p.state is S.RETRYING:
             p.move_flow(S.RUNNING)
         self._controller(scope, S.RUNNING)
+        for inner in self.plan.scopes:  # _rewind set them back to PENDING: they start over with it
+            if inner is not scope and scope in inner.chain():
+                self._controller(inner, S.RUNNING)
+                self._provide_retry(inner)
 
     async def _revert_all(self) -> None:
         p = self.progress
@@ -279,6 +284,9 @@ class Scheduler:
             elif new is S.REVERTED and state in (S.RUNNING, S.SUCCESS, S.RETRYING):
                 self.progress.move(scope.name, S.REVERTING)
                 self.progress.move(scope.name, S.REVERTED)
+            elif new is S.FAILURE and state in (S.RUNNING, S.RETRYING):
+                self.progress.move(scope.name, S.REVERTING)
+                self.progress.move(scope.name, S.FAILURE)
             if new is S.RUNNING:
                 self._provide_retry(scope)
 
