@@ -37,8 +37,8 @@ class Failure:
         is that failure: its remote type, message and traceback.
         """
         remote = getattr(error, "failure", None)
-        if isinstance(remote, Failure):
-            return cls(task, operation, remote.type, remote.message, remote.traceback, error)
+        if isinstance(remote, Failure):  # its exception is in the worker: the type name is what there is
+            return cls(task, operation, remote.type, remote.message, remote.traceback)
         text = "".join(tb.format_exception(type(error), error, error.__traceback__))
         return cls(task, operation, type(error).__name__, str(error), text, error)
 

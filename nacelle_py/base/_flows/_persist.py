@@ -18,13 +18,18 @@ from pydantic_core import to_jsonable_python
 from ._failure import Failure
 from ._states import State
 
-__all__ = ["Persistence", "Saved", "SavedAtom", "dumps"]
+__all__ = ["Persistence", "Saved", "SavedAtom", "dumps", "jsonable"]
 
 
 def dumps(where: str, value: Any) -> str:
     """``value`` as JSON text; TypeError naming ``where`` when it is not plain data or a pydantic model."""
+    return json.dumps(jsonable(where, value), separators=(",", ":"))
+
+
+def jsonable(where: str, value: Any) -> Any:
+    """``value`` as JSON data (models dumped, tuples as lists); TypeError naming ``where`` when it cannot be."""
     try:
-        return json.dumps(to_jsonable_python(value), separators=(",", ":"))
+        return to_jsonable_python(value)
     except Exception as exc:
         raise TypeError(
             f"{where} is not JSON data ({type(value).__name__}: {exc}); a flow kept in a store or run by "

@@ -22,6 +22,7 @@ from pydantic_core import to_jsonable_python
 from ._failure import Failure, Failures
 from ._local import call
 from ._patterns import Flow
+from ._persist import jsonable
 from ._plan import Node, Plan, compile_flow
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ class Workers:
             kwargs = dict(request.arguments)
             if request.operation == "execute":
                 value = await call(task.execute, task.execute_signature, kwargs, task.time_limit, label)
-                return {"ok": True, "value": to_jsonable_python(value)}
+                return {"ok": True, "value": jsonable(f"the result of task {request.atom!r}", value)}
             wanted = set(task.revert_signature.required + task.revert_signature.optional)
             if "result" in wanted or task.revert_signature.rest:
                 kwargs["result"] = Failure.from_json(request.failure) if request.failure else request.result

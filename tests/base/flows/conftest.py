@@ -10,15 +10,16 @@ run in the test's own process).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from nacelle_py.base import flows
+from nacelle_py.base import Dispatcher, flows
 
-ENGINES_UNDER_TEST = ["serial", "parallel"]
-"""The engines the shared suite runs against (the worker-based engine joins once it is built)."""
+ENGINES_UNDER_TEST = ["serial", "parallel", "worker-based"]
+"""The engines the shared suite runs against: all of them (worker-based on the tests' own redis-server)."""
 
 CONCURRENT = {"parallel", "worker-based"}
 """The engines that run unordered atoms at once (serial runs one atom at a time)."""
@@ -53,9 +54,28 @@ class EngineUnderTest:
 
 
 @pytest.fixture(params=ENGINES_UNDER_TEST)
-def flow_engine(request: pytest.FixtureRequest) -> EngineUnderTest:
-    """The engine a test of the shared suite runs its flows on (each in turn)."""
-    return EngineUnderTest(str(request.param))
+async def flow_engine(request: pytest.FixtureRequest) -> AsyncIterator[EngineUnderTest]:
+    """The engine a test of the shared suite runs its flows on (each in turn).
+
+    For the worker-based engine, a Dispatcher on the redis backend (a fresh
+    stream, a short lease) consumes in this process for the length of the
+    test: the orchestrator and the worker are the same process, as the
+    shared suite's side effects need.
+    """
+    name = str(request.param)
+    if name != "worker-based":
+        yield EngineUnderTest(name)
+        return
+    jobs = Dispatcher(
+        backend="redis",
+        redis_url=request.getfixturevalue("redis_url"),
+        stream=f"flows:{uuid.uuid4().hex}",
+        lease=1.0,
+        max_workers=128,
+        task_timeout=60.0,
+    )
+    async with jobs:
+        yield EngineUnderTest(name, dispatcher=jobs)
 
 
 @pytest.fixture(autouse=True)

@@ -314,7 +314,10 @@ async def test_a_failure_lets_running_siblings_finish_then_reverts_them_too(flow
         await flow_engine.run(flow)
     assert "done slow" in trace and "revert slow" in trace and "revert fail ValueError" in trace
     assert "execute after" not in trace
-    assert trace.index("revert slow") < trace.index("revert fail ValueError")  # slow completed last
+    if flow_engine.name != "worker-based":
+        # slow completed last. (The worker-based engine orders by when the orchestrator learns of each
+        # outcome: two that end within milliseconds of each other in the workers may be seen either way.)
+        assert trace.index("revert slow") < trace.index("revert fail ValueError")
     assert caught.value.state is flows.REVERTED
 
 
