@@ -29,7 +29,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("EXAMPLE_", "SCRIPT_", "LOG_", "DB_", "HTTP_", "OPS_", "WORKER_", "MACHINE_", "PIPELINE_", "FLOWS_"))
+        if not k.startswith(
+            ("EXAMPLE_", "SCRIPT_", "LOG_", "DB_", "HTTP_", "OPS_", "WORKER_", "MACHINE_", "PIPELINE_", "FLOWS_")
+        )
         and k
         not in {
             "NOTIFY_SOCKET",

@@ -283,7 +283,9 @@ def test_the_engine_name_comes_from_flows_engine(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_worker_based_engine_needs_its_dispatcher() -> None:
-    with pytest.raises(TypeError, match="worker-based engine runs atoms as named tasks of a Dispatcher; pass dispatcher="):
+    with pytest.raises(
+        TypeError, match="worker-based engine runs atoms as named tasks of a Dispatcher; pass dispatcher="
+    ):
         flows.load(flows.linear("f", step("a")), engine="worker-based")
 
 
