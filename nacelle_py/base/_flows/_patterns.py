@@ -8,7 +8,7 @@ and is where every structural mistake is refused with names.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Union
+from typing import Any, Union
 
 from ._atoms import Task
 from ._retry import Retry
@@ -37,6 +37,8 @@ class Flow:
             raise TypeError(f"{where}: retry must be a flows.Retry (Times, ForEach, ...), got {retry!r}")
         self.retry = retry
         self.links: list[tuple[Atom, Atom]] = []
+        # compile_flow's last plan of this flow and the shape it was made from (see _plan.compile_flow).
+        self._compiled: tuple[tuple[object, ...], Any] | None = None
 
     def link(self, before: Atom | str, after: Atom | str) -> Flow:
         """Make ``after`` wait for ``before`` (graph flows only; atoms or their names); returns the flow."""

@@ -248,10 +248,36 @@ def _topological(nodes: list[Node]) -> list[int]:
     return out
 
 
+def _shape(flow: Flow, out: list[object]) -> list[object]:
+    """Everything of ``flow`` and of its nested atoms that its plan is made from, in a list that compares."""
+    retry = flow.retry
+    out += (flow, flow.name, flow.atoms, tuple(flow.links), retry)
+    if retry is not None:
+        out += (retry.name, retry.provided)
+    for atom in flow.atoms:
+        if isinstance(atom, Flow):
+            _shape(atom, out)
+        else:
+            out += (atom.name, atom.provided, atom.required, atom.optional)
+    return out
+
+
 def compile_flow(flow: Flow, store_keys: Collection[str] | None = None) -> Plan:
-    """The plan of ``flow``; ``FlowError`` for a flow that cannot run (and, given ``store_keys``, a missing value)."""
+    """The plan of ``flow``; ``FlowError`` for a flow that cannot run (and, given ``store_keys``, a missing value).
+
+    A plan is read-only once made, so it is kept on the flow and shared by
+    every run while the flow's shape is unchanged (a ``link()`` added since,
+    even on a nested graph, makes a new one): compiling is most of what
+    starting a small flow costs.
+    """
     if not isinstance(flow, Flow):
         raise TypeError(f"flows: expected a flow (flows.linear/unordered/graph), got {flow!r}")
+    shape = tuple(_shape(flow, []))
+    if flow._compiled is not None and flow._compiled[0] == shape:
+        plan: Plan = flow._compiled[1]
+        if store_keys is not None:
+            plan.check_store(store_keys)
+        return plan
     builder = _Builder(flow)
     builder.build(flow, builder.root)
     nodes = builder.nodes
@@ -282,6 +308,7 @@ def compile_flow(flow: Flow, store_keys: Collection[str] | None = None) -> Plan:
                 )
             external.setdefault(need, []).append(node.name)
     plan = Plan(flow, nodes, builder.scopes, external, {n.name: n for n in nodes})
+    flow._compiled = (shape, plan)
     if store_keys is not None:
         plan.check_store(store_keys)
     return plan
