@@ -115,15 +115,22 @@ class Scheduler:
         limiter = anyio.CapacityLimiter(self.concurrency) if self.concurrency else None
 
         async def one(node: Node) -> None:
-            if limiter is not None:
-                async with limiter:
-                    if self._stopping():
-                        return
+            while True:
+                if limiter is not None:
+                    async with limiter:
+                        if self._stopping():
+                            return
+                        ok = await self._execute(node)
+                else:
                     ok = await self._execute(node)
-            else:
-                ok = await self._execute(node)
-            if ok:
+                if not ok:
+                    return
                 self._release(node, waiting, ready)
+                if not ready or self._stopping():
+                    return
+                # This task goes on with the first task that is ready and spawns the others: a spawn
+                # costs more than a short task, and a chain of tasks then needs no spawn at all.
+                node = heapq.heappop(ready)[1]
                 start()
 
         def start() -> None:
