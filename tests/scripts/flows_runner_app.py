@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import anyio
+from harness import append_line
 
 from nacelle_py import App, Inject, Process
 from nacelle_py.base import FlowRunner, flows
@@ -28,11 +29,7 @@ def _dir() -> Path:
 
 def mark(task: str) -> None:
     """Append ``<task>`` to runs.log in one write (nothing lost to a SIGKILL right after)."""
-    fd = os.open(_dir() / "runs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{task}\n".encode())
-    finally:
-        os.close(fd)
+    append_line(_dir() / "runs.log", f"{task}")
 
 
 class Pick(flows.Task):

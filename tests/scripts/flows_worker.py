@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from harness import append_line
+
 from nacelle_py import App
 from nacelle_py.base import Dispatcher, flows
 
@@ -28,11 +30,7 @@ def _dir() -> Path:
 
 def mark(task: str) -> None:
     """Append ``<task> <pid>`` to runs.log in one write."""
-    fd = os.open(_dir() / "runs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{task} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
+    append_line(_dir() / "runs.log", f"{task} {os.getpid()}")
 
 
 class First(flows.Task):

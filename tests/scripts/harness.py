@@ -54,6 +54,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` in one unbuffered write: nothing is lost to a SIGKILL right after."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
 class AppProcess:
     """A child process whose stderr is parsed as JSON log lines (one event dict per line)."""
 
