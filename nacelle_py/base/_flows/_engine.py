@@ -221,8 +221,10 @@ class Scheduler:
     async def _retry(self, scope: Scope, attempt: int) -> None:
         p = self.progress
         assert scope.retry is not None
-        self._rewind(scope)
+        # RETRYING is recorded before the tasks go back to PENDING: a crash in between must not
+        # leave a store that reads as the same attempt about to run again.
         self._controller(scope, S.RETRYING)
+        self._rewind(scope)
         p.move_flow(S.RETRYING)
         wait = scope.retry.wait(attempt - 1)
         if wait > 0:
