@@ -332,10 +332,14 @@ class Scheduler:
         """After a resume, carry on where the crash struck (each case is a window between two recorded moves).
 
         A task that was RUNNING runs again. Unless the whole flow was being
-        reverted (``run`` finishes that): a task in FAILURE or REVERTING means
-        its scope's failure was being handled, so it is handled again; a
+        reverted (``run`` finishes that): a task whose execute failed, not yet
+        reverted or reverted while its controller still runs (the crash struck
+        between two reverts of its scope, or before the decision), means its
+        scope's failure was being handled, so it is handled again; a
         controller RETRYING had decided to retry, so its attempt begins; a
-        controller REVERTED while the flow runs had passed its failure outward.
+        controller REVERTED while the one around it runs had passed its
+        failure outward. (A task reverted without a failure of its own was
+        reverted with the scope of the task that failed, which decides.)
         """
         p = self.progress
         for node in self.plan.nodes:
@@ -344,7 +348,8 @@ class Scheduler:
         if p.state in (S.REVERTING, S.PENDING):
             return
         for node in self.plan.nodes:
-            if p.atoms[node.name] in (S.FAILURE, S.REVERTING):
+            failed = p.atoms[node.name] in (S.FAILURE, S.REVERTING, S.REVERTED) and node.name in p.errors
+            if failed and self._runs(node.scope):
                 self.failing[id(node.scope)] = node.scope
         for scope in self.plan.scopes[1:]:
             state = p.atoms[scope.name]
@@ -353,8 +358,12 @@ class Scheduler:
                 self._again(scope, p.attempts[scope.name] + 1)
             elif state is S.REVERTED and scope.parent is not None:
                 outer = _retrying(scope.parent)
-                if outer.retry is None or p.atoms[outer.name] is not S.REVERTED:
+                if self._runs(outer):  # else it retries (above) or passed the failure on itself
                     self.failing[id(outer)] = outer
+
+    def _runs(self, scope: Scope) -> bool:
+        """Whether ``scope``'s attempt is under way: its controller RUNNING (the root: always, here)."""
+        return scope.retry is None or self.progress.atoms[scope.name] is S.RUNNING
 
     def _failed(self) -> FlowFailed:
         p = self.progress
