@@ -56,7 +56,7 @@ class Scheduler:
         self.suspending = False
         if p.state is S.SUCCESS:
             return p.output()
-        if p.state in (S.REVERTED, S.FAILURE):
+        if p.state in (S.REVERTED, S.FAILURE) or self._broken():
             raise self._failed()
         self._recover()
         if p.state is S.REVERTING:  # a whole-flow revert a crash interrupted: finish it
@@ -360,6 +360,20 @@ class Scheduler:
                 outer = _retrying(scope.parent)
                 if self._runs(outer):  # else it retries (above) or passed the failure on itself
                     self.failing[id(outer)] = outer
+
+    def _broken(self) -> bool:
+        """After a resume: a revert had raised before the crash, so the flow ends FAILED now, reverting nothing more."""
+        p = self.progress
+        broken = {f.task for f in p.failures if f.operation == "revert"}
+        if not broken:
+            return False
+        for name in sorted(broken):
+            if p.atoms.get(name) is S.REVERTING:  # killed between recording the failure and the move
+                p.move(name, S.FAILURE)
+        if p.state is not S.REVERTING:
+            p.move_flow(S.REVERTING)
+        p.move_flow(S.FAILURE)
+        return True
 
     def _runs(self, scope: Scope) -> bool:
         """Whether ``scope``'s attempt is under way: its controller RUNNING (the root: always, here)."""
