@@ -312,6 +312,7 @@ class Scheduler:
 
     def _reset(self, scope: Scope) -> None:
         p = self.progress
+        p.attempts[scope.name] = 1  # first: the moves below record it, so a resume starts it at 1
         state = p.atoms[scope.name]
         if state in (S.RUNNING, S.SUCCESS, S.RETRYING):
             p.move(scope.name, S.REVERTING)
@@ -319,7 +320,6 @@ class Scheduler:
             p.move(scope.name, state)
         if state is S.REVERTED:
             p.move(scope.name, S.PENDING)
-        p.attempts[scope.name] = 1
 
     def _provide_retry(self, scope: Scope) -> None:
         retry = scope.retry
@@ -345,6 +345,9 @@ class Scheduler:
         for node in self.plan.nodes:
             if p.atoms[node.name] is S.RUNNING:
                 p.move(node.name, S.PENDING)
+        for scope in self.plan.scopes[1:]:
+            if p.atoms[scope.name] is S.REVERTING:  # a controller's REVERTED always follows at once: finish it
+                p.move(scope.name, S.REVERTED)
         if p.state in (S.REVERTING, S.PENDING):
             return
         for node in self.plan.nodes:
