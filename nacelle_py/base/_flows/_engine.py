@@ -348,6 +348,7 @@ class Scheduler:
         for scope in self.plan.scopes[1:]:
             if p.atoms[scope.name] is S.REVERTING:  # a controller's REVERTED always follows at once: finish it
                 p.move(scope.name, S.REVERTED)
+            self._provide_retry(scope)  # what its tasks saw, for their reverts (a resumed revert-all too)
         if p.state in (S.REVERTING, S.PENDING):
             return
         for node in self.plan.nodes:
