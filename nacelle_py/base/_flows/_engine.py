@@ -376,6 +376,7 @@ class Scheduler:
                 p.move(name, S.FAILURE)
         if p.state is not S.REVERTING:
             p.move_flow(S.REVERTING)
+        self._controllers(S.FAILURE)  # as when the revert raised: those still deciding end with the flow
         p.move_flow(S.FAILURE)
         return True
 
