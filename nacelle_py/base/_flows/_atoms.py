@@ -152,7 +152,8 @@ class Task:
             # A rebound value already went in under its parameter's name: not again under its own.
             bound = {self.rebind[p] for p in sig.required + sig.optional if p in self.rebind}
             for key in self.required + self.optional:
-                if key not in bound:
+                # An optional value the flow lacks is left out: its parameter keeps its default.
+                if key not in bound and (key in values or key not in self.optional):
                     out.setdefault(key, values.get(key))
             for key, value in special.items():
                 out.setdefault(key, value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import structlog
 
@@ -129,74 +129,53 @@ class FlowEngine:
         return f"<FlowEngine {self.flow.name!r} {self.flow_id} {self.engine} {self.state}>"
 
 
-def load(
-    flow: Flow,
-    *,
-    store: Mapping[str, Any] | None = None,
-    engine: str | None = None,
-    persistence: Persistence | None = None,
-    listeners: Iterable[Listener] | None = None,
-    flow_id: str | None = None,
-    concurrency: int | None = None,
-    dispatcher: Dispatcher | None = None,
-    executor: Executor | None = None,
-) -> FlowEngine:
-    """A run of ``flow``, checked and ready: ``await engine.run()`` starts it."""
-    return FlowEngine(
-        flow,
-        store=store,
-        engine=engine,
-        persistence=persistence,
-        listeners=listeners,
-        flow_id=flow_id,
-        concurrency=concurrency,
-        dispatcher=dispatcher,
-        executor=executor,
-    )
+class RunOptions(TypedDict, total=False):
+    """The keywords of ``load`` and ``run`` (each as ``FlowEngine``'s)."""
+
+    store: Mapping[str, Any] | None
+    engine: str | None
+    persistence: Persistence | None
+    listeners: Iterable[Listener] | None
+    flow_id: str | None
+    concurrency: int | None
+    dispatcher: Dispatcher | None
+    executor: Executor | None
 
 
-async def run(
-    flow: Flow,
-    *,
-    store: Mapping[str, Any] | None = None,
-    engine: str | None = None,
-    persistence: Persistence | None = None,
-    listeners: Iterable[Listener] | None = None,
-    flow_id: str | None = None,
-    concurrency: int | None = None,
-    dispatcher: Dispatcher | None = None,
-    executor: Executor | None = None,
-) -> dict[str, Any]:
+class ResumeOptions(TypedDict, total=False):
+    """The keywords of ``resumed`` and ``resume`` besides ``persistence``."""
+
+    engine: str | None
+    listeners: Iterable[Listener] | None
+    concurrency: int | None
+    dispatcher: Dispatcher | None
+    executor: Executor | None
+
+
+def load(flow: Flow, **options: Unpack[RunOptions]) -> FlowEngine:
+    """A run of ``flow``, checked and ready: ``await engine.run()`` starts it.
+
+    Keywords: ``store`` (the values the flow starts with), ``engine``
+    (``serial``, ``parallel`` or ``worker-based``; default ``FLOWS_ENGINE``,
+    else serial), ``persistence`` (a store such as ``SQLiteStore``),
+    ``listeners``, ``flow_id`` (default: a new one), ``concurrency`` (atoms
+    at once on the parallel and worker-based engines), ``dispatcher`` (the
+    worker-based engine's).
+    """
+    return FlowEngine(flow, **options)
+
+
+async def run(flow: Flow, **options: Unpack[RunOptions]) -> dict[str, Any]:
     """Run ``flow`` to its end: a dict of the store and every provided value.
 
     On failure everything that ran is reverted and ``FlowFailed`` is raised
-    (``state`` REVERTED, or FAILED when a revert raised too).
+    (``state`` REVERTED, or FAILED when a revert raised too). The keywords
+    are ``load``'s.
     """
-    loaded = load(
-        flow,
-        store=store,
-        engine=engine,
-        persistence=persistence,
-        listeners=listeners,
-        flow_id=flow_id,
-        concurrency=concurrency,
-        dispatcher=dispatcher,
-        executor=executor,
-    )
-    return await loaded.run()
+    return await FlowEngine(flow, **options).run()
 
 
-def resumed(
-    flow: Flow,
-    flow_id: str,
-    *,
-    persistence: Persistence,
-    engine: str | None = None,
-    listeners: Iterable[Listener] | None = None,
-    concurrency: int | None = None,
-    dispatcher: Dispatcher | None = None,
-    executor: Executor | None = None,
-) -> FlowEngine:
+def resumed(flow: Flow, flow_id: str, *, persistence: Persistence, **options: Unpack[ResumeOptions]) -> FlowEngine:
     """The run ``flow_id`` of ``flow`` as ``persistence`` recorded it, ready to carry on (``await .run()``)."""
     where = f"flows.resume({flow_id!r})"
     if persistence is None:
@@ -206,18 +185,9 @@ def resumed(
         raise LookupError(f"{where}: no flow run with this id in {persistence!r}")
     if saved.name != flow.name:
         raise FlowError(f"{where}: the recorded run is of flow {saved.name!r}, not {flow.name!r}")
-    loaded = FlowEngine(
-        flow,
-        store=saved.store,
-        engine=engine if engine is not None else saved.engine,
-        persistence=persistence,
-        listeners=listeners,
-        flow_id=flow_id,
-        concurrency=concurrency,
-        dispatcher=dispatcher,
-        executor=executor,
-        resuming=True,
-    )
+    if options.get("engine") is None:
+        options["engine"] = saved.engine
+    loaded = FlowEngine(flow, store=saved.store, persistence=persistence, flow_id=flow_id, resuming=True, **options)
     unknown = sorted(set(saved.atoms) - set(loaded._progress.atoms))
     if unknown:
         raise FlowError(
@@ -229,29 +199,12 @@ def resumed(
 
 
 async def resume(
-    flow: Flow,
-    flow_id: str,
-    *,
-    persistence: Persistence,
-    engine: str | None = None,
-    listeners: Iterable[Listener] | None = None,
-    concurrency: int | None = None,
-    dispatcher: Dispatcher | None = None,
-    executor: Executor | None = None,
+    flow: Flow, flow_id: str, *, persistence: Persistence, **options: Unpack[ResumeOptions]
 ) -> dict[str, Any]:
     """Carry on the run ``flow_id`` of ``flow`` from ``persistence``: only what had not finished runs again.
 
     A run that had ended returns its values (or raises its ``FlowFailed``)
-    again without running anything.
+    again without running anything. The engine is the recorded one unless
+    ``engine=`` says otherwise.
     """
-    loaded = resumed(
-        flow,
-        flow_id,
-        persistence=persistence,
-        engine=engine,
-        listeners=listeners,
-        concurrency=concurrency,
-        dispatcher=dispatcher,
-        executor=executor,
-    )
-    return await loaded.run()
+    return await resumed(flow, flow_id, persistence=persistence, **options).run()

@@ -808,6 +808,22 @@ async def test_optional_requirements_take_the_value_when_there_is_one(flow_engin
     assert provided["greeting"] == "hello ann?"
 
 
+class GreetRest(flows.Task):
+    """An optional requirement beside ``**kwargs``: its default stands when the flow lacks it."""
+
+    provides = "greeting"
+
+    async def execute(self, name: str, punctuation: str = "!", **rest: Any) -> str:
+        return f"hello {name}{punctuation}"
+
+
+async def test_an_optional_requirement_keeps_its_default_beside_kwargs(flow_engine: EngineUnderTest) -> None:
+    with anyio.fail_after(LIMIT):
+        plain = await flow_engine.run(flows.linear("f", GreetRest()), store={"name": "ann"})
+        given = await flow_engine.run(flows.linear("f", GreetRest()), store={"name": "ann", "punctuation": "."})
+    assert (plain["greeting"], given["greeting"]) == ("hello ann!", "hello ann.")
+
+
 class Remember(flows.Task):
     """Takes every requirement through ``**kwargs`` (rebind and requires=)."""
 
