@@ -7,6 +7,7 @@ is what keeps the package free of import circles.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from .._calls import call
 from .._errors import ComponentError
 from .._health import Health
 from .._inject import Injector
+from .._logging import writes
 from ._record import Entry
 from ._report import Errors, Phases
 from ._shutdown import Shutdown
@@ -66,6 +68,7 @@ class Context:
         self.injector = injector
         self.health = health
         self.logger = logger
+        self.debug = writes(logger, logging.DEBUG)  # False: skip the per-process debug lines altogether
         self.errors = errors
         self.phases = phases
         self.shutdown = shutdown

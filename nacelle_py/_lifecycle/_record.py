@@ -160,10 +160,15 @@ class RunHandle:
         self.finished = False
         self.stop_timed_out = False
         self.abandoned = False  # its component was finalized while it still ran: its end changes no state
-        self._lock = threading.Lock()  # a plain def's run begins on another thread than its stop is asked on
+        # A plain def's run begins on another thread than its stop is asked on; an async
+        # run begins on the loop thread, where stops are asked too: it needs no lock.
+        self._lock = None if is_async else threading.Lock()
 
     def begin(self) -> bool:
         """Called as the run begins (on its thread, for a plain ``def``): False if a stop came first."""
+        if self._lock is None:
+            self.began = not self.stopping
+            return self.began
         with self._lock:
             if self.stopping:
                 return False
@@ -172,6 +177,9 @@ class RunHandle:
 
     def ask_stop(self) -> bool:
         """Mark the run stopping; whether it had begun (only then is ``stop()`` called)."""
+        if self._lock is None:
+            self.stopping = True
+            return self.began
         with self._lock:
             self.stopping = True
             return self.began

@@ -117,7 +117,10 @@ class Runs:
             if handle.is_async and not handle.begin():
                 outcome = "held"  # a stop came before this run's first step: it never starts
             else:
-                (ctx.logger.debug if handle.quiet else ctx.logger.info)("run starting", component=entry.name)
+                if not handle.quiet:
+                    ctx.logger.info("run starting", component=entry.name)
+                elif ctx.debug:
+                    ctx.logger.debug("run starting", component=entry.name)
                 entry.move(State.RUNNING)
                 entry.timings["started_at"] = time.time()
                 self._begun(handle)
@@ -132,7 +135,8 @@ class Runs:
             outcome = "failed"
             error = exc
         finally:
-            self._begun(handle)  # a run that never began counts as started: nothing to wait for
+            if handle.starting is not None:
+                self._begun(handle)  # a run that never began counts as started: nothing to wait for
             # What the process started ends with it: before its run counts as ended
             # (the common case, nothing made for it, costs no await).
             ending = ctx.releasing(entry)
@@ -182,5 +186,7 @@ class Runs:
                     component=entry.name,
                     ms=ms(started),
                 )
-            else:  # expected when stopping a process without stop(): debug; otherwise news
-                (log.debug if handle.stopping else log.info)("run cancelled", component=entry.name, ms=ms(started))
+            elif not handle.stopping:  # news; expected when stopping a process without stop(): debug
+                log.info("run cancelled", component=entry.name, ms=ms(started))
+            elif self._ctx.debug:
+                log.debug("run cancelled", component=entry.name, ms=ms(started))

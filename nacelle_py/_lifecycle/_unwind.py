@@ -55,11 +55,14 @@ class Unwind:
         running = [e.handle for e in group if e.handle is not None and not e.handle.finished]
         if not running:
             return
-        log = self._ctx.logger
+        ctx = self._ctx
+        log = ctx.logger
+        debug = ctx.debug
         started = anyio.current_time()
         stopped_at = time.perf_counter()
         countdown = Countdown(len(running))
         stoppers = []
+        shared: set[anyio.CancelScope] = set()  # the groups' scopes of processes without stop(): one cancel each
         for handle in running:
             entry = handle.entry
             began = handle.ask_stop()
@@ -69,11 +72,18 @@ class Unwind:
             stop = handle.stop
             if stop is None:
                 # Stopping is cancelling: "stop finished" (info, with ms) says all there is.
-                log.debug("stop starting", component=entry.name)
-                handle.cancel()
+                if debug:
+                    log.debug("stop starting", component=entry.name)
+                if handle.host_scope is not None:
+                    shared.add(handle.host_scope)
+                else:
+                    handle.cancel()
             elif began:  # only a run that began is stopped; one that did not will not begin
-                (log.debug if handle.quiet else log.info)("stop starting", component=entry.name)
+                if debug or not handle.quiet:
+                    (log.debug if handle.quiet else log.info)("stop starting", component=entry.name)
                 stoppers.append((handle, stop))
+        for scope in shared:
+            scope.cancel()
         if len(stoppers) == 1:
             await self._call_stop(*stoppers[0], started, record)
         elif stoppers:
@@ -86,12 +96,16 @@ class Unwind:
         with anyio.CancelScope(deadline=earliest):
             await countdown.event.wait()
         quiet = running[0].quiet  # a large group: one line for it, each process's at debug
+        line = None if quiet and not debug else log.debug if quiet else log.info
+        took = ms(stopped_at)  # what every run that ended in the group's wait took
         for handle in running:
             if not handle.finished:
                 await self._await_stopped(handle, started, record)
+                took = ms(stopped_at)
             entry = handle.entry
-            entry.timings["stop_ms"] = took = ms(stopped_at)
-            (log.debug if quiet else log.info)("stop finished", component=entry.name, ms=took)
+            entry.timings["stop_ms"] = took
+            if line is not None:
+                line("stop finished", component=entry.name, ms=took)
         if quiet:
             log.info("processes stopped", priority=group[0].options.priority, processes=len(running), ms=ms(stopped_at))
 
