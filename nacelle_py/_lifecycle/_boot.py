@@ -14,7 +14,6 @@ from collections.abc import Callable
 import anyio
 
 from .._calls import is_async
-from .._components import overridden
 from .._errors import ComponentError, ComponentTimeoutError, InjectionError
 from ._context import Context, bounded, ms
 from ._record import Countdown, Entry
@@ -88,7 +87,7 @@ class Boot:
     async def _init(self, group: list[Entry], fail: Fail, scope: anyio.CancelScope) -> bool:
         with_init = []
         for entry in group:
-            if overridden(entry.component, "init") is None:
+            if "init" not in entry.defines:
                 entry.move(State.INITIALIZED)
                 self._ctx.init_order.append(entry)
             else:

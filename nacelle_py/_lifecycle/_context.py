@@ -20,7 +20,7 @@ from .._errors import ComponentError
 from .._health import Health
 from .._inject import Injector
 from .._logging import writes
-from ._record import Entry
+from ._record import Entry, by_priority
 from ._report import Errors, Phases
 from ._shutdown import Shutdown
 
@@ -65,6 +65,8 @@ class Context:
         self.app_name = app_name
         self.entries = entries
         self.by_name = by_name  # the same entries by registered name
+        self.groups = by_priority(entries)  # the priority groups, ascending: the boot's order, the unwind's reversed
+        self.boot_order = [e for group in self.groups for e in group]
         self.injector = injector
         self.health = health
         self.logger = logger

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._calls import is_async
-from .._components import overridden
 from ._context import CANCEL_GRACE, Context, ms
 from ._record import Countdown, Entry, RunHandle
 from ._states import State
@@ -69,10 +68,11 @@ class Runs:
         handles = []
         cancellable = []
         for entry in group:
-            run = overridden(entry.component, "run")
-            if run is None:
+            if "run" not in entry.defines:
                 continue
-            stop = overridden(entry.component, "stop")
+            component = entry.component
+            run = component.run  # type: ignore[attr-defined]  # a Process: it defines run
+            stop = component.stop if "stop" in entry.defines else None  # type: ignore[attr-defined]
             handle = entry.handle = RunHandle(entry, run, is_async(run), stop)
             own_scope = stop is not None
             handles.append(handle)

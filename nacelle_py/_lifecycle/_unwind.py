@@ -13,25 +13,16 @@ from typing import Any
 
 import anyio
 
-from .._components import overridden
 from .._errors import ComponentError, ComponentTimeoutError
 from ._context import CANCEL_GRACE, Context, deadline, ms
-from ._record import Countdown, Entry, RunHandle
+from ._record import Countdown, Entry, RunHandle, by_priority
 from ._shutdown import FORCED_FINALIZE_BUDGET
 from ._states import State
 
-__all__ = ["Record", "Unwind", "by_priority"]
+__all__ = ["Record", "Unwind"]
 
 Record = Callable[[ComponentError], None]
 """Where an unwind's errors go."""
-
-
-def by_priority(entries: Iterable[Entry]) -> list[list[Entry]]:
-    """``entries`` grouped by priority, ascending, each group in registration order."""
-    groups: dict[int, list[Entry]] = {}
-    for entry in entries:
-        groups.setdefault(entry.options.priority, []).append(entry)
-    return [groups[p] for p in sorted(groups)]
 
 
 class Unwind:
@@ -47,8 +38,10 @@ class Unwind:
 
         ``record`` takes the errors (default: the app's error list; a restart notes them instead).
         """
-        for group in reversed(by_priority(entries)):
-            await self._stop_group(group, record or self._ctx.record)
+        ctx = self._ctx
+        groups = ctx.groups if entries is ctx.entries else by_priority(entries)  # the app's: grouped once
+        for group in reversed(groups):
+            await self._stop_group(group, record or ctx.record)
 
     async def _stop_group(self, group: list[Entry], record: Record) -> None:
         """Ask every running process of a group to stop at once, then wait for the runs to end."""
@@ -162,22 +155,28 @@ class Unwind:
         for entry in reversed(ctx.init_order):
             if chosen is not None and id(entry) not in chosen:
                 continue
-            await self._finalize_one(entry, restarting, record or ctx.record)
-            await ctx.release(entry)
+            if entry.handle is not None and not entry.handle.finished:
+                entry.handle.abandoned = True  # its run outlived the unwind (forced, or it ignored cancellation)
+            keep = entry.state is State.FAILED and not restarting  # a failure is not hidden by a clean finalize
+            if "finalize" in entry.defines:
+                await self._finalize_one(entry, keep, record or ctx.record)
+            elif not keep:
+                entry.move(State.FINALIZED)
+            # Inline rather than ``await ctx.release()``: most components have nothing to
+            # release, and a coroutine per component adds up at a thousand of them.
+            ending = ctx.releasing(entry)
+            if ending is not None:
+                await ctx.released(entry, ending)
         ctx.init_order[:] = [e for e in ctx.init_order if chosen is not None and id(e) not in chosen]
 
-    async def _finalize_one(self, entry: Entry, restarting: bool, record: Record) -> None:
-        """Finalize one component within its bound (and the forced-shutdown budget)."""
+    async def _finalize_one(self, entry: Entry, keep: bool, record: Record) -> None:
+        """Call one component's ``finalize`` within its bound (and the forced-shutdown budget).
+
+        ``keep``: it failed, and stays ``failed`` through a clean finalize.
+        """
         ctx = self._ctx
         shutdown = ctx.shutdown
-        if entry.handle is not None and not entry.handle.finished:
-            entry.handle.abandoned = True  # its run outlived the unwind (forced, or it ignored cancellation)
-        keep = entry.state is State.FAILED and not restarting  # a failure is not hidden by a clean finalize
-        finalize = overridden(entry.component, "finalize")
-        if finalize is None:
-            if not keep:
-                entry.move(State.FINALIZED)
-            return
+        finalize = entry.component.finalize
         if anyio.current_time() >= shutdown.forced_deadline:
             record(
                 ComponentTimeoutError(
