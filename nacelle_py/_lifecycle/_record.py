@@ -17,7 +17,7 @@ import anyio
 
 from .._components import DEFAULT, Initializer, Options, overridden
 from .._settings import AppSettings
-from ._states import TRANSITIONS, IllegalTransition, State
+from ._states import REGISTERED, TRANSITIONS, IllegalTransition, State
 
 __all__ = ["ERRORS_KEPT", "LIFECYCLE_METHODS", "Countdown", "Entry", "RunHandle", "by_priority", "defined", "entries"]
 
@@ -80,7 +80,7 @@ class Entry:
         self.finalize_timeout = finalize_timeout
         self.reload_timeout = reload_timeout
         self.handle: RunHandle | None = None  # the current (or last) run
-        self._state = State.REGISTERED
+        self._state = REGISTERED
         # What the ops endpoint reports besides the state: every error (restarted ones
         # included), the last one, the restarts, and when and how long each phase took.
         self.errors: deque[str] | tuple[()] = ()  # a ring made at the first error: most components have none

@@ -18,7 +18,7 @@ import anyio
 from .._calls import is_async
 from ._context import CANCEL_GRACE, Context, ms
 from ._record import Countdown, Entry, RunHandle
-from ._states import State
+from ._states import FAILED, INITIALIZED, RUNNING, STOPPED
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
@@ -121,7 +121,7 @@ class Runs:
                     ctx.logger.info("run starting", component=entry.name)
                 elif ctx.debug:
                     ctx.logger.debug("run starting", component=entry.name)
-                entry.move(State.RUNNING)
+                entry.move(RUNNING)
                 entry.timings["started_at"] = time.time()
                 self._begun(handle)
                 if handle.scope is None:  # cancelled with its group: the cancellation ends this task
@@ -144,10 +144,10 @@ class Runs:
                 await ctx.released(entry, ending)
             if handle.abandoned:
                 pass  # its component was finalized meanwhile: that is its state now
-            elif outcome == "held" or entry.state is State.INITIALIZED:
-                entry.move(State.STOPPED)  # stopped before it began: a clean stop
+            elif outcome == "held" or entry.state is INITIALIZED:
+                entry.move(STOPPED)  # stopped before it began: a clean stop
             else:
-                entry.move(State.FAILED if outcome == "failed" else State.STOPPED)
+                entry.move(FAILED if outcome == "failed" else STOPPED)
             entry.timings["run_ms"] = ms(started)
             ctx.running -= 1
             handle.ended()

@@ -17,7 +17,7 @@ from .._errors import ComponentError, ComponentTimeoutError
 from ._context import CANCEL_GRACE, Context, deadline, ms
 from ._record import Countdown, Entry, RunHandle, by_priority
 from ._shutdown import FORCED_FINALIZE_BUDGET
-from ._states import State
+from ._states import FAILED, FINALIZED, FINALIZING, RUNNING, STOPPING
 
 __all__ = ["Record", "Unwind"]
 
@@ -59,8 +59,8 @@ class Unwind:
         for handle in running:
             entry = handle.entry
             began = handle.ask_stop()
-            if entry.state is State.RUNNING:
-                entry.move(State.STOPPING)
+            if entry.state is RUNNING:
+                entry.move(STOPPING)
             handle.countdown = countdown
             stop = handle.stop
             if stop is None:
@@ -157,11 +157,11 @@ class Unwind:
                 continue
             if entry.handle is not None and not entry.handle.finished:
                 entry.handle.abandoned = True  # its run outlived the unwind (forced, or it ignored cancellation)
-            keep = entry.state is State.FAILED and not restarting  # a failure is not hidden by a clean finalize
+            keep = entry.state is FAILED and not restarting  # a failure is not hidden by a clean finalize
             if "finalize" in entry.defines:
                 await self._finalize_one(entry, keep, record or ctx.record)
             elif not keep:
-                entry.move(State.FINALIZED)
+                entry.move(FINALIZED)
             # Inline rather than ``await ctx.release()``: most components have nothing to
             # release, and a coroutine per component adds up at a thousand of them.
             ending = ctx.releasing(entry)
@@ -187,7 +187,7 @@ class Unwind:
         ctx.logger.info("finalize starting", component=entry.name)
         started = time.perf_counter()
         if not keep:
-            entry.move(State.FINALIZING)
+            entry.move(FINALIZING)
         timeout = entry.finalize_timeout
         try:
             with shutdown.finalizing(deadline(anyio.current_time(), timeout)) as scope:
@@ -202,11 +202,11 @@ class Unwind:
             self._fail(entry, keep, ComponentTimeoutError(entry.name, "finalize", limit), record)
             return
         if not keep:
-            entry.move(State.FINALIZED)
+            entry.move(FINALIZED)
         ctx.logger.info("finalize finished", component=entry.name, ms=entry.timings["finalize_ms"])
 
     @staticmethod
     def _fail(entry: Entry, kept: bool, error: ComponentError, record: Record) -> None:
         if not kept:
-            entry.move(State.FAILED)
+            entry.move(FAILED)
         record(error)
