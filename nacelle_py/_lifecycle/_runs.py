@@ -42,6 +42,7 @@ class Runs:
         self.on_exit: OnExit = lambda handle, outcome, error: None  # set by the runner to its supervisor's
         self._tg: TaskGroup | None = None
         self._closed = anyio.Event()
+        self._is_async_run: dict[type, bool] = {}  # by component class
 
     async def host(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The task that hosts the runs' task group until ``cancel_all()``."""
@@ -67,13 +68,18 @@ class Runs:
         """Start the runs of ``group``'s processes; a countdown of those not yet begun (None: no process)."""
         handles = []
         cancellable = []
+        is_async_run = self._is_async_run
         for entry in group:
             if "run" not in entry.defines:
                 continue
             component = entry.component
             run = component.run  # type: ignore[attr-defined]  # a Process: it defines run
             stop = component.stop if "stop" in entry.defines else None  # type: ignore[attr-defined]
-            handle = entry.handle = RunHandle(entry, run, is_async(run), stop)
+            # Whether run is async is a property of the class: asked once per class, not per process.
+            run_is_async = is_async_run.get(type(component))
+            if run_is_async is None:
+                run_is_async = is_async_run[type(component)] = is_async(run)
+            handle = entry.handle = RunHandle(entry, run, run_is_async, stop)
             own_scope = stop is not None
             handles.append(handle)
             if not own_scope:
