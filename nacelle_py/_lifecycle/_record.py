@@ -195,15 +195,23 @@ class RunHandle:
         "stopping",
     )
 
-    def __init__(self, entry: Entry, fn: Callable[[], Any], is_async: bool, stop: Callable[[], Any] | None) -> None:
+    def __init__(
+        self,
+        entry: Entry,
+        fn: Callable[[], Any],
+        is_async: bool,
+        stop: Callable[[], Any] | None,
+        starting: Countdown | None = None,
+        quiet: bool = False,
+    ) -> None:
         self.entry = entry
         self.fn = fn
         self.is_async = is_async
         self.stop = stop  # the component's stop(), if it has one
-        self.quiet = False  # one of a large group: its own lifecycle lines go to debug
+        self.quiet = quiet  # one of a large group: its own lifecycle lines go to debug
         self.scope: anyio.CancelScope | None = None if stop is None else anyio.CancelScope()  # processes with stop()
         self.host_scope: anyio.CancelScope | None = None  # shared by a group's processes without stop()
-        self.starting: Countdown | None = None  # counts this run's start for the health wait
+        self.starting = starting  # counts this run's start for the health wait
         self.done: anyio.Event | None = None  # created only when someone waits for this run to end
         self.countdown: Countdown | None = None  # counts this run's end for a group's stop
         self.began = False

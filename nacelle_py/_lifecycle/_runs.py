@@ -66,12 +66,19 @@ class Runs:
 
     def start(self, group: list[Entry]) -> Countdown | None:
         """Start the runs of ``group``'s processes; a countdown of those not yet begun (None: no process)."""
-        handles = []
+        processes = [e for e in group if "run" in e.defines]
+        if not processes:
+            return None
+        assert self._tg is not None
+        ctx = self._ctx
+        starting = Countdown(len(processes))
+        ctx.running += len(processes)
+        quiet = len(processes) > BATCH_ABOVE
+        if quiet:
+            ctx.logger.info("runs starting", priority=group[0].options.priority, processes=len(processes))
         cancellable = []
         is_async_run = self._is_async_run
-        for entry in group:
-            if "run" not in entry.defines:
-                continue
+        for entry in processes:
             component = entry.component
             run = component.run  # type: ignore[attr-defined]  # a Process: it defines run
             stop = component.stop if "stop" in entry.defines else None  # type: ignore[attr-defined]
@@ -79,25 +86,11 @@ class Runs:
             run_is_async = is_async_run.get(type(component))
             if run_is_async is None:
                 run_is_async = is_async_run[type(component)] = is_async(run)
-            handle = entry.handle = RunHandle(entry, run, run_is_async, stop)
-            own_scope = stop is not None
-            handles.append(handle)
-            if not own_scope:
+            handle = entry.handle = RunHandle(entry, run, run_is_async, stop, starting, quiet)
+            if stop is None:
                 cancellable.append(handle)
-        if not handles:
-            return None
-        assert self._tg is not None
-        starting = Countdown(len(handles))
-        ctx = self._ctx
-        ctx.running += len(handles)
-        quiet = len(handles) > BATCH_ABOVE
-        if quiet:
-            ctx.logger.info("runs starting", priority=group[0].options.priority, processes=len(handles))
-        for handle in handles:
-            handle.starting = starting
-            handle.quiet = quiet
-            if handle.scope is not None:
-                self._tg.start_soon(self._run_one, handle, name=f"nacelle run {handle.entry.name}")
+            else:
+                self._tg.start_soon(self._run_one, handle, name=f"nacelle run {entry.name}")
         if cancellable:
             # Processes without stop() are stopped by cancellation, all of a group at
             # once: one shared scope makes that one cancel() instead of one per process.
