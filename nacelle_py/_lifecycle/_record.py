@@ -147,7 +147,10 @@ def by_priority(entries: Iterable[Entry]) -> list[list[Entry]]:
     """``entries`` grouped by priority, ascending, each group in registration order."""
     groups: dict[int, list[Entry]] = {}
     for entry in entries:
-        groups.setdefault(entry.options.priority, []).append(entry)
+        group = groups.get(entry.options.priority)
+        if group is None:  # not setdefault(p, []): that makes a list per entry to throw away
+            group = groups[entry.options.priority] = []
+        group.append(entry)
     return [groups[p] for p in sorted(groups)]
 
 

@@ -85,7 +85,8 @@ class Unwind:
                     tg.start_soon(self._call_stop, handle, stop, started, record)
         # One wait for the whole group, bounded by its earliest deadline; then each
         # straggler is waited for up to its own deadline.
-        earliest = min(deadline(started, h.entry.shutdown_timeout) for h in running)
+        bounds = [h.entry.shutdown_timeout for h in running if h.entry.shutdown_timeout is not None]
+        earliest = started + min(bounds) if bounds else math.inf
         with anyio.CancelScope(deadline=earliest):
             await countdown.event.wait()
         quiet = running[0].quiet  # a large group: one line for it, each process's at debug
