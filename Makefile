@@ -69,6 +69,7 @@ bench: $(BENCH)/python redis-server
 	$(BENCH)/python bench/dispatcher.py
 	$(BENCH)/python bench/pipeline.py
 	$(BENCH)/python bench/machine.py
+	$(BENCH)/python bench/flows.py
 	$(BENCH)/python bench/http_server.py
 	$(BENCH)/python bench/redis_dispatcher.py
 	$(BENCH)/python bench/restart.py

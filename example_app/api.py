@@ -11,6 +11,11 @@ Routes (JSON in, JSON out):
 - ``POST /jobs/summarise`` with ``{"beats": N, "count": K}`` enqueues K ``summarise`` tasks
   (202 with their ids); ``GET /jobs/{id}`` answers 200 with a task's result, 202 while it is
   queued or running, 500 with the error if it failed for good;
+- ``POST /flows/archive`` with ``{"keep": N, "fail": false}`` submits a run of the archive
+  flow (archive.py: archive the heartbeats older than the newest N, then trim them), 202
+  with its id; ``GET /flows/{id}`` answers 200 with its state and values once it ended
+  (``SUCCESS``, or ``REVERTED`` with the failures when ``"fail": true`` asked it to fail),
+  202 while it runs;
 - ``POST /flaky/crash`` makes the flaky process's run raise (202), to watch it be
   restarted; 409 while it is not running (it is being restarted, say).
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -30,7 +36,7 @@ from urllib.parse import parse_qs
 from pydantic import ValidationError
 
 from nacelle_py import Inject
-from nacelle_py.base import Dispatcher, HTTPServer, TaskFailed
+from nacelle_py.base import Dispatcher, FlowRunner, HTTPServer, TaskFailed, flows
 
 from .flaky import Flaky
 from .tasks import Window
@@ -54,6 +60,8 @@ ROUTES = [
     "GET /heartbeats/latest",
     "POST /jobs/summarise",
     "GET /jobs/{id}",
+    "POST /flows/archive",
+    "GET /flows/{id}",
     "POST /flaky/crash",
 ]
 MAX_JOBS = 1000  # tasks one POST /jobs/summarise may enqueue
@@ -83,6 +91,7 @@ class RowsApp:
         self.db: sqlite3.Connection | None = None
         self.jobs: Dispatcher | None = None
         self.flaky: Flaky | None = None
+        self.flows: FlowRunner | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,6 +137,12 @@ class RowsApp:
         if len(parts) == 2 and parts[0] == "jobs":
             self._allow(method, "GET")
             return await self._outcome(parts[1])
+        if parts == ["flows", "archive"]:
+            self._allow(method, "POST")
+            return 202, {"id": await self._archive(await _read_json(receive))}
+        if len(parts) == 2 and parts[0] == "flows":
+            self._allow(method, "GET")
+            return await self._flow(parts[1])
         if parts == ["flaky", "crash"]:
             self._allow(method, "POST")
             return self._crash()
@@ -155,6 +170,32 @@ class RowsApp:
         except TaskFailed as failed:
             return 500, {"id": task_id, "state": "failed", "error": f"{failed.error_type}: {failed.message}"}
         return 200, {"id": task_id, "state": "done", "result": summary.model_dump()}
+
+    async def _archive(self, body: Any) -> str:
+        if not isinstance(body, dict) or set(body) - {"keep", "fail"}:
+            raise HTTPProblem(400, 'the body is a JSON object: {"keep": N, "fail": false}')
+        keep, fail = body.get("keep", 100), body.get("fail", False)
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 0:
+            raise HTTPProblem(400, f"keep must be an integer >= 0, got {keep!r}")
+        if not isinstance(fail, bool):
+            raise HTTPProblem(400, f"fail must be true or false, got {fail!r}")
+        assert self.flows is not None
+        batch = uuid.uuid4().hex
+        return await self.flows.submit("archive", {"keep": keep, "fail": fail, "batch": batch}, flow_id=batch)
+
+    async def _flow(self, flow_id: str) -> tuple[int, Any]:
+        assert self.flows is not None
+        try:
+            values = await self.flows.result(flow_id, timeout=0.05)
+        except LookupError:
+            raise HTTPProblem(404, f"no flow {flow_id!r} (unknown, or ended long ago)") from None
+        except TimeoutError:
+            return 202, {"id": flow_id, "state": str(self.flows.state(flow_id) or "PENDING")}
+        except flows.FlowFailed as failed:
+            return 200, {"id": flow_id, "state": str(failed.state), "failures": [str(f) for f in failed.failures]}
+        except flows.FlowSuspended:
+            return 202, {"id": flow_id, "state": "SUSPENDED"}
+        return 200, {"id": flow_id, "state": "SUCCESS", "values": values}
 
     def _crash(self) -> tuple[int, Any]:
         assert self.flaky is not None
@@ -244,6 +285,7 @@ class ApiServer(HTTPServer):
     db: sqlite3.Connection = Inject("db")
     jobs: Dispatcher = Inject("jobs")
     flaky: Flaky = Inject("flaky")
+    runner: FlowRunner = Inject("flows")
 
     def __init__(self) -> None:
         self.rows = RowsApp()
@@ -255,4 +297,5 @@ class ApiServer(HTTPServer):
         self.rows.db = self.db
         self.rows.jobs = self.jobs
         self.rows.flaky = self.flaky
+        self.rows.flows = self.runner
         await super().init()  # binds the socket: a taken port fails boot here

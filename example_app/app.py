@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 
 from nacelle_py import App, ConfigError
-from nacelle_py.base import Dispatcher
+from nacelle_py.base import Dispatcher, FlowRunner
 
 from .api import ApiServer
+from .archive import archive_flow
 from .db import Database
 from .flaky import Flaky, FlakySettings
 from .heartbeat import Heartbeat
 from .load import LoadPipeline
 from .report import Report
+from .settings import DbSettings
 from .tasks import register_tasks
 
 __all__ = ["build_app"]
@@ -35,6 +37,16 @@ def build_app() -> App:
     register_tasks(jobs, app.services)
     app.register(jobs, name="jobs", priority=1)
     app.services.set("jobs", jobs)
+    # Flows: the archive flow (archive.py) copies old heartbeats and trims them, each write with
+    # its compensating revert. The runner keeps every run's history in SQLite
+    # (EXAMPLE_FLOWS_STORE overrides where), resumes what a kill -9 interrupted at the next start, and on
+    # SIGTERM suspends the running flows. EXAMPLE_FLOWS_ENGINE=parallel picks another engine.
+    # The history goes into the app's own database file (EXAMPLE_DB_PATH), read at init.
+    runner = FlowRunner(
+        [archive_flow(lambda: app.services.get("db"))], store=lambda: app.config.load(DbSettings).path, max_running=4
+    )
+    app.register(runner, name="flows", priority=1)
+    app.services.set("flows", runner)
     app.register(Heartbeat(), name="heartbeat", priority=2, start_timeout=5, shutdown_timeout=5)
     # sample -> smooth -> store: on SIGTERM it stops sampling and drains into the database.
     app.register(LoadPipeline(), name="load", priority=2, shutdown_timeout=5)

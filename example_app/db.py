@@ -8,6 +8,7 @@ from structlog.typing import FilteringBoundLogger
 
 from nacelle_py import Initializer, Inject, ServiceContainer
 
+from .archive import SCHEMA as ARCHIVE_SCHEMA
 from .settings import DbSettings
 
 __all__ = ["Database"]
@@ -50,6 +51,7 @@ class Database(Initializer):
         self.connection.execute("pragma busy_timeout = 5000")
         with self.connection:
             self.connection.executescript(SCHEMA)
+            self.connection.executescript(ARCHIVE_SCHEMA)  # the archive flow's table (archive.py)
         self.services.set("db", self.connection)
         self.logger.info("database opened", path=str(path))
 

@@ -23,13 +23,13 @@ from ._describe import describe
 from ._errors import ComponentError, ConfigError, InjectionError, RegistrationError, UnavailableError
 from ._health import Health
 from ._inject import Injector
-from ._lifecycle import STRATEGIES, Entry, Runner, Strategy, preflight_all
+from ._lifecycle import STRATEGIES, Runner, Strategy, entries, preflight_all
 from ._loading import framework_models, load, log_loaded, reread
 from ._logging import make_logger
 from ._loopwatch import LoopWatch
 from ._machines import MachineService
 from ._ops import Operations, OpsSettings, SystemdSettings, parse_addr
-from ._registry import Registry, resolved
+from ._registry import Registry
 from ._services import PerComponent, ServiceContainer
 from ._serving import BindError, TLSError
 from ._settings import AppSettings
@@ -404,10 +404,9 @@ class App:
 
     def _build_runner(self) -> Runner:
         """The runner over every registered component, with the bounds resolved from settings."""
-        entries = self._entries()
         return Runner(
             app_name=self.name,
-            entries=entries,
+            entries=entries(self._registry.items, self._settings),
             injector=self._injector,
             health=self.health,
             logger=self.logger,
@@ -495,18 +494,3 @@ class App:
     def _reread(self) -> list[str]:
         """A reload's first step (see ``_loading.reread``)."""
         return reread(self.config, self.logger)
-
-    def _entries(self) -> list[Entry]:
-        settings = self._settings
-        return [
-            Entry(
-                component=component,
-                options=options,
-                init_timeout=resolved(options.init_timeout, settings.init_timeout),
-                start_timeout=resolved(options.start_timeout, settings.start_timeout),
-                shutdown_timeout=resolved(options.shutdown_timeout, settings.shutdown_timeout),
-                finalize_timeout=resolved(options.finalize_timeout, settings.finalize_timeout),
-                reload_timeout=resolved(options.reload_timeout, settings.reload_timeout),
-            )
-            for component, options in self._registry.items
-        ]

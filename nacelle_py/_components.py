@@ -201,7 +201,7 @@ class Options:
 def declared_keys(component: Initializer, name: str, attribute: str) -> tuple[str, ...]:
     """A component's ``provides`` (or ``health_keys``) as a tuple of non-empty strings; ``RegistrationError`` if not."""
     value = getattr(component, attribute, ())
-    if value is None:
+    if value is None or (value.__class__ is tuple and not value):  # the usual case, checked first: nothing declared
         return ()
     if isinstance(value, str) or not isinstance(value, (tuple, list, frozenset, set)):
         raise RegistrationError(

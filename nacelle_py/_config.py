@@ -13,6 +13,7 @@ source, without touching ``os.environ``.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -41,6 +42,40 @@ def _env_only(model: type[BaseSettings]) -> bool:
     customised = getattr(model.settings_customise_sources, "__func__", None)
     default = getattr(BaseSettings.settings_customise_sources, "__func__", None)
     return customised is default and not any(model.model_config.get(key) for key in _OWN_SOURCES)
+
+
+def _env_stems(model: type[BaseSettings], prefix: str) -> tuple[str, ...] | None:
+    """What every env variable an ``EnvSettingsSource(model, env_prefix=prefix)`` may read begins with (lower case).
+
+    A field's variable is the prefix and its name (a nested field's continues
+    after it) or, for a string alias, the alias; both are counted, which can
+    only read a source that finds nothing. None (the source is always read)
+    for an ``AliasChoices``/``AliasPath`` or a prefix put on aliases
+    (``env_prefix_target``), whose names are not so simple.
+    """
+    if model.model_config.get("env_prefix_target", "variable") != "variable":
+        return None
+    stems = []
+    for name, field in model.model_fields.items():
+        for alias in (field.alias, field.validation_alias):
+            if alias is None:
+                continue
+            if not isinstance(alias, str):
+                return None
+            stems.append(alias.lower())
+        stems.append(f"{prefix}{name}".lower())
+    return tuple(stems)
+
+
+def _may_set(model: type[BaseSettings], prefix: str, environ: frozenset[str]) -> bool:
+    """Whether the environment (its names, lower case) has a variable the env source under ``prefix`` would read.
+
+    Building and calling a source costs about a quarter of a millisecond (it
+    copies and scans the environment); most of an app's models have nothing
+    set under most prefixes, and a source that would find nothing is skipped.
+    """
+    stems = _env_stems(model, prefix)
+    return stems is None or any(name.startswith(stems) for name in environ)
 
 
 def _validated(model: type[S], values: dict[str, Any]) -> S:
@@ -286,7 +321,8 @@ class Config:
             overridden = EnvSettingsSource(model, env_prefix=own)
             overridden.env_vars = text  # the source reads these instead of os.environ
             sources.append(overridden)
-        sources += [EnvSettingsSource(model, env_prefix=p) for p in prefixes]
+        environ = frozenset(name.lower() for name in os.environ)
+        sources += [EnvSettingsSource(model, env_prefix=p) for p in prefixes if _may_set(model, p, environ)]
         if self.env_file is not None:
             sources += [DotEnvSettingsSource(model, env_file=self.env_file, env_prefix=p) for p in prefixes]
         if self.secrets_dir is not None:

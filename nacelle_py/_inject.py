@@ -159,6 +159,7 @@ class Injector:
         self._services = services
         self._config = config
         self._plans: dict[type, tuple[_Plan, ...]] = {}
+        self._models: dict[type, list[type[BaseSettings]]] = {}
 
     def plans(self, component: object) -> tuple[_Plan, ...]:
         cls = type(component)
@@ -169,11 +170,15 @@ class Injector:
 
     def settings_models(self, component: object) -> list[type[BaseSettings]]:
         """The settings models a component asks for with ``Inject()``."""
-        models = []
-        for plan in self.plans(component):
-            if plan.key is None and (model := _settings_type(plan.annotation)) is not None:
-                models.append(model)
-        return models
+        cls = type(component)
+        models = self._models.get(cls)  # a property of the class, asked for every component at each serve()
+        if models is None:
+            models = self._models[cls] = [
+                model
+                for plan in self.plans(component)
+                if plan.key is None and (model := _settings_type(plan.annotation)) is not None
+            ]
+        return list(models)
 
     def inject(self, component: object, name: str) -> None:
         """Inject every marked attribute; the first problem raises ``InjectionError``."""

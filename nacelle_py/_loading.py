@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ from pydantic_settings import BaseSettings
 
 from ._config import Config, mask_values
 from ._errors import ConfigError, SettingError
+from ._logging import writes
 from ._machines import MachineService
 from ._ops import OpsSettings, SystemdSettings
 from ._settings import AppSettings, LogSettings
@@ -67,7 +69,9 @@ def load(config: Config, models: Iterable[type[BaseSettings]]) -> Loaded:
 
 
 def log_loaded(config: Config, logger: Any) -> None:
-    """One ``config loaded`` line per model, secrets masked."""
+    """One ``config loaded`` line per model, secrets masked (nothing to mask below info level)."""
+    if not writes(logger, logging.INFO):
+        return
     for model, instance in config.loaded().items():
         logger.info("config loaded", settings=model.__name__, values=mask_values(instance))
 

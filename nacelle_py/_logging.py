@@ -16,7 +16,7 @@ import structlog
 
 from ._settings import LogSettings
 
-__all__ = ["make_logger"]
+__all__ = ["make_logger", "writes"]
 
 
 def make_logger(app_name: str, settings: LogSettings, stream: TextIO | None = None) -> Any:
@@ -43,3 +43,18 @@ def make_logger(app_name: str, settings: LogSettings, stream: TextIO | None = No
         cache_logger_on_first_use=True,
     )
     return logger.bind(app=app_name, **settings.log_fields)
+
+
+def writes(logger: Any, level: int) -> bool:
+    """Whether ``logger`` writes lines at ``level`` (True when it cannot say, e.g. a stdlib or custom logger).
+
+    The lifecycle asks once per serve, so that per-process lines below the
+    level cost not even the building of their keyword arguments.
+    """
+    check = getattr(logger, "is_enabled_for", None)
+    if check is None:
+        return True
+    try:
+        return bool(check(level))
+    except Exception:  # a logger of the user's own whose check fails: log as if it wrote everything
+        return True

@@ -23,6 +23,7 @@ class Registry:
         self.items: list[tuple[Initializer, Options]] = []
         self._names: set[str] = set()
         self._instances: dict[int, str] = {}
+        self._provided: set[str] = set()  # every key in the components' provides
 
     def add(self, component: object, name: str | None, **options: Any) -> Options:
         """Check and record ``component``; ``RegistrationError`` for a non-component, a duplicate or a bad option."""
@@ -37,8 +38,9 @@ class Registry:
                 "subclass nacelle_py.Initializer or nacelle_py.Process"
             )
         record = Options(name=type(component).__name__ if name is None else name, **options)
-        for attribute in ("provides", "health_keys"):
-            declared_keys(component, record.name, attribute)  # a bad declaration fails here, not in check
+        # A bad declaration fails here, not in check; what it provides is kept for every serve() and check.
+        provides = declared_keys(component, record.name, "provides")
+        declared_keys(component, record.name, "health_keys")
         if record.name in self._names:
             hint = "" if name is not None else " (the default name is the class name; pass name=...)"
             raise RegistrationError(f"duplicate component name {record.name!r}{hint}")
@@ -50,11 +52,12 @@ class Registry:
         self._names.add(record.name)
         self._instances[id(component)] = record.name
         self.items.append((component, record))
+        self._provided.update(provides)
         return record
 
     def declared_services(self) -> set[str]:
-        """Every service key the components declare in ``provides``."""
-        return {key for component, options in self.items for key in declared_keys(component, options.name, "provides")}
+        """Every service key the components declare in ``provides`` (as registered)."""
+        return set(self._provided)
 
     def __iter__(self) -> Iterator[tuple[Initializer, Options]]:
         return iter(self.items)

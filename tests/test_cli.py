@@ -139,8 +139,8 @@ def test_check_of_example_app_passes_and_prints_the_table() -> None:
     done = cli("check", "example_app:build_app")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "example: 7 components"
-    for name in ("db", "jobs", "heartbeat", "load", "report", "flaky", "api"):
+    assert lines[0] == "example: 8 components"
+    for name in ("db", "jobs", "flows", "heartbeat", "load", "report", "flaky", "api"):
         assert any(line.startswith(f"{name} ") for line in lines), name
     flaky = next(line for line in lines if line.startswith("flaky "))
     assert "on_failure (max" in flaky
@@ -247,7 +247,7 @@ def test_the_console_script_is_installed() -> None:
         timeout=TIMEOUT,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("example: 7 components")
+    assert done.stdout.startswith("example: 8 components")
 
 
 # -- provides, in process ----------------------------------------------------------------------

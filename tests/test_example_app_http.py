@@ -280,7 +280,7 @@ def test_ops_endpoint_reports_the_example(tmp_path: Path) -> None:
             assert http.get("/livez").status_code == 200
             assert http.get("/readyz").json()["status"] == "ready"
             components = {c["name"]: c for c in http.get("/debug/components").json()["components"]}
-            assert set(components) == {"db", "jobs", "heartbeat", "load", "report", "flaky", "api"}
+            assert set(components) == {"db", "jobs", "flows", "heartbeat", "load", "report", "flaky", "api"}
             assert components["api"]["priority"] == 3 and components["api"]["state"] == "running"
             assert components["db"]["kind"] == "initializer"
             metrics = http.get("/metrics").text
@@ -385,8 +385,8 @@ def test_under_systemd_it_notifies_ready_status_watchdog_and_stopping(tmp_path: 
     stopping = next(i for i, m in enumerate(got) if m.startswith("STOPPING=1"))
     assert [m for m in got[:ready] if m.startswith("STATUS=starting priority")] == [
         f"STATUS=starting priority {p} ({n} component{'s' if n > 1 else ''})"
-        for p, n in ((0, 1), (1, 1), (2, 4), (3, 1))
+        for p, n in ((0, 1), (1, 2), (2, 4), (3, 1))
     ]
-    assert "STATUS=ready: 7 components healthy" in got[ready]
+    assert "STATUS=ready: 8 components healthy" in got[ready]
     assert ready < stopping < got.index("STATUS=stopped")
     assert "signal SIGTERM" in got[stopping]

@@ -65,6 +65,7 @@ async def test_the_api_and_the_ops_endpoint_answer_and_the_app_unwinds_cleanly(s
             assert handle.states == {
                 "db": "initialized",
                 "jobs": "running",
+                "flows": "running",
                 "heartbeat": "running",
                 "load": "running",
                 "report": "running",
@@ -117,6 +118,46 @@ async def test_what_the_components_write_goes_to_the_overridden_database(
     assert fake_db.execute("select count(*) from api_rows").fetchone() == (1,)
     assert fake_db.execute("select count(*) from heartbeat").fetchone()[0] >= 1
     assert count(scratch, "heartbeat") == 0  # the real database was opened (and closed), never written to
+
+
+async def archived(http: httpx.AsyncClient, body: dict[str, object]) -> dict[str, object]:
+    """Submit a run of the archive flow through the API and poll until it ends; its final answer."""
+    submitted = await http.post("/flows/archive", json=body)
+    assert submitted.status_code == 202, submitted.text
+    flow_id = submitted.json()["id"]
+    while (answer := await http.get(f"/flows/{flow_id}")).status_code == 202:
+        await anyio.sleep(0.02)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, object] = answer.json()
+    return result
+
+
+async def test_the_archive_flow_moves_old_heartbeats_and_a_failed_run_puts_everything_back(scratch: Path) -> None:
+    app = build_app()
+    with anyio.fail_after(LIMIT), override_settings(app, EXAMPLE_DB_PATH=scratch, **QUICK):
+        async with running(app) as handle:
+            await until(lambda: count(scratch, "heartbeat") >= 6)
+            async with api(handle) as http:
+                done = await archived(http, {"keep": 2})
+                assert done["state"] == "SUCCESS", done
+                values = done["values"]
+                assert isinstance(values, dict) and values["copied"] == values["trimmed"] >= 4, values
+                assert count(scratch, "archive") == values["copied"]
+                await until(lambda: count(scratch, "heartbeat") >= 6)
+                with sqlite3.connect(scratch) as db:
+                    before = db.execute("select id from heartbeat order by id").fetchall()
+                failed = await archived(http, {"keep": 1, "fail": True})
+                assert failed["state"] == "REVERTED", failed
+                (failure,) = failed["failures"]  # type: ignore[misc]
+                assert str(failure).startswith("CheckArchive.execute: RuntimeError: the check was asked to fail")
+                with sqlite3.connect(scratch) as db:
+                    after = {row for (row,) in db.execute("select id from heartbeat")}
+                    batch = db.execute("select count(*) from archive where batch = ?", (failed["id"],)).fetchone()
+                assert {row for (row,) in before} <= after  # every trimmed row is back
+                assert batch == (0,) and count(scratch, "archive") == values["copied"]  # the batch is gone
+                stats = handle.component("flows").stats()
+                assert (stats.succeeded, stats.reverted, stats.failed) == (1, 1, 0)
+    assert handle.status == 0, handle.errors
 
 
 async def test_a_crash_through_the_api_is_restarted_without_failing_the_app(scratch: Path) -> None:

@@ -17,7 +17,7 @@ One module per concept, each importing only downward::
 """
 
 from ._preflight import preflight_all
-from ._record import Entry
+from ._record import Entry, entries
 from ._restart import STRATEGIES, Strategy
 from ._runner import Runner
 from ._states import PHASES, STATES, TRANSITIONS, IllegalTransition, Phase, State
@@ -33,5 +33,6 @@ __all__ = [
     "Runner",
     "State",
     "Strategy",
+    "entries",
     "preflight_all",
 ]

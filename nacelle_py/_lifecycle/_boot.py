@@ -14,12 +14,11 @@ from collections.abc import Callable
 import anyio
 
 from .._calls import is_async
-from .._components import overridden
 from .._errors import ComponentError, ComponentTimeoutError, InjectionError
 from ._context import Context, bounded, ms
 from ._record import Countdown, Entry
 from ._runs import Runs
-from ._states import State
+from ._states import FAILED, INITIALIZED, INITIALIZING, REGISTERED
 
 __all__ = ["ABANDON_GRACE", "Boot", "Fail", "StartTimeout"]
 
@@ -38,7 +37,9 @@ class Boot:
     def __init__(self, ctx: Context, runs: Runs) -> None:
         self._ctx = ctx
         self._runs = runs
-        self.lock = anyio.Lock()
+        # Uncontested (the common case: no restart or reload running) it is taken without
+        # a trip round the loop: one less per priority group at boot.
+        self.lock = anyio.Lock(fast_acquire=True)
 
     async def group(
         self,
@@ -88,8 +89,8 @@ class Boot:
     async def _init(self, group: list[Entry], fail: Fail, scope: anyio.CancelScope) -> bool:
         with_init = []
         for entry in group:
-            if overridden(entry.component, "init") is None:
-                entry.move(State.INITIALIZED)
+            if "init" not in entry.defines:
+                entry.move(INITIALIZED)
                 self._ctx.init_order.append(entry)
             else:
                 with_init.append(entry)
@@ -118,7 +119,7 @@ class Boot:
         ctx = self._ctx
         ctx.logger.info("init starting", component=entry.name)
         started = time.perf_counter()
-        entry.move(State.INITIALIZING)
+        entry.move(INITIALIZING)
         init = entry.component.init
         try:
             if is_async(init):
@@ -132,7 +133,7 @@ class Boot:
                     with bounded(entry.init_timeout) as scope:
                         await ctx.call(init, entry, "init")
                 if guard.cancelled_caught:
-                    entry.move(State.REGISTERED)
+                    entry.move(REGISTERED)
                     ctx.logger.warning(
                         "init abandoned: a plain def init() did not finish within its grace; not finalized",
                         component=entry.name,
@@ -140,20 +141,20 @@ class Boot:
                     )
                     return
         except anyio.get_cancelled_exc_class():
-            entry.move(State.REGISTERED)
+            entry.move(REGISTERED)
             ctx.logger.info("init cancelled; not finalized", component=entry.name, ms=ms(started))
             raise
         except Exception as exc:
-            entry.move(State.FAILED)
+            entry.move(FAILED)
             fail(entry, ComponentError(entry.name, "init", exc))
             return
         finally:
             entry.timings["init_ms"] = ms(started)
         if scope.cancelled_caught:
-            entry.move(State.FAILED)
+            entry.move(FAILED)
             fail(entry, ComponentTimeoutError(entry.name, "init", entry.init_timeout or 0))
             return
-        entry.move(State.INITIALIZED)
+        entry.move(INITIALIZED)
         ctx.init_order.append(entry)
         ctx.logger.info("init finished", component=entry.name, ms=entry.timings["init_ms"])
 

@@ -7,6 +7,7 @@ is what keeps the package free of import circles.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,7 +19,8 @@ from .._calls import call
 from .._errors import ComponentError
 from .._health import Health
 from .._inject import Injector
-from ._record import Entry
+from .._logging import writes
+from ._record import Entry, by_priority
 from ._report import Errors, Phases
 from ._shutdown import Shutdown
 
@@ -63,9 +65,12 @@ class Context:
         self.app_name = app_name
         self.entries = entries
         self.by_name = by_name  # the same entries by registered name
+        self.groups = by_priority(entries)  # the priority groups, ascending: the boot's order, the unwind's reversed
+        self.boot_order = [e for group in self.groups for e in group]
         self.injector = injector
         self.health = health
         self.logger = logger
+        self.debug = writes(logger, logging.DEBUG)  # False: skip the per-process debug lines altogether
         self.errors = errors
         self.phases = phases
         self.shutdown = shutdown

@@ -39,7 +39,7 @@ class Preflight:
     async def take(self, entries: Sequence[Entry]) -> bool:
         """Inject what is there and call every ``preflight`` at once; whether all passed."""
         ctx = self._ctx
-        chosen = [e for e in entries if overridden(e.component, "preflight") is not None]
+        chosen = [e for e in entries if "preflight" in e.defines]
         if not chosen:
             return True
         started = time.perf_counter()

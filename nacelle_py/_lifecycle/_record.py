@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
 
-from .._components import Initializer, Options, overridden
-from ._states import TRANSITIONS, IllegalTransition, State
+from .._components import DEFAULT, Initializer, Options, overridden
+from .._settings import AppSettings
+from ._states import REGISTERED, TRANSITIONS, IllegalTransition, State
 
-__all__ = ["ERRORS_KEPT", "Countdown", "Entry", "RunHandle"]
+__all__ = ["ERRORS_KEPT", "LIFECYCLE_METHODS", "Countdown", "Entry", "RunHandle", "by_priority", "defined", "entries"]
+
+LIFECYCLE_METHODS = ("preflight", "init", "run", "stop", "finalize")
+"""The methods whose presence the runner asks about at every boot and unwind (``Entry.defines``)."""
 
 ERRORS_KEPT = 20
 """How many of its latest errors a component's record keeps (all of them are counted): a component
 restarted for weeks must not grow without bound."""
+
+
+def defined(component: Initializer) -> frozenset[str]:
+    """Which of ``LIFECYCLE_METHODS`` the component's class defines (not inherited from our base)."""
+    return frozenset(m for m in LIFECYCLE_METHODS if overridden(component, m) is not None)
 
 
 class Entry:
@@ -31,6 +40,7 @@ class Entry:
     __slots__ = (
         "_state",
         "component",
+        "defines",
         "error_count",
         "errors",
         "finalize_timeout",
@@ -50,14 +60,17 @@ class Entry:
         self,
         component: Initializer,
         options: Options,
-        *,
         init_timeout: float | None,
         start_timeout: float | None,
         shutdown_timeout: float | None,
         finalize_timeout: float | None,
         reload_timeout: float | None = None,
+        defines: frozenset[str] | None = None,
     ) -> None:
         self.component = component
+        # What the class defines, looked up once (``entries`` once per class): every boot
+        # and unwind asks, and a lookup through the class and our base costs each time.
+        self.defines = defined(component) if defines is None else defines
         self.options = options
         self.name = options.name
         self.init_timeout = init_timeout
@@ -66,7 +79,7 @@ class Entry:
         self.finalize_timeout = finalize_timeout
         self.reload_timeout = reload_timeout
         self.handle: RunHandle | None = None  # the current (or last) run
-        self._state = State.REGISTERED
+        self._state = REGISTERED
         # What the ops endpoint reports besides the state: every error (restarted ones
         # included), the last one, the restarts, and when and how long each phase took.
         self.errors: deque[str] | tuple[()] = ()  # a ring made at the first error: most components have none
@@ -89,7 +102,7 @@ class Entry:
     @property
     def kind(self) -> str:
         """``"process"`` if the component overrides ``run``, else ``"initializer"``."""
-        return "process" if overridden(self.component, "run") is not None else "initializer"
+        return "process" if "run" in self.defines else "initializer"
 
     def note(self, error: str) -> None:
         """Remember an error of this component (for ``/debug/components``)."""
@@ -98,6 +111,47 @@ class Entry:
         self.errors.append(error)
         self.error_count += 1
         self.last_error = error
+
+
+def entries(registered: Iterable[tuple[Initializer, Options]], settings: AppSettings) -> list[Entry]:
+    """The records of ``registered``, each bound left at ``DEFAULT`` taken from the app-wide ``settings``."""
+    # Inline rather than a call per bound: five per component add up to a third of the
+    # records' cost at a thousand components (bench/boot.py).
+    init, start, shutdown = settings.init_timeout, settings.start_timeout, settings.shutdown_timeout
+    finalize, reload = settings.finalize_timeout, settings.reload_timeout
+    by_class: dict[type, frozenset[str]] = {}
+
+    def defines(component: Initializer) -> frozenset[str]:
+        found = by_class.get(type(component))
+        if found is None:
+            found = by_class[type(component)] = defined(component)
+        return found
+
+    # Positional: a class called with keywords costs half as much again per record.
+    return [
+        Entry(
+            component,
+            o,
+            init if o.init_timeout is DEFAULT else o.init_timeout,
+            start if o.start_timeout is DEFAULT else o.start_timeout,
+            shutdown if o.shutdown_timeout is DEFAULT else o.shutdown_timeout,
+            finalize if o.finalize_timeout is DEFAULT else o.finalize_timeout,
+            reload if o.reload_timeout is DEFAULT else o.reload_timeout,
+            defines(component),
+        )
+        for component, o in registered
+    ]
+
+
+def by_priority(entries: Iterable[Entry]) -> list[list[Entry]]:
+    """``entries`` grouped by priority, ascending, each group in registration order."""
+    groups: dict[int, list[Entry]] = {}
+    for entry in entries:
+        group = groups.get(entry.options.priority)
+        if group is None:  # not setdefault(p, []): that makes a list per entry to throw away
+            group = groups[entry.options.priority] = []
+        group.append(entry)
+    return [groups[p] for p in sorted(groups)]
 
 
 class Countdown:
@@ -144,15 +198,23 @@ class RunHandle:
         "stopping",
     )
 
-    def __init__(self, entry: Entry, fn: Callable[[], Any], is_async: bool, stop: Callable[[], Any] | None) -> None:
+    def __init__(
+        self,
+        entry: Entry,
+        fn: Callable[[], Any],
+        is_async: bool,
+        stop: Callable[[], Any] | None,
+        starting: Countdown | None = None,
+        quiet: bool = False,
+    ) -> None:
         self.entry = entry
         self.fn = fn
         self.is_async = is_async
         self.stop = stop  # the component's stop(), if it has one
-        self.quiet = False  # one of a large group: its own lifecycle lines go to debug
+        self.quiet = quiet  # one of a large group: its own lifecycle lines go to debug
         self.scope: anyio.CancelScope | None = None if stop is None else anyio.CancelScope()  # processes with stop()
         self.host_scope: anyio.CancelScope | None = None  # shared by a group's processes without stop()
-        self.starting: Countdown | None = None  # counts this run's start for the health wait
+        self.starting = starting  # counts this run's start for the health wait
         self.done: anyio.Event | None = None  # created only when someone waits for this run to end
         self.countdown: Countdown | None = None  # counts this run's end for a group's stop
         self.began = False
@@ -160,10 +222,15 @@ class RunHandle:
         self.finished = False
         self.stop_timed_out = False
         self.abandoned = False  # its component was finalized while it still ran: its end changes no state
-        self._lock = threading.Lock()  # a plain def's run begins on another thread than its stop is asked on
+        # A plain def's run begins on another thread than its stop is asked on; an async
+        # run begins on the loop thread, where stops are asked too: it needs no lock.
+        self._lock = None if is_async else threading.Lock()
 
     def begin(self) -> bool:
         """Called as the run begins (on its thread, for a plain ``def``): False if a stop came first."""
+        if self._lock is None:
+            self.began = not self.stopping
+            return self.began
         with self._lock:
             if self.stopping:
                 return False
@@ -172,6 +239,9 @@ class RunHandle:
 
     def ask_stop(self) -> bool:
         """Mark the run stopping; whether it had begun (only then is ``stop()`` called)."""
+        if self._lock is None:
+            self.stopping = True
+            return self.began
         with self._lock:
             self.stopping = True
             return self.began

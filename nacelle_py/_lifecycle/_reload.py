@@ -47,7 +47,7 @@ class Reloader:
         self._ctx = ctx
         self._lock = boot.lock
         self._reread = reread  # re-reads and validates the settings (the names of those changed); ConfigError
-        self._order = sorted(ctx.entries, key=lambda e: e.options.priority)  # the boot order (a stable sort)
+        self._order = ctx.boot_order
         self._pending: list[str] = []  # the reasons of the requests not served yet
         self.busy = False
 

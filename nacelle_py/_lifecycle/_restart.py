@@ -28,10 +28,10 @@ import anyio
 from .._errors import ComponentError
 from ._boot import Boot
 from ._context import Context
-from ._record import Entry, RunHandle
+from ._record import Entry, RunHandle, by_priority
 from ._runs import Outcome
 from ._states import State
-from ._unwind import Unwind, by_priority
+from ._unwind import Unwind
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
@@ -71,7 +71,7 @@ class Supervisor:
         self._boot = boot
         self._unwind = unwind
         self._strategy = strategy
-        self._order = sorted(ctx.entries, key=lambda e: e.options.priority)  # boot order (a stable sort)
+        self._order = ctx.boot_order
         self._active: list[_Restart] = []
         self._history: dict[str, deque[float]] = {}
         self._tg: TaskGroup | None = None

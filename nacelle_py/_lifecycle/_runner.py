@@ -34,7 +34,7 @@ from ._restart import Strategy, Supervisor
 from ._runs import Runs
 from ._shutdown import Shutdown
 from ._states import Phase
-from ._unwind import Unwind, by_priority
+from ._unwind import Unwind
 
 __all__ = ["Runner"]
 
@@ -92,7 +92,6 @@ class Runner:
             self._shutdown.route(RELOAD_SIGNAL, lambda: self._reloader.request("signal SIGHUP"))
         if DUMP_SIGNAL is not None:
             self._shutdown.route(DUMP_SIGNAL, lambda: self._dump("signal SIGUSR1"))
-        self._groups = by_priority(entries)
         self._graceful = anyio.CancelScope()
 
     @property
@@ -174,7 +173,7 @@ class Runner:
     async def _boot_groups(self) -> bool:
         """Bring every priority group up, ascending; whether all came up."""
         ctx = self._ctx
-        for group in self._groups:
+        for group in ctx.groups:
             if ctx.stopping:
                 return False
             priority = group[0].options.priority

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 import anyio
 
 from .._calls import is_async
-from .._components import overridden
 from ._context import CANCEL_GRACE, Context, ms
 from ._record import Countdown, Entry, RunHandle
-from ._states import State
+from ._states import FAILED, INITIALIZED, RUNNING, STOPPED
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
@@ -43,6 +42,7 @@ class Runs:
         self.on_exit: OnExit = lambda handle, outcome, error: None  # set by the runner to its supervisor's
         self._tg: TaskGroup | None = None
         self._closed = anyio.Event()
+        self._is_async_run: dict[type, bool] = {}  # by component class
 
     async def host(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The task that hosts the runs' task group until ``cancel_all()``."""
@@ -66,32 +66,31 @@ class Runs:
 
     def start(self, group: list[Entry]) -> Countdown | None:
         """Start the runs of ``group``'s processes; a countdown of those not yet begun (None: no process)."""
-        handles = []
-        cancellable = []
-        for entry in group:
-            run = overridden(entry.component, "run")
-            if run is None:
-                continue
-            stop = overridden(entry.component, "stop")
-            handle = entry.handle = RunHandle(entry, run, is_async(run), stop)
-            own_scope = stop is not None
-            handles.append(handle)
-            if not own_scope:
-                cancellable.append(handle)
-        if not handles:
+        processes = [e for e in group if "run" in e.defines]
+        if not processes:
             return None
         assert self._tg is not None
-        starting = Countdown(len(handles))
         ctx = self._ctx
-        ctx.running += len(handles)
-        quiet = len(handles) > BATCH_ABOVE
+        starting = Countdown(len(processes))
+        ctx.running += len(processes)
+        quiet = len(processes) > BATCH_ABOVE
         if quiet:
-            ctx.logger.info("runs starting", priority=group[0].options.priority, processes=len(handles))
-        for handle in handles:
-            handle.starting = starting
-            handle.quiet = quiet
-            if handle.scope is not None:
-                self._tg.start_soon(self._run_one, handle, name=f"nacelle run {handle.entry.name}")
+            ctx.logger.info("runs starting", priority=group[0].options.priority, processes=len(processes))
+        cancellable = []
+        is_async_run = self._is_async_run
+        for entry in processes:
+            component = entry.component
+            run = component.run  # type: ignore[attr-defined]  # a Process: it defines run
+            stop = component.stop if "stop" in entry.defines else None  # type: ignore[attr-defined]
+            # Whether run is async is a property of the class: asked once per class, not per process.
+            run_is_async = is_async_run.get(type(component))
+            if run_is_async is None:
+                run_is_async = is_async_run[type(component)] = is_async(run)
+            handle = entry.handle = RunHandle(entry, run, run_is_async, stop, starting, quiet)
+            if stop is None:
+                cancellable.append(handle)
+            else:
+                self._tg.start_soon(self._run_one, handle, name=f"nacelle run {entry.name}")
         if cancellable:
             # Processes without stop() are stopped by cancellation, all of a group at
             # once: one shared scope makes that one cancel() instead of one per process.
@@ -104,6 +103,12 @@ class Runs:
     async def _host(self, scope: anyio.CancelScope, handles: list[RunHandle]) -> None:
         with scope:
             async with anyio.create_task_group() as tg:
+                if not scope.cancel_called:
+                    # From now on the stop cancels the task group's own scope: the same runs,
+                    # and its exit then has nothing left to cancel (on asyncio each first cancel()
+                    # of a scope formats the current task's repr, some 20 µs).
+                    for handle in handles:
+                        handle.host_scope = tg.cancel_scope
                 for handle in handles:
                     tg.start_soon(self._run_one, handle, name=f"nacelle run {handle.entry.name}")
 
@@ -117,8 +122,11 @@ class Runs:
             if handle.is_async and not handle.begin():
                 outcome = "held"  # a stop came before this run's first step: it never starts
             else:
-                (ctx.logger.debug if handle.quiet else ctx.logger.info)("run starting", component=entry.name)
-                entry.move(State.RUNNING)
+                if not handle.quiet:
+                    ctx.logger.info("run starting", component=entry.name)
+                elif ctx.debug:
+                    ctx.logger.debug("run starting", component=entry.name)
+                entry.move(RUNNING)
                 entry.timings["started_at"] = time.time()
                 self._begun(handle)
                 if handle.scope is None:  # cancelled with its group: the cancellation ends this task
@@ -132,7 +140,8 @@ class Runs:
             outcome = "failed"
             error = exc
         finally:
-            self._begun(handle)  # a run that never began counts as started: nothing to wait for
+            if handle.starting is not None:
+                self._begun(handle)  # a run that never began counts as started: nothing to wait for
             # What the process started ends with it: before its run counts as ended
             # (the common case, nothing made for it, costs no await).
             ending = ctx.releasing(entry)
@@ -140,10 +149,10 @@ class Runs:
                 await ctx.released(entry, ending)
             if handle.abandoned:
                 pass  # its component was finalized meanwhile: that is its state now
-            elif outcome == "held" or entry.state is State.INITIALIZED:
-                entry.move(State.STOPPED)  # stopped before it began: a clean stop
+            elif outcome == "held" or entry.state is INITIALIZED:
+                entry.move(STOPPED)  # stopped before it began: a clean stop
             else:
-                entry.move(State.FAILED if outcome == "failed" else State.STOPPED)
+                entry.move(FAILED if outcome == "failed" else STOPPED)
             entry.timings["run_ms"] = ms(started)
             ctx.running -= 1
             handle.ended()
@@ -182,5 +191,7 @@ class Runs:
                     component=entry.name,
                     ms=ms(started),
                 )
-            else:  # expected when stopping a process without stop(): debug; otherwise news
-                (log.debug if handle.stopping else log.info)("run cancelled", component=entry.name, ms=ms(started))
+            elif not handle.stopping:  # news; expected when stopping a process without stop(): debug
+                log.info("run cancelled", component=entry.name, ms=ms(started))
+            elif self._ctx.debug:
+                log.debug("run cancelled", component=entry.name, ms=ms(started))

@@ -13,25 +13,16 @@ from typing import Any
 
 import anyio
 
-from .._components import overridden
 from .._errors import ComponentError, ComponentTimeoutError
 from ._context import CANCEL_GRACE, Context, deadline, ms
-from ._record import Countdown, Entry, RunHandle
+from ._record import Countdown, Entry, RunHandle, by_priority
 from ._shutdown import FORCED_FINALIZE_BUDGET
-from ._states import State
+from ._states import FAILED, FINALIZED, FINALIZING, RUNNING, STOPPING
 
-__all__ = ["Record", "Unwind", "by_priority"]
+__all__ = ["Record", "Unwind"]
 
 Record = Callable[[ComponentError], None]
 """Where an unwind's errors go."""
-
-
-def by_priority(entries: Iterable[Entry]) -> list[list[Entry]]:
-    """``entries`` grouped by priority, ascending, each group in registration order."""
-    groups: dict[int, list[Entry]] = {}
-    for entry in entries:
-        groups.setdefault(entry.options.priority, []).append(entry)
-    return [groups[p] for p in sorted(groups)]
 
 
 class Unwind:
@@ -47,33 +38,45 @@ class Unwind:
 
         ``record`` takes the errors (default: the app's error list; a restart notes them instead).
         """
-        for group in reversed(by_priority(entries)):
-            await self._stop_group(group, record or self._ctx.record)
+        ctx = self._ctx
+        groups = ctx.groups if entries is ctx.entries else by_priority(entries)  # the app's: grouped once
+        for group in reversed(groups):
+            await self._stop_group(group, record or ctx.record)
 
     async def _stop_group(self, group: list[Entry], record: Record) -> None:
         """Ask every running process of a group to stop at once, then wait for the runs to end."""
         running = [e.handle for e in group if e.handle is not None and not e.handle.finished]
         if not running:
             return
-        log = self._ctx.logger
+        ctx = self._ctx
+        log = ctx.logger
+        debug = ctx.debug
         started = anyio.current_time()
         stopped_at = time.perf_counter()
         countdown = Countdown(len(running))
         stoppers = []
+        shared: set[anyio.CancelScope] = set()  # the groups' scopes of processes without stop(): one cancel each
         for handle in running:
             entry = handle.entry
             began = handle.ask_stop()
-            if entry.state is State.RUNNING:
-                entry.move(State.STOPPING)
+            if entry.state is RUNNING:
+                entry.move(STOPPING)
             handle.countdown = countdown
             stop = handle.stop
             if stop is None:
                 # Stopping is cancelling: "stop finished" (info, with ms) says all there is.
-                log.debug("stop starting", component=entry.name)
-                handle.cancel()
+                if debug:
+                    log.debug("stop starting", component=entry.name)
+                if handle.host_scope is not None:
+                    shared.add(handle.host_scope)
+                else:
+                    handle.cancel()
             elif began:  # only a run that began is stopped; one that did not will not begin
-                (log.debug if handle.quiet else log.info)("stop starting", component=entry.name)
+                if debug or not handle.quiet:
+                    (log.debug if handle.quiet else log.info)("stop starting", component=entry.name)
                 stoppers.append((handle, stop))
+        for scope in shared:
+            scope.cancel()
         if len(stoppers) == 1:
             await self._call_stop(*stoppers[0], started, record)
         elif stoppers:
@@ -82,16 +85,21 @@ class Unwind:
                     tg.start_soon(self._call_stop, handle, stop, started, record)
         # One wait for the whole group, bounded by its earliest deadline; then each
         # straggler is waited for up to its own deadline.
-        earliest = min(deadline(started, h.entry.shutdown_timeout) for h in running)
+        bounds = [h.entry.shutdown_timeout for h in running if h.entry.shutdown_timeout is not None]
+        earliest = started + min(bounds) if bounds else math.inf
         with anyio.CancelScope(deadline=earliest):
             await countdown.event.wait()
         quiet = running[0].quiet  # a large group: one line for it, each process's at debug
+        line = None if quiet and not debug else log.debug if quiet else log.info
+        took = ms(stopped_at)  # what every run that ended in the group's wait took
         for handle in running:
             if not handle.finished:
                 await self._await_stopped(handle, started, record)
+                took = ms(stopped_at)
             entry = handle.entry
-            entry.timings["stop_ms"] = took = ms(stopped_at)
-            (log.debug if quiet else log.info)("stop finished", component=entry.name, ms=took)
+            entry.timings["stop_ms"] = took
+            if line is not None:
+                line("stop finished", component=entry.name, ms=took)
         if quiet:
             log.info("processes stopped", priority=group[0].options.priority, processes=len(running), ms=ms(stopped_at))
 
@@ -148,22 +156,28 @@ class Unwind:
         for entry in reversed(ctx.init_order):
             if chosen is not None and id(entry) not in chosen:
                 continue
-            await self._finalize_one(entry, restarting, record or ctx.record)
-            await ctx.release(entry)
+            if entry.handle is not None and not entry.handle.finished:
+                entry.handle.abandoned = True  # its run outlived the unwind (forced, or it ignored cancellation)
+            keep = entry.state is FAILED and not restarting  # a failure is not hidden by a clean finalize
+            if "finalize" in entry.defines:
+                await self._finalize_one(entry, keep, record or ctx.record)
+            elif not keep:
+                entry.move(FINALIZED)
+            # Inline rather than ``await ctx.release()``: most components have nothing to
+            # release, and a coroutine per component adds up at a thousand of them.
+            ending = ctx.releasing(entry)
+            if ending is not None:
+                await ctx.released(entry, ending)
         ctx.init_order[:] = [e for e in ctx.init_order if chosen is not None and id(e) not in chosen]
 
-    async def _finalize_one(self, entry: Entry, restarting: bool, record: Record) -> None:
-        """Finalize one component within its bound (and the forced-shutdown budget)."""
+    async def _finalize_one(self, entry: Entry, keep: bool, record: Record) -> None:
+        """Call one component's ``finalize`` within its bound (and the forced-shutdown budget).
+
+        ``keep``: it failed, and stays ``failed`` through a clean finalize.
+        """
         ctx = self._ctx
         shutdown = ctx.shutdown
-        if entry.handle is not None and not entry.handle.finished:
-            entry.handle.abandoned = True  # its run outlived the unwind (forced, or it ignored cancellation)
-        keep = entry.state is State.FAILED and not restarting  # a failure is not hidden by a clean finalize
-        finalize = overridden(entry.component, "finalize")
-        if finalize is None:
-            if not keep:
-                entry.move(State.FINALIZED)
-            return
+        finalize = entry.component.finalize
         if anyio.current_time() >= shutdown.forced_deadline:
             record(
                 ComponentTimeoutError(
@@ -174,7 +188,7 @@ class Unwind:
         ctx.logger.info("finalize starting", component=entry.name)
         started = time.perf_counter()
         if not keep:
-            entry.move(State.FINALIZING)
+            entry.move(FINALIZING)
         timeout = entry.finalize_timeout
         try:
             with shutdown.finalizing(deadline(anyio.current_time(), timeout)) as scope:
@@ -189,11 +203,11 @@ class Unwind:
             self._fail(entry, keep, ComponentTimeoutError(entry.name, "finalize", limit), record)
             return
         if not keep:
-            entry.move(State.FINALIZED)
+            entry.move(FINALIZED)
         ctx.logger.info("finalize finished", component=entry.name, ms=entry.timings["finalize_ms"])
 
     @staticmethod
     def _fail(entry: Entry, kept: bool, error: ComponentError, record: Record) -> None:
         if not kept:
-            entry.move(State.FAILED)
+            entry.move(FAILED)
         record(error)

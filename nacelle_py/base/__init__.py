@@ -16,6 +16,9 @@ __all__ = [
     "DispatcherSettings",
     "DispatcherStats",
     "DispatcherStatus",
+    "FlowRunner",
+    "FlowRunnerStats",
+    "FlowsSettings",
     "GRPCServer",
     "GRPCSettings",
     "HTTPServer",
@@ -46,6 +49,7 @@ __all__ = [
     "WorkerStats",
     "cron",
     "every",
+    "flows",
     "recover",
     "retry",
     "service",
@@ -89,6 +93,9 @@ _WHERE = {
     "RedisSettings": "._redis",
     "DispatcherStats": "._dispatcher",
     "DispatcherStatus": "._dispatcher",
+    "FlowRunner": "._flows._runner",
+    "FlowRunnerStats": "._flows._runner",
+    "FlowsSettings": "._flows._settings",
     "Message": "._pipeline",
     "Pipeline": "._pipeline",
     "PipelineError": "._pipeline",
@@ -98,6 +105,7 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:
+    from . import flows
     from ._asgi_services import service, services_of
     from ._dispatcher import (
         DeadLetter,
@@ -108,6 +116,8 @@ if TYPE_CHECKING:
         DispatcherStatus,
         TaskFailed,
     )
+    from ._flows._runner import FlowRunner, FlowRunnerStats
+    from ._flows._settings import FlowsSettings
     from ._grpc import GRPCServer, GRPCSettings
     from ._http import HTTPServer, HTTPSettings, HTTPStats
     from ._lambda import LambdaContext, LambdaListener, LambdaSettings, LambdaStats
@@ -132,6 +142,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "flows":  # a module of its own: flows.Task, flows.linear, flows.run, ...
+        return importlib.import_module(".flows", __name__)
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'nacelle_py.base' has no attribute {name!r}")

@@ -29,7 +29,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("EXAMPLE_", "SCRIPT_", "LOG_", "DB_", "HTTP_", "OPS_", "WORKER_", "MACHINE_", "PIPELINE_"))
+        if not k.startswith(
+            ("EXAMPLE_", "SCRIPT_", "LOG_", "DB_", "HTTP_", "OPS_", "WORKER_", "MACHINE_", "PIPELINE_", "FLOWS_")
+        )
         and k
         not in {
             "NOTIFY_SOCKET",
@@ -50,6 +52,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path`` in one unbuffered write: nothing is lost to a SIGKILL right after."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
 
 
 class AppProcess:
