@@ -34,7 +34,7 @@ class AsyncNoOp(LambdaListener):
 
 
 class SyncNoOp(LambdaListener):
-    def handle(self, event: Any, context: LambdaContext) -> object:  # type: ignore[override]
+    def handle(self, event: Any, context: LambdaContext) -> object:
         return None
 
 

@@ -105,7 +105,7 @@ class SyncOrders(LambdaListener):
 
     # The base class declares an async handle, so mypy calls a plain one an incompatible override
     # although the listener supports it (reported on the implementation).
-    def handle(self, event: dict[str, Any], context: LambdaContext) -> object:  # type: ignore[override]
+    def handle(self, event: dict[str, Any], context: LambdaContext) -> object:
         answer = before(event, context, self.logger)
         if answer is not None:
             return answer

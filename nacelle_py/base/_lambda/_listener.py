@@ -95,7 +95,9 @@ class LambdaListener(Process):
         self._errors = 0
         self._timeouts = 0
 
-    async def handle(self, event: Any, context: LambdaContext) -> object:
+    # A plain ``def`` returning Any here, so that a subclass may override it with an ``async def``
+    # or a plain ``def`` and type-check either way (an async override returns a coroutine).
+    def handle(self, event: Any, context: LambdaContext) -> Any:
         """One invocation: return a JSON-serialisable result or raise; override it (or pass ``handler=``)."""
         raise NotImplementedError("LambdaListener.handle: override it in a subclass")
 
