@@ -200,9 +200,9 @@ class Scheduler:
                 p.move_flow(S.REVERTING)
             self._controller(scope, S.REVERTING)
             self._controller(scope, S.REVERTED)
-            parent = scope.parent
+            parent = scope.parent  # every scope but the root has a controller: the next to decide
             assert parent is not None  # the root has no controller, so a scope with one has a parent
-            scope = self.plan.scopes[0] if decision is REVERT_ALL else _retrying(parent)
+            scope = self.plan.scopes[0] if decision is REVERT_ALL else parent
 
     def _decide(self, scope: Scope, attempt: int) -> Decision:
         assert scope.retry is not None
@@ -284,9 +284,7 @@ class Scheduler:
             if scope.retry is None:
                 continue
             state = self.progress.atoms[scope.name]
-            if new is S.RUNNING and state is S.PENDING:
-                self.progress.move(scope.name, S.RUNNING)
-            elif new is S.RUNNING and state is S.RETRYING:
+            if new is S.RUNNING and state in (S.PENDING, S.RETRYING):
                 self.progress.move(scope.name, S.RUNNING)
             elif new is S.SUCCESS and state is S.RUNNING:
                 self.progress.move(scope.name, S.SUCCESS)
@@ -361,7 +359,7 @@ class Scheduler:
                 self._rewind(scope)
                 self._again(scope, p.attempts[scope.name] + 1)
             elif state is S.REVERTED and scope.parent is not None:
-                outer = _retrying(scope.parent)
+                outer = scope.parent
                 if self._runs(outer):  # else it retries (above) or passed the failure on itself
                     self.failing[id(outer)] = outer
 
@@ -387,11 +385,3 @@ class Scheduler:
     def _failed(self) -> FlowFailed:
         p = self.progress
         return FlowFailed(p.name, p.state, tuple(p.failures), flow_id=p.flow_id, values=p.values)
-
-
-def _retrying(scope: Scope) -> Scope:
-    """``scope`` if it has a retry controller, else the nearest one around it (the root at the end)."""
-    for s in scope.chain():
-        if s.retry is not None or s.parent is None:
-            return s
-    raise AssertionError("every chain ends at the root")  # pragma: no cover

@@ -42,7 +42,7 @@ class SavedAtom:
     """An atom's last recorded state: its result, its attempt (retry controllers), its order."""
 
     state: State
-    result: tuple[Any] | None = None  # (JSON data,) while its last execute's success stands, else None
+    result: tuple[Any] | None = None  # (its JSON data,) while its last execute's success stands, else None
     attempt: int = 0
     seq: int = 0  # when it last completed (SUCCESS or FAILURE): the order reverts go back through
 
@@ -69,10 +69,8 @@ class Persistence(Protocol):
     def flow_moved(self, flow_id: str, state: State) -> None:
         """Record the flow's new state."""
 
-    def atom_moved(
-        self, flow_id: str, atom: str, state: State, result: tuple[Any] | None, attempt: int, seq: int
-    ) -> None:
-        """Record an atom's new state with its result (``(value,)`` while it stands), attempt and completion order."""
+    def atom_moved(self, flow_id: str, atom: str, state: State, result: str | None, attempt: int, seq: int) -> None:
+        """Record an atom's new state with its result (JSON text, while it stands), attempt and completion order."""
 
     def failed(self, flow_id: str, failure: Failure) -> None:
         """Record one failure (execute or revert), in order."""

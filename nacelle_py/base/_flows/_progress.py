@@ -38,6 +38,7 @@ class Progress:
         names = [n.name for n in plan.nodes] + [s.name for s in plan.scopes if s.retry is not None]
         self.atoms: dict[str, State] = dict.fromkeys(names, State.PENDING)
         self.results: dict[str, Any] = {}
+        self.encoded: dict[str, str] = {}  # with a store: each result as JSON text, encoded once by check_result
         self.errors: dict[str, Failure] = {}  # execute failures by task: what revert() and retries see
         self.failures: list[Failure] = []  # every failure, execute and revert, in order
         self.attempts: dict[str, int] = {s.name: 1 for s in plan.scopes if s.retry is not None}
@@ -76,8 +77,8 @@ class Progress:
         self.atoms[atom] = new
         if self.persistence is not None:
             # The result goes with every move while it stands (a revert a crash interrupts needs it).
-            kept = atom in self.results and atom not in self.errors and new is not State.PENDING
-            saved = (self.results[atom],) if kept else None
+            kept = atom in self.encoded and atom not in self.errors and new is not State.PENDING
+            saved = self.encoded[atom] if kept else None
             attempt = self.attempts.get(atom, 0)
             self.persistence.atom_moved(self.flow_id, atom, new, saved, attempt, self.done.get(atom, 0))
         if self.listeners.listeners:
@@ -97,8 +98,8 @@ class Progress:
                     f"task {node.name!r} provides {provided!r}, so execute() must return a sequence of "
                     f"{len(provided)} values, got {result!r}"
                 )
-        if self.persistence is not None:
-            dumps(f"the result of task {node.name!r}", result)
+        if self.persistence is not None:  # encoded here once: every later move of the atom stores this text
+            self.encoded[node.name] = dumps(f"the result of task {node.name!r}", result)
 
     def provide(self, node: Node, result: Any) -> None:
         """Put what ``node`` returned into the values, under its ``provides`` names."""
@@ -145,6 +146,7 @@ class Progress:
                 self.attempts[name] = atom.attempt
             if atom.result is not None:  # its last execute succeeded: no earlier failure stands
                 self.results[name] = atom.result[0]
+                self.encoded[name] = dumps(f"the result of task {name!r}", atom.result[0])
                 self.errors.pop(name, None)
         self.seq = max(self.done.values(), default=0)
         for node in sorted(self.plan.nodes, key=lambda n: self.done.get(n.name, 0)):

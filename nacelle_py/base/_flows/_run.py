@@ -29,10 +29,11 @@ from ._workers import RemoteExecutor
 if TYPE_CHECKING:
     from .._dispatcher import Dispatcher
 
-__all__ = ["FlowEngine", "load", "resume", "run"]
+__all__ = ["FlowEngine", "check_concurrency", "load", "resume", "run"]
 
 
-def _concurrency(where: str, value: object) -> int | None:
+def check_concurrency(where: str, value: object) -> int | None:
+    """``value`` as a bound on atoms at once (an int >= 1, or None for none); ValueError naming ``where``."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -69,7 +70,7 @@ class FlowEngine:
         if not resuming:
             plan.check_store(values)
         self.engine = engine_name(engine if engine is not None else os.environ.get("FLOWS_ENGINE", "serial"), where)
-        limit = _concurrency(where, concurrency)
+        limit = check_concurrency(where, concurrency)
         if flow_id is not None and (not isinstance(flow_id, str) or not flow_id):
             raise TypeError(f"{where}: flow_id must be a non-empty string, got {flow_id!r}")
         self.flow = flow

@@ -28,7 +28,7 @@ from ._events import Listener, checked_listeners
 from ._failure import FlowFailed, FlowSuspended
 from ._patterns import Flow
 from ._persist import Persistence
-from ._run import FlowEngine, resumed
+from ._run import FlowEngine, check_concurrency, resumed
 from ._settings import FlowsSettings, engine_name
 from ._sqlite import SQLiteStore
 from ._states import State
@@ -103,14 +103,11 @@ class FlowRunner(Process):
             self.flows[flow.name] = flow
         try:
             self._code_engine = engine_name(engine, where)
+            check_concurrency(where, concurrency)
         except ValueError as exc:
             raise RegistrationError(str(exc)) from None
         if isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1:
             raise RegistrationError(f"{where}: max_running must be an int >= 1, got {max_running!r}")
-        if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-        ):
-            raise RegistrationError(f"{where}: concurrency must be an int >= 1 or None, got {concurrency!r}")
         self._code = (max_running, concurrency, store)
         self.dispatcher = dispatcher
         if dispatcher is not None:

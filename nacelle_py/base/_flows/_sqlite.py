@@ -90,13 +90,10 @@ class SQLiteStore:
         """Record the flow's new state."""
         self._write("UPDATE flows SET state = ?, updated = ? WHERE flow_id = ?", (state.value, time.time(), flow_id))
 
-    def atom_moved(
-        self, flow_id: str, atom: str, state: State, result: tuple[Any] | None, attempt: int, seq: int
-    ) -> None:
-        """Record an atom's new state (and its result, ``(value,)``, while it stands)."""
-        text = None if result is None else dumps(f"the result of atom {atom!r}", list(result))
+    def atom_moved(self, flow_id: str, atom: str, state: State, result: str | None, attempt: int, seq: int) -> None:
+        """Record an atom's new state (and its result, JSON text encoded once by the flow, while it stands)."""
         self._write(
-            "INSERT OR REPLACE INTO atoms VALUES (?, ?, ?, ?, ?, ?)", (flow_id, atom, state.value, text, attempt, seq)
+            "INSERT OR REPLACE INTO atoms VALUES (?, ?, ?, ?, ?, ?)", (flow_id, atom, state.value, result, attempt, seq)
         )
 
     def failed(self, flow_id: str, failure: Failure) -> None:
@@ -125,7 +122,7 @@ class SQLiteStore:
             ).fetchall()
         saved = Saved(flow_id, row[0], row[1], State(row[2]), json.loads(row[3]))
         for atom, state, result, attempt, seq in atoms:
-            value = (json.loads(result)[0],) if result is not None else None
+            value = (json.loads(result),) if result is not None else None
             saved.atoms[atom] = SavedAtom(State(state), value, int(attempt), int(seq))
         saved.failures = [Failure.from_json(json.loads(f)) for (f,) in failures]
         return saved

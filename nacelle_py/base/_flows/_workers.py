@@ -17,7 +17,6 @@ import weakref
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
-from pydantic_core import to_jsonable_python
 
 from ._failure import Failure, Failures
 from ._local import call
@@ -158,19 +157,13 @@ class RemoteExecutor:
         if isinstance(result, Failure):
             request.failure = result.to_json()
         else:
-            request.result = to_jsonable_python(result)
+            request.result = jsonable(f"the result of {node.name}", result)
         if isinstance(failures, Failures):
             request.failures = {k: v.to_json() for k, v in failures.items()}
         await self._call(request)
 
     async def _call(self, request: AtomCall) -> Any:
-        try:
-            request.arguments = to_jsonable_python(request.arguments)
-        except Exception as exc:
-            raise TypeError(
-                f"the arguments of {request.atom}.{request.operation} are not JSON data ({exc}); the worker-based "
-                "engine passes plain data (dict, list, str, int, float, bool, None) or pydantic models"
-            ) from exc
+        request.arguments = jsonable(f"the arguments of {request.atom}.{request.operation}", request.arguments)
         task_id = await self.dispatcher.enqueue(TASK, request, keep_result=KEEP_OUTCOME)
         while True:
             try:
