@@ -1105,6 +1105,19 @@ async def test_redis_an_unwind_leaves_the_running_task_to_be_reclaimed(redis_url
     assert redis_command(redis_url, "XPENDING", stream, GROUP)[0] == 0
 
 
+async def test_async_with_enters_once_the_group_exists_and_an_empty_body_leaves_at_once(redis_url: str) -> None:
+    # Regression: ``async with`` used to hand over before the backend served, so a body that
+    # left at once raced the group's creation: the quit failed (no such group) and the exit
+    # then waited forever for a run nobody ended. Now the group exists when the body starts.
+    for _ in range(20):
+        stream = new_stream()
+        with anyio.fail_after(10):
+            async with redis_dispatcher(redis_url, stream):
+                groups = redis_command(redis_url, "XINFO", "GROUPS", stream)
+                assert [dict(zip(g[::2], g[1::2], strict=True))[b"name"] for g in groups] == [GROUP.encode()]
+    assert redis_command(redis_url, "XINFO", "CONSUMERS", stream, GROUP) == []  # it left the group
+
+
 # -- under an App -------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import anyio
 import anyio.lowlevel
 import structlog
+from anyio.abc import TaskStatus
 
 from ..._components import Process
 from ..._errors import RegistrationError
@@ -34,6 +35,8 @@ from ._settings import BackendOptions, DispatcherSettings, check_keywords, resol
 from ._state import DRAINING, RUNNING, STOPPED, STOPPING, DispatcherStatus, Phase
 from ._stats import DispatcherError, DispatcherStats, pool_stats
 from ._tasks import TaskRegistry
+
+START_WITHIN = 10.0  # seconds ``async with`` waits for the backend to serve (Redis: reach it, create the group)
 
 __all__ = ["Dispatcher"]
 
@@ -247,8 +250,13 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
 
     async def run(self) -> None:
         """Run the workers until ``quit``; a second concurrent call waits for the first (reentrant)."""
+        await self._run()
+
+    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """``run()``, telling ``task_status`` once the backend serves (Redis: the group exists)."""
         if self._tg is not None:
             assert self._stopped is not None
+            task_status.started()
             await self._stopped.wait()
             return
         backend = await self._ready_backend()
@@ -274,6 +282,7 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
                 await tg.start(backend.serve)
                 if self._health is not None:
                     self._health.update(True)
+                task_status.started()
                 while not self._state.quitting:
                     await self._wait_changed(None)
                 await backend.finish()  # settle the drained tasks' outcomes before the backend closes
@@ -295,22 +304,42 @@ class Dispatcher(NamedTasks, WorkerPool, Process):
 
     async def __aenter__(self) -> Dispatcher:
         await self._ready_backend()
-        self._exit_stack = anyio.create_task_group()
-        await self._exit_stack.__aenter__()
-        self._exit_stack.start_soon(self.run)
-        while self._tg is None:
-            await anyio.sleep(0)
+        stack = anyio.create_task_group()
+        await stack.__aenter__()
+        started = False
+        try:
+            # Back to the body once the backend serves: a quit from the body then never
+            # races the backend's start (on Redis, the consumer group's creation).
+            with anyio.move_on_after(START_WITHIN):
+                await stack.start(self._run)
+                started = True
+        finally:
+            if not started:
+                stack.cancel_scope.cancel()
+                try:
+                    await stack.__aexit__(None, None, None)
+                finally:
+                    self._drop_backend()
+        if not started:
+            raise DispatcherError(
+                f"Dispatcher: the {self.options.backend} backend did not start within {START_WITHIN:g} s"
+            )
+        self._exit_stack = stack
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         stack, self._exit_stack = self._exit_stack, None
+        assert stack is not None
         failed = isinstance(exc, Exception)
         try:
             if self._tg is not None:
                 with anyio.CancelScope(shield=failed):
                     await self.quit(drain=exc_type is None)
+        except BaseException:
+            stack.cancel_scope.cancel()  # a quit that failed or was cancelled leaves no run behind
+            raise
         finally:
             # The body's own error propagates as itself, not wrapped in the task
             # group's ExceptionGroup; cancellation still goes through the group.

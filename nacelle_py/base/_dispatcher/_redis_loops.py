@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from pydantic_core import from_json
 
-from .._redis._client import LOST, consumer_name
+from .._redis._client import LOST, GroupGone, consumer_name
 from .._redis._retry import until_done
 from ._jobs import Failure, Job
 from ._redis_scripts import MOVE, SETTLE
@@ -54,6 +54,7 @@ class Loops:
         self.reread = False  # set when a command failed: the reader re-reads its own pending entries
         self._reported: set[bytes] = set()  # entries already reported as lost leases
         self._flushed: anyio.Event | None = None
+        self.prepared = False  # the group exists and the scripts are loaded (a stop may come first)
 
     async def _until_done(self, call: Any, *, stoppable: bool = False, within: float | None = None) -> Any:
         """``await call()`` until it goes through (``until_done``); after a failure, re-read our own
@@ -100,6 +101,7 @@ class Loops:
                 await client.script_load(script.script)
 
         await self._until_done(load)
+        self.prepared = True
 
     async def run(self) -> None:
         """Every loop, until cancelled (the dispatcher's run ends)."""
@@ -134,10 +136,13 @@ class Loops:
                 self._flushed = anyio.Event()
                 self._wake_flusher()
                 await self._flushed.wait()
-            if self.backend.options.consume and self.backend.group is not None and not self.backend.held:
+            group = self.backend.group
+            if self.backend.options.consume and self.prepared and group is not None and not self.backend.held:
                 try:
-                    await self.backend.group.forget_me()
-                except LOST:
+                    await group.forget_me()
+                except LOST:  # Redis is away: the consumer stays listed, with nothing pending
+                    pass
+                except GroupGone:  # the group is gone with Redis' data: nothing to leave
                     pass
 
     # -- reading ------------------------------------------------------------------------
