@@ -14,7 +14,9 @@ process, written from the protocol's documentation, keep-alive HTTP/1.1):
   of the goal, has a plain ``def handle``, which the listener runs on its
   thread. A third row is the floor of that client: a bare loop of ``GET
   next`` and ``POST response`` through one ``httpx.AsyncClient``, no
-  framework (what the listener costs on top of httpx).
+  framework (what the listener costs on top of httpx). A fourth row is
+  the floor of any runtime on an anyio loop: the same loop on one TCP
+  stream with hand-written HTTP/1.1 and no client library.
 
 Each runtime is a long-lived subprocess with a server of its own (so none
 takes another's invocations), started once and left polling, as on the
@@ -144,6 +146,7 @@ def main() -> None:
             Runtime(f"LambdaListener, def ({options.backend})", ["_lambda_noop.py", "sync", options.backend])
         )
         runtimes.append(Runtime(f"bare httpx loop ({options.backend})", ["_lambda_noop.py", "httpx", options.backend]))
+        runtimes.append(Runtime(f"bare stream loop ({options.backend})", ["_lambda_noop.py", "raw", options.backend]))
         for runtime in runtimes:
             runtime.ready()
         for round_ in range(options.repeat + 1):  # round 0 warms up
@@ -169,8 +172,11 @@ def main() -> None:
     ric = runtimes[0]
     cpu_ratio = statistics.median(n / r for n, r in zip(nacelle.cpu_rates, ric.cpu_rates))
     wall_ratio = statistics.median(n / r for n, r in zip(nacelle.rates, ric.rates))
-    floor = statistics.median(n / h for n, h in zip(nacelle.cpu_rates, runtimes[-1].cpu_rates))
+    httpx_loop, stream_loop = runtimes[-2], runtimes[-1]
+    floor = statistics.median(n / h for n, h in zip(nacelle.cpu_rates, httpx_loop.cpu_rates))
     print(f"LambdaListener/bare httpx loop: {floor:.2f}x per runtime CPU-s")
+    least = statistics.median(s / r for s, r in zip(stream_loop.cpu_rates, ric.cpu_rates))
+    print(f"bare stream loop/awslambdaric: {least:.2f}x per runtime CPU-s (the most any anyio runtime could reach)")
     print(
         f"ratio LambdaListener/awslambdaric: {cpu_ratio:.2f}x per runtime CPU-s (goal >= 1.0x), {wall_ratio:.2f}x wall clock"
     )
