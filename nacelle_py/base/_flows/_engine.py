@@ -226,9 +226,9 @@ class Scheduler:
         self._controller(scope, S.RETRYING)
         self._rewind(scope)
         p.move_flow(S.RETRYING)
-        wait = scope.retry.wait(attempt - 1)
-        if wait > 0:
-            await anyio.sleep(wait)
+        # Always a checkpoint, even without a backoff: a task that fails without awaiting
+        # anything, retried again and again, must not keep the loop (or a cancellation) out.
+        await anyio.sleep(max(scope.retry.wait(attempt - 1), 0))
         self._again(scope, attempt)
 
     def _again(self, scope: Scope, attempt: int) -> None:

@@ -9,6 +9,7 @@ the whole flow, whatever the enclosing controllers would say).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 from typing import Any
@@ -51,6 +52,11 @@ def _backoff(where: str, backoff: object) -> Callable[[int], float]:
         and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in backoff)
     ):
         first, cap = float(backoff[0]), float(backoff[1])
+        if not first <= cap or not math.isfinite(first):
+            raise ValueError(
+                f"{where}: backoff (first, cap) doubles from first up to cap, so it needs a finite first <= cap; "
+                f"got {backoff!r}"
+            )
         return lambda failed: min(cap, first * 2 ** (failed - 1))
     raise TypeError(f"{where}: backoff must be seconds, (first, cap) or a function of the attempt, got {backoff!r}")
 

@@ -69,7 +69,10 @@ class FlowEngine:
         values = dict(store or {})
         if not resuming:
             plan.check_store(values)
-        self.engine = engine_name(engine if engine is not None else os.environ.get("FLOWS_ENGINE", "serial"), where)
+        if engine is None:  # the deployment's choice: a bad value names the variable it came from
+            self.engine = engine_name(os.environ.get("FLOWS_ENGINE", "serial"), f"{where}: FLOWS_ENGINE")
+        else:
+            self.engine = engine_name(engine, where)
         limit = check_concurrency(where, concurrency)
         if flow_id is not None and (not isinstance(flow_id, str) or not flow_id):
             raise TypeError(f"{where}: flow_id must be a non-empty string, got {flow_id!r}")

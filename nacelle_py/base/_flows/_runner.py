@@ -122,9 +122,8 @@ class FlowRunner(Process):
         self.store: Persistence | None = None
         self._owned_store: SQLiteStore | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
         self._running: dict[str, FlowEngine] = {}
-        self._waiting: dict[str, FlowEngine] = {}
+        self._waiting: dict[str, FlowEngine] = {}  # in submission order: the first gets the next free slot
         self._outcomes: OrderedDict[str, _Outcome] = OrderedDict()
         self._stopping: anyio.Event | None = None
         self._counts = dict.fromkeys(("succeeded", "reverted", "failed", "suspended", "resumed"), 0)
@@ -245,7 +244,6 @@ class FlowRunner(Process):
     # Running -------------------------------------------------------------------------------------
 
     def _start(self, engine: FlowEngine) -> None:
-        assert self._tg is not None
         self._outcomes[engine.flow_id] = _Outcome()
         while len(self._outcomes) > KEEP_OUTCOMES:
             oldest = next(iter(self._outcomes))
@@ -253,28 +251,29 @@ class FlowRunner(Process):
                 break
             del self._outcomes[oldest]
         self._waiting[engine.flow_id] = engine
-        self._tg.start_soon(self._drive, engine)
+        self._fill()
+
+    def _fill(self) -> None:
+        """Start the waiting flows, first submitted first, while a slot is free (none once stopping)."""
+        assert self._tg is not None and self._stopping is not None
+        while self._waiting and len(self._running) < self.max_running and not self._stopping.is_set():
+            flow_id = next(iter(self._waiting))
+            engine = self._running[flow_id] = self._waiting.pop(flow_id)
+            self._tg.start_soon(self._drive, engine)
 
     async def _drive(self, engine: FlowEngine) -> None:
-        assert self._limiter is not None and self._stopping is not None
         outcome = self._outcomes[engine.flow_id]
         flow_id = engine.flow_id
         try:
-            async with self._limiter:
-                del self._waiting[flow_id]
-                if self._stopping.is_set():
-                    engine.suspend()
-                self._running[flow_id] = engine
-                try:
-                    outcome.values = await engine.run()
-                finally:
-                    del self._running[flow_id]
+            try:
+                outcome.values = await engine.run()
+            finally:
+                del self._running[flow_id]
+                self._fill()
             self._counts["succeeded"] += 1
             self._log.debug("flow succeeded", flow=engine.flow.name, flow_id=flow_id)
         except FlowSuspended as exc:
-            outcome.error = exc
-            self._counts["suspended"] += 1
-            self._log.info("flow suspended; the next start resumes it", flow=engine.flow.name, flow_id=flow_id)
+            self._suspended(engine, exc)
         except FlowFailed as exc:
             outcome.error = exc
             reverted = exc.state is State.REVERTED
@@ -286,8 +285,15 @@ class FlowRunner(Process):
             self._counts["failed"] += 1
             self._log.error("flow crashed", flow=engine.flow.name, flow_id=flow_id, exc_info=exc)
         finally:
-            self._waiting.pop(flow_id, None)
             outcome.done.set()
+
+    def _suspended(self, engine: FlowEngine, exc: FlowSuspended) -> None:
+        """Flow ``engine`` ended suspended (a stop), or never started before the stop."""
+        self._outcomes[engine.flow_id].error = exc
+        self._outcomes[engine.flow_id].done.set()
+        if self.store is not None:  # without one, a flow not started is dropped (logged once for all)
+            self._counts["suspended"] += 1
+            self._log.info("flow suspended; the next start resumes it", flow=engine.flow.name, flow_id=engine.flow_id)
 
     def _resume_unfinished(self) -> None:
         if self.store is None:
@@ -323,7 +329,6 @@ class FlowRunner(Process):
             raise RuntimeError("FlowRunner.run: the runner is already running")
         if "settings" not in vars(self):  # standalone: the same settings, from the environment
             self._apply(Config().load(FlowsSettings))
-        self._limiter = anyio.CapacityLimiter(self.max_running)
         stopping = self._stopping = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
@@ -342,18 +347,23 @@ class FlowRunner(Process):
                 self.store = self._owned_store = None
 
     def _wind_down(self) -> None:
-        """A stop: suspend what runs when a store keeps it, else let it finish; what waits is suspended or dropped."""
+        """A stop: suspend what runs when a store keeps it, else let it finish; start nothing that waits.
+
+        A waiting flow never started: with a store its record stays unfinished and the next
+        start runs it; without one it is dropped (and logged). Its ``result()`` raises
+        ``FlowSuspended`` either way.
+        """
         if self.store is not None:
             for engine in list(self._running.values()):
                 engine.suspend()
-            return  # the waiting ones see the stop when they get a slot, and suspend at once
-        if self._waiting:
+        elif self._waiting:
             self._log.warning(
                 "flows not started are dropped: the runner has no store (FLOWS_STORE) to keep them",
                 dropped=len(self._waiting),
             )
-            for engine in list(self._waiting.values()):
-                engine.suspend()
+        waiting, self._waiting = self._waiting, {}
+        for engine in waiting.values():
+            self._suspended(engine, FlowSuspended(engine.flow.name, engine.flow_id))
 
     async def stop(self) -> None:
         """Stop taking flows; suspend (with a store) or finish (without) the running ones, then end ``run``."""

@@ -205,11 +205,6 @@ async def test_engine_keyword_beats_flows_engine_env(monkeypatch: pytest.MonkeyP
     assert values["a"] == "alone"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FLOWS_ENGINE=turbo makes flows.run raise \"flows ('f'): unknown engine 'turbo'; use one of: ...\" "
-    "without naming FLOWS_ENGINE, so the user cannot tell the value came from the environment",
-)
 async def test_an_invalid_flows_engine_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWS_ENGINE", "turbo")
     ran: list[str] = []
@@ -471,16 +466,14 @@ async def test_a_missing_requirement_is_refused_before_anything_runs(flow_engine
     assert trace == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DOCS MISMATCH: docs/flows.md's table says 'a requirement whose only provider is not ordered before it' "
-    "is refused when building the flow; linear() accepts it and only flows.run refuses it (as a missing requirement)",
-)
 async def test_a_requirement_from_a_later_sibling_in_linear_is_refused_before_running() -> None:
+    # docs/flows.md: a provider later in a linear flow does not count; flows.run refuses the
+    # flow before its first task, saying the value must be provided earlier in the flow.
     trace: list[str] = []
-    with pytest.raises(flows.FlowError) as caught:
-        flows.linear("backwards", Rec("user", trace, requires=("late",)), Rec("maker", trace, provides="late"))
-    assert "late" in str(caught.value)
+    flow = flows.linear("backwards", Rec("user", trace, requires=("late",)), Rec("maker", trace, provides="late"))
+    with anyio.fail_after(LIMIT), pytest.raises(flows.FlowError) as caught:
+        await flows.run(flow)
+    assert "late" in str(caught.value) and "earlier in the flow" in str(caught.value)
     assert trace == []
 
 
@@ -774,16 +767,17 @@ async def test_the_controller_is_an_atom_moving_running_retrying_running() -> No
         lambda: flows.Times(-2),
         lambda: flows.Times(2, backoff=-1.0),
         lambda: flows.Times(2, backoff=(1.0,)),  # type: ignore[arg-type]
+        lambda: flows.Times(2, backoff=(2.0, 1.0)),  # the cap below the first wait
         lambda: flows.Times("3"),  # type: ignore[arg-type]
         lambda: flows.ForEach([]),
     ],
-    ids=["zero", "negative", "neg-backoff", "short-tuple", "str-attempts", "empty-foreach"],
+    ids=["zero", "negative", "neg-backoff", "short-tuple", "cap-below-first", "str-attempts", "empty-foreach"],
 )
 def test_bad_retry_arguments_are_refused_clearly(make: Any) -> None:
     with pytest.raises((ValueError, TypeError)) as caught:
         make()
     text = str(caught.value)
-    assert ("Times" in text or "ForEach" in text or "attempts" in text or "backoff" in text or "values" in text), text
+    assert "Times" in text or "ForEach" in text or "attempts" in text or "backoff" in text or "values" in text, text
 
 
 def test_retry_must_be_a_controller() -> None:
@@ -793,19 +787,7 @@ def test_retry_must_be_a_controller() -> None:
 
 
 @pytest.mark.parametrize("engine", ["serial", "parallel"])
-def test_a_retry_loop_of_a_task_that_fails_at_once_can_be_cancelled(
-    request: pytest.FixtureRequest, anyio_backend: str, engine: str
-) -> None:
-    if engine == "serial" or anyio_backend == "trio":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: between a failed attempt and the next one the engine never yields to the event loop, "
-                "so a task that fails without awaiting, under a controller that keeps retrying, spins for ever: "
-                "fail_after, a shutdown and every other task of the loop are starved (serial on both backends, "
-                "parallel on trio)",
-            )
-        )
+def test_a_retry_loop_of_a_task_that_fails_at_once_can_be_cancelled(anyio_backend: str, engine: str) -> None:
     script = str(Path(__file__).resolve().parents[2] / "scripts" / "qa_flows_spin.py")
     env = clean_env(LOG_LEVEL="error")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
@@ -1097,7 +1079,9 @@ async def test_sigkill_mid_task_then_resume_runs_only_the_unfinished(
     assert "run-1" not in list(store.unfinished())
 
 
-async def test_sigkill_in_unordered_on_parallel_then_resume_on_serial(tmp_path: Path, reset_control: Any, anyio_backend: str) -> None:
+async def test_sigkill_in_unordered_on_parallel_then_resume_on_serial(
+    tmp_path: Path, reset_control: Any, anyio_backend: str
+) -> None:
     with start_crash(anyio_backend, "run", "fan", tmp_path, "parallel", "run-2", "C.execute") as proc:
         await wait_call(proc, "hang", "C.execute")
         await wait_call(proc, "done", "B.execute")
@@ -1137,7 +1121,9 @@ async def test_a_resumed_flow_that_fails_reverts_atoms_completed_before_the_cras
     assert len(crash.effects(str(tmp_path / "effects.db"))) == 7
 
 
-async def test_sigkill_mid_revert_then_resume_reverts_each_once(tmp_path: Path, reset_control: Any, anyio_backend: str) -> None:
+async def test_sigkill_mid_revert_then_resume_reverts_each_once(
+    tmp_path: Path, reset_control: Any, anyio_backend: str
+) -> None:
     with start_crash(anyio_backend, "run", "linear", tmp_path, "serial", "run-4", "B.revert", "D.execute") as proc:
         await wait_call(proc, "hang", "B.revert")
         kill9(proc)
@@ -1234,16 +1220,7 @@ async def test_flowrunner_bounds_concurrency_and_reports_every_outcome(tmp_path:
     assert inside[1] == 3
 
 
-async def test_flowrunner_starts_waiting_flows_in_submission_order(
-    request: pytest.FixtureRequest, anyio_backend: str
-) -> None:
-    if anyio_backend == "trio":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=False,  # trio's scheduler is random: about 1 run in 4 keeps the order by chance
-                reason="BUG: with max_running=1 on trio, waiting flows usually start newest first ([5, 4, 3, 2, 1, 0])",
-            )
-        )
+async def test_flowrunner_starts_waiting_flows_in_submission_order() -> None:
     order: list[int] = []
 
     class Note(flows.Task):
@@ -1270,7 +1247,9 @@ async def test_flowrunner_result_timeout_is_a_timeout_error() -> None:
         await runner.result(flow_id, timeout=LIMIT)
 
 
-async def test_flowrunner_resumes_a_sigkilled_apps_flow_at_the_next_boot(tmp_path: Path, reset_control: Any, anyio_backend: str) -> None:
+async def test_flowrunner_resumes_a_sigkilled_apps_flow_at_the_next_boot(
+    tmp_path: Path, reset_control: Any, anyio_backend: str
+) -> None:
     with start_crash(anyio_backend, "app", "linear", tmp_path, "serial", "order-9", "C.execute") as proc:
         await wait_call(proc, "hang", "C.execute")
         kill9(proc)
@@ -1290,12 +1269,6 @@ async def test_flowrunner_resumes_a_sigkilled_apps_flow_at_the_next_boot(tmp_pat
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: at stop with a store, FlowRunner suspends the running flow but then starts the waiting ones in "
-    "the freed slot and runs them to the end during shutdown (the whole backlog: 0.8 s here, unbounded with a long "
-    "queue, cancelled at the shutdown timeout) instead of leaving them in the store for the next start",
-)
 async def test_flowrunner_stop_starts_no_waiting_flow_and_the_next_start_runs_them(tmp_path: Path) -> None:
     log: list[str] = []
 
