@@ -118,8 +118,12 @@ class FlowFailed(Exception):
 
     def __str__(self) -> str:
         ended = "reverted" if self.state is State.REVERTED else "failed (a revert raised; effects may remain)"
-        listed = "; ".join(str(f) for f in self.failures) or "no failure recorded"
-        return f"flow {self.flow!r} {ended}: {listed}"
+        counts: dict[str, int] = {}  # each failure once, in order: retries repeat the same one
+        for failure in self.failures:
+            text = str(failure)
+            counts[text] = counts.get(text, 0) + 1
+        listed = "; ".join(text if n == 1 else f"{text} ({n} times)" for text, n in counts.items())
+        return f"flow {self.flow!r} {ended}: {listed or 'no failure recorded'}"
 
 
 class FlowSuspended(Exception):

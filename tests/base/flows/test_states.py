@@ -232,3 +232,19 @@ async def test_a_failed_revert_inside_a_retry_scope_leaves_no_controller_running
     assert engine.state is flows.FAILED
     assert engine.atom_states == {"a": S.FAILURE, "b": S.REVERTED, "sub.retry": S.FAILURE, "outer.retry": S.FAILURE}
     assert moves.of("sub.retry") == ["PENDING", "RUNNING", "REVERTING", "FAILURE"]
+
+
+def test_str_of_flow_failed_names_each_failure_once_with_how_often_it_happened() -> None:
+    # A retried task fails the same way on every attempt: the message counts them instead of
+    # repeating one line per attempt.
+    boom = flows.Failure("charge", "execute", "ValueError", "card declined")
+    undo = flows.Failure("reserve", "revert", "OSError", "disk full")
+    failed = flows.FlowFailed("checkout", flows.FAILED, (boom, boom, boom, undo))
+    assert str(failed) == (
+        "flow 'checkout' failed (a revert raised; effects may remain): "
+        "charge.execute: ValueError: card declined (3 times); reserve.revert: OSError: disk full"
+    )
+    assert str(flows.FlowFailed("checkout", flows.REVERTED, (boom,))) == (
+        "flow 'checkout' reverted: charge.execute: ValueError: card declined"
+    )
+    assert str(flows.FlowFailed("empty", flows.REVERTED, ())) == "flow 'empty' reverted: no failure recorded"
