@@ -15,8 +15,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -308,14 +307,27 @@ def ladder(trace: Trace, strategy: str, failing: str) -> tuple[App, dict[str, St
     app = test_app("t", restart_strategy=strategy)
     go = ready_go(app)
     built: dict[str, Step | Proc] = {}
-    for label, priority, is_proc in (("i0", 0, False), ("x", 1, True), ("y", 1, True), ("z", 1, True), ("i2", 2, False), ("w", 2, True)):
+    for label, priority, is_proc in (
+        ("i0", 0, False),
+        ("x", 1, True),
+        ("y", 1, True),
+        ("z", 1, True),
+        ("i2", 2, False),
+        ("w", 2, True),
+    ):
         component: Step | Proc
         if is_proc:
             component = Proc(trace, label, {1: "raise"} if label == failing else {}, go=go, key=f"{label}-key")
         else:
             component = Step(trace, label)
         built[label] = app.register(
-            component, name=label, priority=priority, restart="on_failure", backoff=QUICK, start_timeout=5, shutdown_timeout=2
+            component,
+            name=label,
+            priority=priority,
+            restart="on_failure",
+            backoff=QUICK,
+            start_timeout=5,
+            shutdown_timeout=2,
         )
     return app, built
 
@@ -326,7 +338,12 @@ async def test_one_for_all_reboots_in_place_stop_descending_finalize_reverse_ini
     async with running(app, timeout=10) as handle:
         await until(lambda: "w#2.run" in trace and handle.health.healthy, 5)
         assert handle.states == {
-            "i0": "initialized", "x": "running", "y": "running", "z": "running", "i2": "initialized", "w": "running"
+            "i0": "initialized",
+            "x": "running",
+            "y": "running",
+            "z": "running",
+            "i2": "initialized",
+            "w": "running",
         }
     events = trace.events
     first_boot_inits = [e for e in ops(trace, "init.ok") if e.endswith("#1")]
@@ -708,7 +725,9 @@ async def test_health_keys_are_restarting_during_the_backoff_and_a_keyless_compo
     app = test_app("t", restart_strategy="one_for_all")
     go = ready_go(app)
     app.register(Proc(trace, "keyed", key="keyed-key"), name="keyed", priority=1, restart="on_failure", backoff=QUICK)
-    app.register(Proc(trace, "bare", {1: "raise"}, go=go), name="bare", priority=1, restart="on_failure", backoff=(2.0, 2.0))
+    app.register(
+        Proc(trace, "bare", {1: "raise"}, go=go), name="bare", priority=1, restart="on_failure", backoff=(2.0, 2.0)
+    )
     async with running(app, timeout=10) as handle:
         await until(lambda: "bare#1.raise" in trace and handle.states["bare"] == "restarting", 5)
         for key in ("keyed-key", "bare"):
@@ -796,19 +815,46 @@ async def test_shutdown_during_a_long_backoff_is_prompt_clean_and_starts_nothing
     app = test_app("t")
     go = ready_go(app)
     app.register(Proc(trace, "keep"), name="keep", priority=1)
-    app.register(Proc(trace, "p", {1: "raise"}, go=go), name="p", priority=1, restart="on_failure", backoff=(30.0, 30.0))
-
-    async def body() -> None:
-        await until(lambda: "p#1.finalize" in trace)
+    app.register(
+        Proc(trace, "p", {1: "raise"}, go=go), name="p", priority=1, restart="on_failure", backoff=(30.0, 30.0)
+    )
+    async with running(app, timeout=10) as handle:
+        await until(lambda: "p#1.finalize" in trace and handle.states["p"] == "restarting")
         await anyio.sleep(0.05)
-        app.shutdown()
-
-    started = time.monotonic()
-    assert await serve(app, body, limit=10) == 0, app.errors
-    assert time.monotonic() - started < 5
+        started = time.monotonic()
+        handle.shutdown()
+        assert await handle.wait_stopped(timeout=5) == 0, app.errors
+        assert time.monotonic() - started < 5
     assert "p#2.init" not in trace
     assert app.errors == ()
+    assert handle.states["p"] == "stopped"  # restarting -> stopped: the app stopped before the restart was done
     assert_finalized_once(trace)
+
+
+async def test_restarted_is_logged_only_once_the_new_incarnation_is_healthy() -> None:
+    trace = Trace()
+    app = test_app("t")
+    go = ready_go(app)
+    gate = anyio.Event()
+
+    class LateHealthy(Proc):
+        async def run(self) -> None:
+            if self.n == 2:
+                with anyio.fail_after(5):
+                    await gate.wait()
+            await super().run()
+
+    app.register(
+        LateHealthy(trace, "p", {1: "raise"}, go=go, key="p-key"), name="p", restart="on_failure", backoff=QUICK
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with running(app, timeout=10) as handle:
+            await until(lambda: handle.states["p"] == "running" and "p#2.init.ok" in trace, 5)
+            await anyio.sleep(0.1)
+            assert not any(e.get("event") == "restarted" for e in logs), logs
+            gate.set()
+            await until(lambda: any(e.get("event") == "restarted" for e in logs), 5)
+    assert handle.status == 0
 
 
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "qa_restart_backoff.py"
@@ -862,7 +908,9 @@ async def test_http_server_restarted_with_a_sibling_rebinds_its_port_and_serves(
             crash.set()
             await until(lambda: "f#2.run" in trace, 5)
             await until(
-                lambda: sum(1 for e in logs if e.get("event") == "http server listening") == 2 and handle.health.healthy,
+                lambda: (
+                    sum(1 for e in logs if e.get("event") == "http server listening") == 2 and handle.health.healthy
+                ),
                 5,
             )
             assert server.address is not None and server.address[1] == http_port
