@@ -416,6 +416,7 @@ class App:
             on_ready=tuple(self._ready_hooks),
             hard_exit=self._hard_exit,
             release=self.services.release,
+            forget=self.services.forget,
             strategy=self._strategy,
             reread=self._reread,
         )

@@ -16,16 +16,32 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar, overload
 
 from dependency_injector import containers, providers
 
 from ._errors import ServiceError
 
-__all__ = ["PerComponent", "ServiceContainer"]
+__all__ = ["PerComponent", "ServiceContainer", "setting_as"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
+_SETTER: ContextVar[str | None] = ContextVar("nacelle_service_setter", default=None)
+
+
+@contextmanager
+def setting_as(component: str) -> Iterator[None]:
+    """Inside the block (and the tasks and threads it starts), the services set are ``component``'s own.
+
+    The runner wraps each ``init()`` in it, so that a restart can ``forget`` what
+    the component's last incarnation set before its next ``init()`` sets it again.
+    """
+    token = _SETTER.set(component)
+    try:
+        yield
+    finally:
+        _SETTER.reset(token)
 
 
 class PerComponent(Generic[T]):
@@ -64,6 +80,7 @@ class ServiceContainer:
         self._on_undeclared: Callable[[str], None] | None = None
         # Overrides of keys not registered yet, applied (in order) by the set that registers the key.
         self._pending: dict[str, list[providers.Provider[Any]]] = {}
+        self._setters: dict[str, str] = {}  # key -> the component whose init() set it
 
     def _check_key(self, key: object) -> str:
         if not isinstance(key, str) or not key:
@@ -80,6 +97,9 @@ class ServiceContainer:
                 )
             self._providers[key] = provider
             self._container.set_provider(key, provider)
+            setter = _SETTER.get()
+            if setter is not None:
+                self._setters[key] = setter
             for replacement in self._pending.pop(key, ()):
                 provider.override(replacement)
             undeclared = self._on_undeclared if self._declared is not None and key not in self._declared else None
@@ -107,6 +127,24 @@ class ServiceContainer:
         if not callable(factory):
             raise ServiceError(f"service {key!r}: factory must be callable, got {factory!r}")
         self._add(key, providers.Singleton(factory) if singleton else providers.Factory(factory))
+
+    def forget(self, component: str) -> list[str]:
+        """Unregister the services ``component``'s ``init()`` set; the keys, in the order they were set.
+
+        The runner calls it as a restart re-initialises the component: its next
+        ``init()`` sets them again. An ``override`` in force on one of them waits
+        for that ``set``, as one made before the key existed does.
+        """
+        with self._lock:
+            keys = [key for key, setter in self._setters.items() if setter == component]
+            for key in keys:
+                del self._setters[key]
+                provider = self._providers.pop(key)
+                if provider.overridden:
+                    self._pending[key] = [*provider.overridden, *self._pending.get(key, ())]
+                if hasattr(self._container, key):
+                    delattr(self._container, key)
+        return keys
 
     def has(self, key: str) -> bool:
         """Whether a service is registered under ``key``."""

@@ -384,11 +384,6 @@ async def test_rest_for_one_on_the_highest_priority_restarts_only_itself() -> No
     assert_finalized_once(trace)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an initializer re-initialised by a group restart cannot set its service again "
-    "(ServiceError: duplicate service key), so one_for_all escalates instead of rebooting in place",
-)
 async def test_reinjection_after_one_for_all_sees_the_service_of_the_new_initializer_incarnation() -> None:
     trace = Trace()
     app = test_app("t", restart_strategy="one_for_all")

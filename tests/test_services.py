@@ -245,3 +245,26 @@ async def test_services_set_from_a_worker_thread_init() -> None:
     app.on_ready(app.shutdown)
     assert await serve(app) == 0, app.errors
     assert reader.seen != threading.get_ident()
+
+
+def test_forget_unregisters_what_one_component_set_and_keeps_its_overrides() -> None:
+    from nacelle_py._services import setting_as
+
+    services = ServiceContainer()
+    services.set("shared", "kept")  # set outside any component's init: nobody's to forget
+    with setting_as("db"):
+        services.set("db", "first")
+        services.set_factory("pool", lambda: "pool-1")
+    with setting_as("cache"):
+        services.set("cache", "c")
+    with services.override("db", "fake"):
+        assert services.forget("db") == ["db", "pool"]
+        assert services.keys() == ["shared", "cache"]
+        with setting_as("db"):  # the next incarnation's init() sets them again: no duplicate key
+            services.set("db", "second")
+            services.set_factory("pool", lambda: "pool-2")
+        assert services.get("db") == "fake"  # the override still in force applies to the new service
+        assert services.get("pool") == "pool-2"
+    assert services.get("db") == "second"
+    assert services.forget("nobody") == []
+    assert services.forget("db") == ["db", "pool"]

@@ -15,6 +15,7 @@ import anyio
 
 from .._calls import is_async
 from .._errors import ComponentError, ComponentTimeoutError, InjectionError
+from .._services import setting_as
 from ._context import Context, bounded, ms
 from ._record import Countdown, Entry
 from ._runs import Runs
@@ -122,24 +123,25 @@ class Boot:
         entry.move(INITIALIZING)
         init = entry.component.init
         try:
-            if is_async(init):
-                with bounded(entry.init_timeout) as scope:
-                    await ctx.call(init, entry, "init")
-            else:
-                # A thread cannot be cancelled: a stop (or a sibling's failure) gives it
-                # ABANDON_GRACE to finish, so that what it acquired is finalized, not leaked.
-                with ctx.shutdown.graced_on_stop(ABANDON_GRACE) as guard:
-                    guards.append(guard)
+            with setting_as(entry.name):  # what init() sets is this component's (a restart forgets it)
+                if is_async(init):
                     with bounded(entry.init_timeout) as scope:
                         await ctx.call(init, entry, "init")
-                if guard.cancelled_caught:
-                    entry.move(REGISTERED)
-                    ctx.logger.warning(
-                        "init abandoned: a plain def init() did not finish within its grace; not finalized",
-                        component=entry.name,
-                        grace=ABANDON_GRACE,
-                    )
-                    return
+                else:
+                    # A thread cannot be cancelled: a stop (or a sibling's failure) gives it
+                    # ABANDON_GRACE to finish, so that what it acquired is finalized, not leaked.
+                    with ctx.shutdown.graced_on_stop(ABANDON_GRACE) as guard:
+                        guards.append(guard)
+                        with bounded(entry.init_timeout) as scope:
+                            await ctx.call(init, entry, "init")
+                    if guard.cancelled_caught:
+                        entry.move(REGISTERED)
+                        ctx.logger.warning(
+                            "init abandoned: a plain def init() did not finish within its grace; not finalized",
+                            component=entry.name,
+                            grace=ABANDON_GRACE,
+                        )
+                        return
         except anyio.get_cancelled_exc_class():
             entry.move(REGISTERED)
             ctx.logger.info("init cancelled; not finalized", component=entry.name, ms=ms(started))

@@ -61,6 +61,7 @@ class Context:
         phases: Phases,
         shutdown: Shutdown,
         release: Callable[[str], Awaitable[None] | None] | None,
+        forget: Callable[[str], object] | None = None,
     ) -> None:
         self.app_name = app_name
         self.entries = entries
@@ -76,6 +77,7 @@ class Context:
         self.shutdown = shutdown
         self.waker = shutdown.waker
         self._release = release
+        self._forget = forget
         self.init_order: list[Entry] = []  # successful inits, in order: finalized in reverse
         self.running = 0  # runs started and not yet ended
         self.booted = False
@@ -96,6 +98,11 @@ class Context:
     async def call(self, method: Callable[[], Any], entry: Entry, operation: str) -> None:
         """Call a lifecycle method (a plain ``def`` on a thread; its late error logged if abandoned)."""
         await call(method, self.waker, f"{entry.name}.{operation}", self.logger)
+
+    def forget_services(self, entry: Entry) -> None:
+        """Unregister the services the component's last ``init()`` set: its next one sets them again."""
+        if self._forget is not None:
+            self._forget(entry.name)
 
     async def release(self, entry: Entry) -> None:
         """End what per-component services made for the component (its routines), within a bound."""

@@ -262,6 +262,8 @@ class Supervisor:
         async with self._boot.lock:
             await self._unwind.stop(affected, record=self._noted)
             await self._unwind.finalize(affected, restarting=True, record=self._noted)
+        for member in again:  # their next init() sets their services again
+            ctx.forget_services(member)
         for member in affected:
             if member not in again:
                 ctx.health.settle(member.name)  # OTP's temporary child: gone for good

@@ -56,6 +56,7 @@ class Runner:
         on_ready: Sequence[Callable[[], object]] = (),
         hard_exit: bool = False,
         release: Callable[[str], Awaitable[None] | None] | None = None,
+        forget: Callable[[str], object] | None = None,
         strategy: Strategy = "one_for_one",
         reread: Callable[[], Sequence[str]] | None = None,
     ) -> None:
@@ -80,6 +81,7 @@ class Runner:
             phases=self._phases,
             shutdown=self._shutdown,
             release=release,
+            forget=forget,
         )
         self._unwind = Unwind(self._ctx)
         self._preflight = Preflight(self._ctx)
