@@ -28,6 +28,7 @@ __all__ = [
     "LambdaListener",
     "LambdaSettings",
     "LambdaStats",
+    "RuntimeAPIError",
     "Machine",
     "MachineError",
     "MachineOverflowError",
@@ -67,6 +68,7 @@ _WHERE = {
     "LambdaListener": "._lambda",
     "LambdaSettings": "._lambda",
     "LambdaStats": "._lambda",
+    "RuntimeAPIError": "._lambda",
     "service": "._asgi_services",
     "services_of": "._asgi_services",
     "Worker": "._worker",
@@ -120,7 +122,7 @@ if TYPE_CHECKING:
     from ._flows._settings import FlowsSettings
     from ._grpc import GRPCServer, GRPCSettings
     from ._http import HTTPServer, HTTPSettings, HTTPStats
-    from ._lambda import LambdaContext, LambdaListener, LambdaSettings, LambdaStats
+    from ._lambda import LambdaContext, LambdaListener, LambdaSettings, LambdaStats, RuntimeAPIError
     from ._machine import (
         Machine,
         MachineError,

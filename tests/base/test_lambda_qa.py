@@ -4,7 +4,7 @@ The app (tests/scripts/qa_lambda_app.py) runs as a real subprocess on asyncio or
 at the test Runtime API server of tests/_lambda_runtime.py (or, for the platform misbehaving,
 at a small server of this file). Real signals, real sockets on 127.0.0.1, every wait bounded.
 tests/base/test_lambda.py covers the basics; these are the scenarios an outside reviewer adds.
-Tests that expose a bug are strict xfails whose reason starts with ``BUG:``.
+The bugs it found are fixed; each has its test here.
 """
 
 from __future__ import annotations
@@ -181,11 +181,6 @@ def test_marshal_and_unmarshal_errors_are_named_as_documented(api: RuntimeAPI, b
         assert terminate(app) == 0, app.dump()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor, docs mismatch): an empty event body is not JSON, yet handle() is called with None "
-    "instead of the documented Runtime.UnmarshalError answer",
-)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_empty_event_body_is_an_unmarshal_error(api: RuntimeAPI, backend: str) -> None:
     with launch(api, backend) as app:
@@ -317,7 +312,7 @@ def test_the_prefixed_margin_wins_over_the_plain_one(api: RuntimeAPI, backend: s
         handed = api.handed_out(rid)
         assert handed is not None and handed.handed_out_at is not None
         # Margin 3.0: cut about 1 s after the hand-out; margin 0.1 would be 3.9 s.
-        assert outcome.received_at - handed.handed_out_at < 3.0, (outcome.received_at - handed.handed_out_at)
+        assert outcome.received_at - handed.handed_out_at < 3.0, outcome.received_at - handed.handed_out_at
         assert terminate(app) == 0, app.dump()
 
 
@@ -585,22 +580,15 @@ def test_a_next_answer_that_is_not_an_invocation_ends_the_app(
 # -- refusing to start ------------------------------------------------------------
 
 
-NOT_HOST_PORT_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an AWS_LAMBDA_RUNTIME_API that is not host:port is not refused with a ConfigError naming the "
-    "variable: no port means port 80, a bad port is httpx's InvalidURL or an OverflowError, inside an ExceptionGroup",
-)
-
-
 @pytest.mark.parametrize(
     "value",
     [
         "",
         "http://127.0.0.1:9001",
-        pytest.param("localhost", marks=NOT_HOST_PORT_BUG),
-        pytest.param("127.0.0.1", marks=NOT_HOST_PORT_BUG),
-        pytest.param("127.0.0.1:port", marks=NOT_HOST_PORT_BUG),
-        pytest.param("127.0.0.1:99999", marks=NOT_HOST_PORT_BUG),
+        "localhost",
+        "127.0.0.1",
+        "127.0.0.1:port",
+        "127.0.0.1:99999",
     ],
 )
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -666,8 +654,12 @@ def test_a_bad_lambda_setting_is_refused_naming_it_and_reported(
     ("extra", "error_type", "words"),
     [
         pytest.param({"QAS_FAIL": "init"}, "ConnectionError", ["db", "qa database unreachable"], id="init"),
-        pytest.param({"QAS_FAIL": "preflight"}, "PermissionError", ["preflighted", "qa preflight refused"], id="preflight"),
-        pytest.param({"QAS_FAIL": "slow-init", "QA_INIT_TIMEOUT": "0.5"}, "ComponentTimeoutError", ["db"], id="init-timeout"),
+        pytest.param(
+            {"QAS_FAIL": "preflight"}, "PermissionError", ["preflighted", "qa preflight refused"], id="preflight"
+        ),
+        pytest.param(
+            {"QAS_FAIL": "slow-init", "QA_INIT_TIMEOUT": "0.5"}, "ComponentTimeoutError", ["db"], id="init-timeout"
+        ),
         pytest.param({"QAS_FAIL": "inject"}, "InjectionError", ["orders", "no_such_service_qa"], id="inject"),
         pytest.param({"LAMBDA_DEADLINE_MARGIN": "later"}, "ConfigError", ["LAMBDA_DEADLINE_MARGIN"], id="config"),
     ],
@@ -704,13 +696,6 @@ def test_init_error_lists_every_error_of_the_boot(api: RuntimeAPI, backend: str)
     assert any("init" in line for line in body["stackTrace"]), body  # the first error's trace
 
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: docs say a bad answer from the Runtime API 'ends run() with RuntimeAPIError', but run() raises "
-    "an ExceptionGroup ('unhandled errors in a TaskGroup' / 'Exceptions from Trio nursery') wrapping it; the "
-    "failure line reads 'orders: run failed: ExceptionGroup: ...'",
-)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_container_error_fails_the_run_with_runtime_api_error(api: RuntimeAPI, backend: str) -> None:
     with launch(api, backend) as app:
@@ -722,11 +707,6 @@ def test_a_container_error_fails_the_run_with_runtime_api_error(api: RuntimeAPI,
     assert "RuntimeAPIError" in failed[0]["event"] and "ExceptionGroup" not in failed[0]["event"], failed[0]["event"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (quality): the Runtime API going away (connection refused) fails the run with an ExceptionGroup "
-    "around httpx.ConnectError; the error line names neither the address nor AWS_LAMBDA_RUNTIME_API",
-)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_api_going_away_is_a_clear_error(backend: str) -> None:
     api = RuntimeAPI().start()
@@ -743,7 +723,6 @@ def test_the_api_going_away_is_a_clear_error(backend: str) -> None:
     assert "ExceptionGroup" not in text and (address in text or "AWS_LAMBDA_RUNTIME_API" in text), text
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: docs/lambda.md names RuntimeAPIError, but it is not importable publicly")
 def test_runtime_api_error_is_importable() -> None:
     import nacelle_py
     import nacelle_py.base
@@ -751,11 +730,6 @@ def test_runtime_api_error_is_importable() -> None:
     assert hasattr(nacelle_py.base, "RuntimeAPIError") or hasattr(nacelle_py, "RuntimeAPIError")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (docs): docs/operations.md's table of the built-ins' metrics has no nacelle_lambda_* rows, "
-    "though /metrics exports nacelle_lambda_invocations_total, _errors_total and _timeouts_total",
-)
 def test_the_lambda_metrics_are_documented_with_the_others() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     for name in ("nacelle_lambda_invocations_total", "nacelle_lambda_errors_total", "nacelle_lambda_timeouts_total"):

@@ -127,11 +127,19 @@ class LambdaListener(Process):
         plain = not is_async(self._handler)
         waker = Waker() if plain else None
         try:
-            async with anyio.create_task_group() as tg:
-                if waker is not None:
-                    tg.start_soon(waker.pump)
+            if waker is None:
                 await self._serve(client, settings, stopping, waker)
-                tg.cancel_scope.cancel()
+            else:
+                failure: Exception | None = None
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waker.pump)
+                    try:
+                        await self._serve(client, settings, stopping, waker)
+                    except Exception as exc:  # raised below as itself, not in the task group's ExceptionGroup
+                        failure = exc
+                    tg.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
         finally:
             self._stopping = None
             self._poll = None
@@ -267,7 +275,7 @@ class LambdaListener(Process):
     ) -> bytes | ErrorBody:
         """The JSON result to post, or the error body."""
         try:
-            event = json.loads(body) if body else None
+            event = json.loads(body)  # an empty body is not JSON either (as AWS's own runtime says)
         except ValueError as exc:
             return error_body("Runtime.UnmarshalError", f"the invocation's event is not JSON: {exc}", exc)
         seconds = context.deadline_ms / 1000 - time.time() - margin

@@ -29,7 +29,11 @@ _JSON = "application/json"
 
 
 class RuntimeAPIError(NacelleError):
-    """The Runtime API answered a call with a status the protocol does not expect; the runtime must exit."""
+    """The Runtime API answered a call with a status the protocol does not expect, or could not be reached.
+
+    Either way the runtime must exit: the message names the call, and for an
+    unreachable API its address and ``AWS_LAMBDA_RUNTIME_API``.
+    """
 
 
 class Invocation(NamedTuple):
@@ -48,11 +52,21 @@ def runtime_address(environ: Mapping[str, str], owner: str) -> str:
             "not set: the Lambda platform sets it to the Runtime API's host:port; outside Lambda, run the app "
             "under the Runtime Interface Emulator (see docs/lambda.md) or do not register a LambdaListener"
         )
-    elif "/" in value or value.startswith(":") or value.endswith(":"):
-        problem = f"must be host:port (e.g. 127.0.0.1:9001), got {value!r}"
+    elif not _host_port(value):
+        problem = f"must be host:port with a port from 1 to 65535 (e.g. 127.0.0.1:9001), got {value!r}"
     else:
         return value
     raise ConfigError([SettingError(RUNTIME_API_ENV, problem, owner, "runtime_api")])
+
+
+def _host_port(value: str) -> bool:
+    """Whether ``value`` is ``host:port`` (an IPv6 host in brackets), nothing more."""
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or any(c.isspace() or c in "/?#@" for c in value):
+        return False
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        return False
+    return port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
 
 
 class RuntimeClient:
@@ -65,6 +79,7 @@ class RuntimeClient:
     def __init__(self, address: str, timeout: float) -> None:
         self._httpx: Any = require("httpx", "lambda", "LambdaListener")
         hx = self._httpx
+        self._address = address
         base = f"http://{address}/{API_VERSION}/runtime"
         self._next_url = f"{base}/invocation/next"
         self._invocation = f"{base}/invocation/"
@@ -78,7 +93,10 @@ class RuntimeClient:
 
     async def next(self) -> Invocation:
         """Wait for the next invocation; ``RuntimeAPIError`` if the API answers anything but 200 with a request id."""
-        response = await self._client.get(self._next_url, timeout=self._poll_timeout)
+        try:
+            response = await self._client.get(self._next_url, timeout=self._poll_timeout)
+        except self.transport_errors as exc:
+            raise self._unreachable("GET invocation/next", exc) from exc
         request_id = response.headers.get("lambda-runtime-aws-request-id")
         if response.status_code != 200 or not request_id:
             raise RuntimeAPIError(
@@ -104,13 +122,22 @@ class RuntimeClient:
         headers = {"Content-Type": _JSON}
         if error_type is not None:
             headers["Lambda-Runtime-Function-Error-Type"] = error_type
-        response: httpx.Response = await self._client.post(url, content=body, headers=headers)
+        try:
+            response: httpx.Response = await self._client.post(url, content=body, headers=headers)
+        except self.transport_errors as exc:
+            raise self._unreachable(f"POST {url.rsplit('/runtime/', 1)[-1]}", exc) from exc
         if response.status_code >= 500:  # "container error": the protocol says the runtime must exit
             raise RuntimeAPIError(
                 f"the Runtime API answered POST {url.rsplit('/runtime/', 1)[-1]} with {response.status_code}: "
                 f"{_excerpt(response.content)}"
             )
         return response
+
+    def _unreachable(self, call: str, error: Exception) -> RuntimeAPIError:
+        return RuntimeAPIError(
+            f"{call}: the Runtime API at {self._address} ({RUNTIME_API_ENV}) could not be reached: "
+            f"{type(error).__name__}: {error}"
+        )
 
     async def aclose(self) -> None:
         """Close the connection."""
