@@ -130,8 +130,13 @@ class Supervisor:
         wait_on = False
         errors = []
         for entry, error in self._boot.start_timeouts(group, limit):
-            if entry is not None and self.restarting(entry):
-                wait_on = True  # its restart will bring it up, or fail and count
+            if entry is not None and entry.restarts > 0:
+                # Restarted during the boot and still not up: the boot waited for the restarted
+                # run within the start timeout, and a run that keeps failing ends the boot here
+                # rather than at the restart intensity.
+                errors.append(error)
+            elif entry is not None and self.restarting(entry):
+                wait_on = True  # its first restart will bring it up, or fail and count
             elif entry is not None and self._restartable_run(entry) and not ctx.stopping:
                 self._schedule(entry, error)
                 wait_on = True
