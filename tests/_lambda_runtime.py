@@ -34,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 API = "/2018-06-01/runtime"
 NEXT = f"{API}/invocation/next"
@@ -232,6 +232,25 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def runtime_env(base: dict[str, str], address: str | None, *drop: str, **extra: str) -> dict[str, str]:
+    """``base`` without the machine's own Lambda variables (nor those starting with ``drop``),
+    pointed at the Runtime API at ``address``, with ``extra`` on top: a runtime subprocess's environment."""
+    prefixes = ("AWS_", "LAMBDA_", "_X_AMZN", "_HANDLER", *drop)
+    env = {k: v for k, v in base.items() if not k.startswith(prefixes)}
+    if address is not None:
+        env["AWS_LAMBDA_RUNTIME_API"] = address
+    env.update(extra)
+    return env
+
+
+class _Closable(Protocol):
+    def dump(self) -> str: ...
+    def close(self) -> object: ...
+
+
+_Runtime = TypeVar("_Runtime", bound=_Closable)
+
+
 class RuntimeAPI:
     """The fake platform: queue invocations, read back what the runtime answered.
 
@@ -369,6 +388,17 @@ class RuntimeAPI:
             timeout,
             f"waiting poll (after {nexts} polls)",
         )
+
+    def wait_runtime(self, runtime: _Runtime, timeout: float) -> _Runtime:
+        """``runtime`` (an app subprocess) once it waits in its first poll; if it never does, its
+        output is printed and it is closed before the error goes on."""
+        try:
+            self.wait_polling(timeout)
+        except BaseException:
+            print(runtime.dump())
+            runtime.close()
+            raise
+        return runtime
 
     def wait_handed_out(self, request_id: str, timeout: float = 10.0) -> Invocation:
         """The invocation ``request_id`` once ``next`` has handed it out, waiting at most ``timeout`` seconds."""

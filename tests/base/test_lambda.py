@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _lambda_runtime import RuntimeAPI  # noqa: E402
+from _lambda_runtime import RuntimeAPI, runtime_env  # noqa: E402
 from harness import SCRIPTS, AppProcess, clean_env  # noqa: E402
 
 BACKENDS = ["asyncio", "trio"]
@@ -43,15 +43,7 @@ FUNCTION_ENV = {
 
 def lambda_env(api: RuntimeAPI | None, **extra: str) -> dict[str, str]:
     """``clean_env`` without the machine's own Lambda variables, pointed at ``api``."""
-    env = {
-        k: v
-        for k, v in clean_env().items()
-        if not k.startswith(("AWS_", "LAMBDA_", "_X_AMZN", "_HANDLER", "SCRIPT_")) and k != "_HANDLER"
-    }
-    if api is not None:
-        env["AWS_LAMBDA_RUNTIME_API"] = api.address
-    env.update(extra)
-    return env
+    return runtime_env(clean_env(), api.address if api is not None else None, "SCRIPT_", **extra)
 
 
 @pytest.fixture
@@ -62,14 +54,7 @@ def api() -> Iterator[RuntimeAPI]:
 
 def start(api: RuntimeAPI, backend: str, **extra: str) -> AppProcess:
     """The app, booted and waiting in its first ``next`` poll."""
-    app = AppProcess([APP, backend], lambda_env(api, **extra))
-    try:
-        api.wait_polling(BOOT_TIMEOUT)
-    except BaseException:
-        print(app.dump())
-        app.close()
-        raise
-    return app
+    return api.wait_runtime(AppProcess([APP, backend], lambda_env(api, **extra)), BOOT_TIMEOUT)
 
 
 def stop(app: AppProcess) -> int:

@@ -26,7 +26,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from _lambda_runtime import INIT_ERROR, Invocation, RuntimeAPI  # noqa: E402
+from _lambda_runtime import INIT_ERROR, Invocation, RuntimeAPI, runtime_env  # noqa: E402
 from harness import SCRIPTS, AppProcess, clean_env  # noqa: E402
 
 BACKENDS = ["asyncio", "trio"]
@@ -39,15 +39,7 @@ ERROR_TYPE = "lambda-runtime-function-error-type"
 
 def env_for(address: str | None, **extra: str) -> dict[str, str]:
     """The machine's environment without anything Lambda or the app reads, JSON logs, pointed at ``address``."""
-    env = {
-        k: v
-        for k, v in clean_env().items()
-        if not k.startswith(("AWS_", "LAMBDA_", "_X_AMZN", "QA_", "QAS_")) and k != "_HANDLER"
-    }
-    if address is not None:
-        env["AWS_LAMBDA_RUNTIME_API"] = address
-    env.update(extra)
-    return env
+    return runtime_env(clean_env(), address, "QA_", "QAS_", **extra)
 
 
 @pytest.fixture
@@ -58,14 +50,7 @@ def api() -> Iterator[RuntimeAPI]:
 
 def launch(api: RuntimeAPI, backend: str, *args: str, **extra: str) -> AppProcess:
     """The app, booted and idle in its first ``next`` poll."""
-    app = AppProcess([APP, backend, *args], env_for(api.address, **extra))
-    try:
-        api.wait_polling(BOOT)
-    except BaseException:
-        print(app.dump())
-        app.close()
-        raise
-    return app
+    return api.wait_runtime(AppProcess([APP, backend, *args], env_for(api.address, **extra)), BOOT)
 
 
 def terminate(app: AppProcess) -> int:
