@@ -170,14 +170,13 @@ class LambdaListener(Process):
             return
         body = init_error_body(errors)
         client = RuntimeClient(address, self._settings(fallback=True).api_timeout)
-        failures: tuple[type[Exception], ...] = (RuntimeAPIError, *client.transport_errors)
         try:
             response = await client.init_error(body)
             if response.status_code != 202:
                 log.warning("the Runtime API refused the init error", status=response.status_code)
             else:
                 log.info("failed start reported to the Runtime API", error_type=body["errorType"])
-        except failures as exc:
+        except RuntimeAPIError as exc:  # refused with a 5xx, or not reached
             log.error("cannot report the failed start to the Runtime API", error=f"{type(exc).__name__}: {exc}")
         finally:
             await client.aclose()

@@ -85,8 +85,8 @@ class RuntimeClient:
         self._invocation = f"{base}/invocation/"
         self._init_error_url = f"{base}/init/error"
         self._poll_timeout = hx.Timeout(timeout, read=None)  # the long poll waits as long as the platform wants
-        self.transport_errors: tuple[type[Exception], ...] = (hx.HTTPError, hx.InvalidURL, OSError)
-        """What a call raises when the API cannot be reached or the exchange breaks (besides ``RuntimeAPIError``)."""
+        # What httpx raises when the API cannot be reached or the exchange breaks: a RuntimeAPIError here.
+        self._transport_errors: tuple[type[Exception], ...] = (hx.HTTPError, hx.InvalidURL, OSError)
         self._client: httpx.AsyncClient = hx.AsyncClient(
             timeout=timeout, limits=hx.Limits(max_connections=2, max_keepalive_connections=2), trust_env=False
         )
@@ -95,7 +95,7 @@ class RuntimeClient:
         """Wait for the next invocation; ``RuntimeAPIError`` if the API answers anything but 200 with a request id."""
         try:
             response = await self._client.get(self._next_url, timeout=self._poll_timeout)
-        except self.transport_errors as exc:
+        except self._transport_errors as exc:
             raise self._unreachable("GET invocation/next", exc) from exc
         request_id = response.headers.get("lambda-runtime-aws-request-id")
         if response.status_code != 200 or not request_id:
@@ -122,14 +122,14 @@ class RuntimeClient:
         headers = {"Content-Type": _JSON}
         if error_type is not None:
             headers["Lambda-Runtime-Function-Error-Type"] = error_type
+        call = f"POST {url.rsplit('/runtime/', 1)[-1]}"
         try:
             response: httpx.Response = await self._client.post(url, content=body, headers=headers)
-        except self.transport_errors as exc:
-            raise self._unreachable(f"POST {url.rsplit('/runtime/', 1)[-1]}", exc) from exc
+        except self._transport_errors as exc:
+            raise self._unreachable(call, exc) from exc
         if response.status_code >= 500:  # "container error": the protocol says the runtime must exit
             raise RuntimeAPIError(
-                f"the Runtime API answered POST {url.rsplit('/runtime/', 1)[-1]} with {response.status_code}: "
-                f"{_excerpt(response.content)}"
+                f"the Runtime API answered {call} with {response.status_code}: {_excerpt(response.content)}"
             )
         return response
 
